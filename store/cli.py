@@ -12,9 +12,31 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Imported here so that `store --help` stays fast and a broken optional component
-    # cannot take the whole command line down with it.
-    pass
+    from store.client import cli as client_cli
+    from store.cluster import cluster_group
+    from store.master.cli import master_command
+    from store.osd.cli import file_store_command, osd_group
+    from store.status import status_command
+    from store.tls import tls_group
+
+    for command in (
+        client_cli.write_command,
+        client_cli.read_command,
+        client_cli.delete_command,
+        client_cli.stat_command,
+        client_cli.ls_command,
+        client_cli.pool_group,
+        client_cli.auth_group,
+        master_command,
+        osd_group,
+        file_store_command,
+        tls_group,
+        cluster_group,
+        status_command,
+    ):
+        main.add_command(command)
+    for name, command in client_cli.osd_admin_group.commands.items():
+        osd_group.add_command(command, name)
 
 
 _register()

@@ -30,6 +30,13 @@ class Code(IntEnum):
     EAUTH = 14  # authentication failed
 
 
+def code_of(raw: object, default: Code = Code.EINVAL) -> Code:
+    """The Code a peer sent, or `default` for a value we do not know."""
+    if isinstance(raw, int) and raw in Code._value2member_map_:
+        return Code(raw)
+    return default
+
+
 class StoreError(Exception):
     """Base of every error store raises on purpose."""
 

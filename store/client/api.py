@@ -1,0 +1,279 @@
+"""The smart client: objects by name, placement computed locally, requests straight to daemons.
+
+``Client.connect(config)`` authenticates with the master, follows the map, and opens one
+UDP socket. Every object operation hashes the name to its PG, finds the PG's primary in the
+map and sends the request there. Answers that mean "your map is old" (ESTALE) make the
+client wait for a newer map; "try again" (EAGAIN: the PG is peering) and EDEGRADED retry
+after a pause; everything stops at the request's deadline. A logical request keeps its
+request id across these retries, so a daemon that already applied it recognises it.
+
+Large reads and writes are split into pieces that each fit one datagram and sent in
+parallel; the transport's per-daemon window bounds how many are in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from store.client.config import ClientConfig
+from store.client.master_link import MasterLink
+from store.client.transport import Transport, open_udp_socket
+from store.errors import ClientTimeout, Code, RemoteError, code_of
+from store.placement import ClusterMap, PoolSpec, acting_set, pg_of, primary
+from store.rpc import parse_hostport
+
+log = logging.getLogger("store.client")
+
+RETRY_PAUSE = 0.05
+BODY_OVERHEAD = 512  # header, tag, msgpack framing and object name, generously
+BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    version: tuple[int, int]
+    mtime: float
+
+
+class Client:
+    def __init__(self, config: ClientConfig, master: MasterLink, transport: Transport) -> None:
+        self.config = config
+        self.master = master
+        self.transport = transport
+        self.max_piece = ((config.max_datagram - BODY_OVERHEAD - 1024) // BLOCK) * BLOCK
+        self.parallel = trio.CapacityLimiter(64)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, config: ClientConfig) -> AsyncIterator[Client]:
+        async with trio.open_nursery() as nursery:
+            master = await MasterLink.open(config, nursery)
+            sock = open_udp_socket()
+            transport = Transport(
+                sock,  # type: ignore[arg-type]
+                credentials=lambda: _credentials(master),
+                epoch=lambda: master.map.epoch if master.map else 0,
+            )
+            nursery.start_soon(transport.run)
+            try:
+                yield cls(config, master, transport)
+            finally:
+                nursery.cancel_scope.cancel()
+                sock.close()
+
+    @property
+    def map(self) -> ClusterMap:
+        assert self.master.map is not None
+        return self.master.map
+
+    def pool(self, name: str) -> PoolSpec:
+        return self.map.pool_by_name(name)
+
+    # --- one request ---------------------------------------------------------------------
+
+    async def execute(
+        self,
+        pool: str,
+        name: str,
+        ops: list[list[Any]],
+        cond: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[Any, Any]:
+        body: dict[str, Any] = {"o": name, "ops": ops}
+        if cond:
+            body["if"] = cond
+        spec = self.pool(pool)
+        return await self._send(spec, pg_of(spec, name), body, timeout)
+
+    async def _send(
+        self, spec: PoolSpec, pg: int, body: dict[str, Any], timeout: float | None
+    ) -> dict[Any, Any]:
+        deadline = trio.current_time() + (timeout or self.config.timeout)
+        request_id = self.transport.new_request_id()
+        body = {**body, "p": spec.id}
+        pause = RETRY_PAUSE
+        last_problem = "no daemon of the acting set is up"
+        while True:
+            m = self.map
+            if spec.id not in m.pools:
+                raise RemoteError(Code.ENOENT, f"pool {spec.name!r} no longer exists")
+            target = primary(m, spec.id, pg)
+            if target is not None:
+                address = parse_hostport(m.osds[target].addr)
+                reply, epoch = await self.transport.request(
+                    target,
+                    address,
+                    body,
+                    encrypt=spec.encrypt,
+                    deadline=deadline,
+                    request_id=request_id,
+                )
+                code = code_of(reply.get("r"))
+                if code not in (Code.ESTALE, Code.EAGAIN, Code.EDEGRADED):
+                    if code != Code.OK:
+                        raise RemoteError(code, str(reply.get("m", "")))
+                    return reply
+                last_problem = f"osd.{target}: {code.name} {reply.get('m', '')}"
+                if code == Code.ESTALE and epoch > m.epoch:
+                    with trio.move_on_at(deadline):
+                        await self.master.refresh_map(epoch)
+                    continue
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                raise ClientTimeout(
+                    f"pg {spec.id}.{pg:x} of pool {spec.name!r} not served in time: {last_problem}"
+                )
+            await self.master.wait_for_map_change(min(pause, remaining))
+            pause = min(pause * 2, 1.0)
+
+    # --- objects -------------------------------------------------------------------------
+
+    async def write(self, pool: str, name: str, data: bytes, offset: int = 0) -> None:
+        """Write `data` at `offset`, in parallel pieces of one datagram each."""
+        if not data:
+            await self.execute(pool, name, [["create", False]])
+            return
+        await self._in_pieces(
+            pool,
+            name,
+            offset,
+            len(data),
+            lambda off, n: [["write", off, data[off - offset : off - offset + n]]],
+        )
+
+    async def write_full(self, pool: str, name: str, data: bytes) -> None:
+        """Replace the object's content. Atomic when it fits one datagram."""
+        first = data[: self.max_piece]
+        await self.execute(pool, name, [["write_full", first]])
+        if len(data) > len(first):
+            await self.write(pool, name, data[len(first) :], len(first))
+
+    async def read(self, pool: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if length is None:
+            length = max(0, (await self.stat(pool, name)).size - offset)
+        if length <= self.max_piece:
+            reply = await self.execute(pool, name, [["read", offset, length]])
+            return bytes(reply["res"][0])
+        pieces: dict[int, bytes] = {}
+
+        async def one(off: int, n: int) -> None:
+            async with self.parallel:
+                reply = await self.execute(pool, name, [["read", off, n]])
+                pieces[off] = bytes(reply["res"][0])
+
+        async with trio.open_nursery() as nursery:
+            for off in range(offset, offset + length, self.max_piece):
+                nursery.start_soon(one, off, min(self.max_piece, offset + length - off))
+        out = bytearray()
+        for off in sorted(pieces):
+            if len(out) != off - offset:
+                break  # a short piece: the object ends there
+            out += pieces[off]
+        return bytes(out)
+
+    async def stat(self, pool: str, name: str) -> ObjectStat:
+        reply = await self.execute(pool, name, [["stat"]])
+        st = reply["res"][0]
+        version = (int(st["version"][0]), int(st["version"][1]))
+        return ObjectStat(size=int(st["size"]), version=version, mtime=float(st["mtime"]))
+
+    async def delete(self, pool: str, name: str) -> None:
+        await self.execute(pool, name, [["delete"]])
+
+    async def truncate(self, pool: str, name: str, size: int) -> None:
+        await self.execute(pool, name, [["truncate", size]])
+
+    async def omap_set(self, pool: str, name: str, values: dict[str, bytes]) -> None:
+        await self.execute(pool, name, [["omap_set", values]])
+
+    async def omap_get(self, pool: str, name: str, keys: Sequence[str]) -> dict[str, bytes]:
+        return dict((await self.execute(pool, name, [["omap_get", list(keys)]]))["res"][0])
+
+    async def omap_list(
+        self,
+        pool: str,
+        name: str,
+        start_after: str | None = None,
+        limit: int = 1000,
+        prefix: str = "",
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        result = (await self.execute(pool, name, [["omap_list", start_after, limit, prefix]]))[
+            "res"
+        ][0]
+        return [(k, v) for k, v in result["entries"]], bool(result["more"])
+
+    async def omap_rm(self, pool: str, name: str, keys: Sequence[str]) -> None:
+        await self.execute(pool, name, [["omap_rm", list(keys)]])
+
+    async def setxattr(self, pool: str, name: str, key: str, value: bytes) -> None:
+        await self.execute(pool, name, [["setxattr", key, value]])
+
+    async def getxattrs(self, pool: str, name: str) -> dict[str, bytes]:
+        return dict((await self.execute(pool, name, [["getxattrs"]]))["res"][0])
+
+    async def ls(self, pool: str, prefix: str = "") -> list[tuple[str, int]]:
+        """Every object of the pool (name, size), in name order, asking each PG's primary."""
+        spec = self.pool(pool)
+        found: list[tuple[str, int]] = []
+
+        async def one_pg(pg: int) -> None:
+            cursor: str | None = None
+            async with self.parallel:
+                while True:
+                    reply = await self._send(
+                        spec, pg, {"pg": pg, "ls": {"c": cursor, "n": 500}}, None
+                    )
+                    found.extend((n, s) for n, s, _ in reply["objs"] if n.startswith(prefix))
+                    cursor = reply["next"]
+                    if cursor is None:
+                        return
+
+        async with trio.open_nursery() as nursery:
+            for pg in range(spec.pg_num):
+                nursery.start_soon(one_pg, pg)
+        return sorted(found)
+
+    def locate(self, pool: str, name: str) -> dict[str, Any]:
+        spec = self.pool(pool)
+        pg = pg_of(spec, name)
+        return {
+            "pool": spec.name,
+            "pool_id": spec.id,
+            "pg": f"{spec.id}.{pg:x}",
+            "acting": list(acting_set(self.map, spec.id, pg)),
+            "primary": primary(self.map, spec.id, pg),
+            "epoch": self.map.epoch,
+        }
+
+    async def _in_pieces(self, pool: str, name: str, offset: int, length: int, make: Any) -> None:
+        # Pieces start on block boundaries so that daemons never read-modify-write a block
+        # that two pieces share.
+        cuts = [offset]
+        nxt = (offset // BLOCK) * BLOCK + self.max_piece
+        while nxt < offset + length:
+            cuts.append(nxt)
+            nxt += self.max_piece
+        cuts.append(offset + length)
+
+        async def one(off: int, n: int) -> None:
+            async with self.parallel:
+                await self.execute(pool, name, make(off, n))
+
+        async with trio.open_nursery() as nursery:
+            for start, end in itertools.pairwise(cuts):
+                nursery.start_soon(one, start, end - start)
+
+
+def _credentials(master: MasterLink) -> tuple[bytes, bytes]:
+    creds = master.credentials
+    assert creds is not None
+    return creds.ticket, creds.session_key

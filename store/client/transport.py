@@ -1,0 +1,365 @@
+"""The client's UDP transport: sessions with daemons, retransmission, flow control.
+
+Theory of operation
+-------------------
+One UDP socket serves all daemons. Per daemon the client keeps a ``DaemonLink``: the
+session (opened by a HELLO carrying the ticket), a round-trip estimator and a window that
+bounds the requests in flight to that daemon.
+
+A request is one datagram and its reply one datagram. The sender waits for the reply for one
+retransmission timeout (RTO), then sends the request again under a new sequence number (the
+anti-replay window would drop the old one) and the same request id, doubling the RTO each
+time (Karn: only first transmissions feed the estimator). The daemon recognises a repeated
+request id: a finished write is answered from its reply cache, one in progress is ignored,
+a read is simply served again. When the overall deadline passes the request fails with
+``ClientTimeout``: a client never hangs.
+
+If the daemon answers RESET (it restarted, or the session expired) the link forgets the
+session, says hello again with the current ticket and resends. Each client instance has a
+random id, sent in the HELLO, so that request ids stay unique across sessions; the daemon
+logs ``client.instance:request`` with every write, which lets a new primary recognise a
+write it has already applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from store import auth
+from store.errors import (
+    AuthError,
+    BadMAC,
+    ClientTimeout,
+    Code,
+    ProtocolError,
+    RemoteError,
+    code_of,
+)
+from store.wire import body as wire_body
+from store.wire.datagram import (
+    DatagramCipher,
+    DatagramType,
+    derive_datagram_keys,
+    encode_unsealed,
+    open_unsealed_untrusted,
+    parse_header_untrusted,
+)
+
+log = logging.getLogger("store.client")
+
+Address = tuple[str, int]
+
+
+class DatagramSocket(Protocol):
+    async def sendto(self, data: bytes, address: Address) -> Any: ...
+    async def recvfrom(self, size: int) -> tuple[bytes, Any]: ...
+    def close(self) -> None: ...
+
+
+def open_udp_socket(
+    host: str = "0.0.0.0", buffer_bytes: int = 8 * 1024 * 1024
+) -> trio.socket.SocketType:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    tune_buffers(sock, buffer_bytes)
+    return sock
+
+
+def tune_buffers(sock: Any, size: int) -> None:
+    # The default buffers drop datagrams under load even on loopback. The FORCE variants
+    # pass the sysctl limit but need privileges; fall back to the plain ones.
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
+
+
+class RttEstimator:
+    """Jacobson/Karels smoothed RTT, as TCP does (RFC 6298), with our own bounds."""
+
+    def __init__(self, initial: float = 0.25, min_rto: float = 0.05, max_rto: float = 2.0) -> None:
+        self.srtt: float | None = None
+        self.rttvar = initial / 2
+        self.min_rto, self.max_rto = min_rto, max_rto
+        self._rto = initial
+        self.backoff = 1.0
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self._rto = self.srtt + max(4 * self.rttvar, 0.005)
+        self.backoff = 1.0
+
+    def timed_out(self) -> None:
+        self.backoff = min(self.backoff * 2, 16.0)
+
+    def rto(self) -> float:
+        return min(self.max_rto, max(self.min_rto, self._rto * self.backoff))
+
+
+@dataclass
+class _ClientSession:
+    session_id: int
+    cipher: DatagramCipher
+    send_seq: int = 0
+
+    def next_seq(self) -> int:
+        self.send_seq += 1
+        return self.send_seq
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    reply: dict[Any, Any] | None = None
+    epoch: int = 0
+    reset: bool = False
+
+
+@dataclass
+class DaemonLink:
+    osd_id: int
+    address: Address
+    window: trio.Semaphore
+    rtt: RttEstimator = field(default_factory=RttEstimator)
+    session: _ClientSession | None = None
+    hello_lock: trio.Lock = field(default_factory=trio.Lock)
+    hello_waiter: _Waiter | None = None
+    hello_nonce: bytes = b""
+    hello_key: bytes = b""
+
+
+@dataclass
+class TransportStats:
+    requests: int = 0
+    retransmits: int = 0
+    timeouts: int = 0
+    dropped: int = 0
+    resets: int = 0
+
+
+class Transport:
+    def __init__(
+        self,
+        sock: DatagramSocket,
+        credentials: Callable[[], tuple[bytes, bytes]],
+        epoch: Callable[[], int],
+        *,
+        window: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sock = sock
+        self._credentials = credentials  # () -> (ticket, session_key), always fresh
+        self._epoch = epoch
+        self._window = window
+        self._clock = clock
+        self.instance = int.from_bytes(os.urandom(8), "big")
+        self.links: dict[tuple[int, Address], DaemonLink] = {}
+        self._by_session: dict[int, DaemonLink] = {}
+        self._waiters: dict[tuple[int, int], _Waiter] = {}
+        self._next_request = 0
+        self.stats = TransportStats()
+
+    def _link(self, osd_id: int, address: Address) -> DaemonLink:
+        key = (osd_id, address)
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = DaemonLink(osd_id, address, trio.Semaphore(self._window))
+        return link
+
+    async def run(self) -> None:
+        """Receive loop; run it in a nursery for the life of the transport."""
+        while True:
+            data, _ = await self.sock.recvfrom(65535)
+            try:
+                self._on_datagram(data)
+            except (ProtocolError, AuthError) as exc:
+                self.stats.dropped += 1
+                log.debug("dropped a datagram: %s", exc)
+
+    def _on_datagram(self, data: bytes) -> None:
+        header = parse_header_untrusted(data)
+        link = self._by_session.get(header.session_id)
+        if link is None:
+            raise ProtocolError("datagram for an unknown session")
+        if header.type == DatagramType.HELLO_REPLY:
+            waiter = link.hello_waiter
+            if waiter is not None and not waiter.event.is_set():
+                _, raw = open_unsealed_untrusted(data)
+                waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
+                waiter.event.set()
+            return
+        if header.type == DatagramType.RESET:
+            # Unauthenticated by nature; the worst a forger can do is make us say hello again.
+            if link.session is not None and link.session.session_id == header.session_id:
+                self.stats.resets += 1
+                self._forget_session(link)
+            waiter = self._waiters.get((header.session_id, header.request_id))
+            if waiter is not None:
+                waiter.reset = True
+                waiter.event.set()
+            return
+        if header.type != DatagramType.REPLY or link.session is None:
+            raise ProtocolError(f"unexpected {header.type.name}")
+        try:
+            header, raw = link.session.cipher.open_untrusted(data)
+        except BadMAC:
+            raise
+        waiter = self._waiters.get((header.session_id, header.request_id))
+        if waiter is None or waiter.event.is_set():
+            return  # a duplicate, or the answer to a request we gave up on
+        waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
+        waiter.event.set()
+
+    def _forget_session(self, link: DaemonLink) -> None:
+        if link.session is not None:
+            self._by_session.pop(link.session.session_id, None)
+            link.session = None
+
+    async def _hello(self, link: DaemonLink, deadline: float) -> _ClientSession:
+        async with link.hello_lock:
+            if link.session is not None:
+                return link.session
+            ticket, session_key = self._credentials()
+            session_id = int.from_bytes(os.urandom(8), "big") | 1
+            nonce = os.urandom(16)
+            ts = self._clock()
+            datagram = encode_unsealed(
+                DatagramType.HELLO,
+                session_id,
+                0,
+                self._epoch(),
+                wire_body.pack(
+                    {
+                        "ticket": ticket,
+                        "cn": nonce,
+                        "ts": ts,
+                        "inst": self.instance,
+                        "mac": auth.hello_mac(session_key, session_id, nonce, ts, link.osd_id),
+                    }
+                ),
+            )
+            waiter = _Waiter()
+            link.hello_waiter = waiter
+            self._by_session[session_id] = link
+            try:
+                reply = await self._exchange(link, waiter, lambda: datagram, deadline)
+            except BaseException:
+                self._by_session.pop(session_id, None)
+                raise
+            finally:
+                link.hello_waiter = None
+            code = reply.get("r")
+            if code != Code.OK:
+                self._by_session.pop(session_id, None)
+                raise RemoteError(
+                    code_of(code, Code.EAUTH),
+                    f"osd.{link.osd_id} refused the session: {reply.get('m', '')}",
+                )
+            server_nonce, mac = reply.get("sn"), reply.get("mac")
+            if not (isinstance(server_nonce, bytes) and isinstance(mac, bytes)) or not (
+                auth.verify_hello_reply_mac(
+                    session_key, session_id, nonce, server_nonce, link.osd_id, mac
+                )
+            ):
+                self._by_session.pop(session_id, None)
+                raise AuthError(
+                    f"osd.{link.osd_id} at {link.address} could not prove it opened our ticket"
+                )
+            keys = derive_datagram_keys(session_key, nonce, server_nonce, link.osd_id)
+            link.session = _ClientSession(session_id, DatagramCipher(keys, "client"))
+            return link.session
+
+    async def _exchange(
+        self, link: DaemonLink, waiter: _Waiter, make: Callable[[], bytes], deadline: float
+    ) -> dict[Any, Any]:
+        """Send, wait one RTO, resend with backoff until answered or the deadline passes."""
+        first = True
+        while True:
+            sent = trio.current_time()
+            await self.sock.sendto(make(), link.address)
+            with trio.move_on_at(min(deadline, sent + link.rtt.rto())):
+                await waiter.event.wait()
+            if waiter.event.is_set() and not waiter.reset:
+                if first:
+                    link.rtt.sample(trio.current_time() - sent)
+                assert waiter.reply is not None
+                return waiter.reply
+            if waiter.reset:
+                raise _SessionReset()
+            if trio.current_time() >= deadline:
+                self.stats.timeouts += 1
+                raise ClientTimeout(
+                    f"osd.{link.osd_id} at {link.address[0]}:{link.address[1]} did not answer in time"
+                )
+            first = False
+            self.stats.retransmits += 1
+            link.rtt.timed_out()
+
+    def new_request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+    async def request(
+        self,
+        osd_id: int,
+        address: Address,
+        body: dict[str, Any],
+        *,
+        encrypt: bool,
+        deadline: float,
+        request_id: int | None = None,
+    ) -> tuple[dict[Any, Any], int]:
+        """Send one request to a daemon; returns (reply body, daemon's epoch).
+
+        Pass the same `request_id` when retrying one logical request after a transient
+        error answer, so that the daemon recognises a write it already applied.
+        """
+        link = self._link(osd_id, address)
+        if request_id is None:
+            request_id = self.new_request_id()
+        self.stats.requests += 1
+        packed = wire_body.pack(body)
+        async with link.window:
+            while True:
+                session = link.session or await self._hello(link, deadline)
+                waiter = _Waiter()
+                key = (session.session_id, request_id)
+                self._waiters[key] = waiter
+
+                def make(session: _ClientSession = session) -> bytes:
+                    return session.cipher.seal(
+                        DatagramType.REQUEST,
+                        session.session_id,
+                        session.next_seq(),
+                        request_id,
+                        self._epoch(),
+                        packed,
+                        encrypt,
+                    )
+
+                try:
+                    reply = await self._exchange(link, waiter, make, deadline)
+                    return reply, waiter.epoch
+                except _SessionReset:
+                    continue
+                finally:
+                    self._waiters.pop(key, None)
+
+
+class _SessionReset(Exception):
+    pass

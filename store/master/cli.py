@@ -1,0 +1,60 @@
+"""`store master`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from store import logs
+from store.master.server import MasterConfig, run_master
+
+
+@click.command("master")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the master keeps its state.",
+)
+@click.option(
+    "--listen", default="127.0.0.1:6789", show_default=True, help="HOST:PORT to serve on."
+)
+@click.option("--tls-dir", default="tls", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--osd-grace",
+    default=20.0,
+    show_default=True,
+    help="Seconds without heartbeat before a daemon is marked down.",
+)
+@click.option(
+    "--ticket-ttl", default=3600.0, show_default=True, help="Lifetime of client tickets, seconds."
+)
+@click.option(
+    "--key-rotation",
+    default=3600.0,
+    show_default=True,
+    help="Seconds between service key rotations.",
+)
+@click.option("-v", "--verbose", count=True)
+def master_command(
+    data_dir: Path,
+    listen: str,
+    tls_dir: Path,
+    osd_grace: float,
+    ticket_ttl: float,
+    key_rotation: float,
+    verbose: int,
+) -> None:
+    """Run the master: maps, pools, keys."""
+    logs.setup(max(verbose, 1), "master")
+    run_master(
+        MasterConfig(
+            data_dir=data_dir,
+            listen=listen,
+            tls_dir=tls_dir,
+            osd_grace=osd_grace,
+            ticket_ttl=ticket_ttl,
+            key_rotation=key_rotation,
+        )
+    )

@@ -1,0 +1,452 @@
+"""The master daemon: a TLS server in front of ``MasterState``.
+
+Daemons connect with a certificate from the cluster CA (its role says ``osd``); clients
+connect without one and prove their key by challenge-response before anything else. Both
+may subscribe to maps; every new epoch is pushed to every subscriber as an ``map`` event.
+Background tasks mark silent daemons down and rotate the service keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from store import auth
+from store.errors import Code, RemoteError
+from store.master.state import MasterState
+from store.placement import ClusterMap
+from store.rpc import RpcConnection, parse_hostport
+from store.tls import TlsPaths, peer_identity, server_context
+
+log = logging.getLogger("store.master")
+
+
+@dataclass
+class MasterConfig:
+    data_dir: Path
+    listen: str = "127.0.0.1:6789"
+    tls_dir: Path = Path("tls")
+    osd_grace: float = 20.0  # seconds without heartbeat before a daemon is marked down
+    ticket_ttl: float = 3600.0
+    key_rotation: float = 3600.0
+
+
+class MasterServer:
+    def __init__(self, config: MasterConfig) -> None:
+        self.config = config
+        self.state = MasterState(config.data_dir)
+        admin_secret = self.state.ensure_admin()
+        if admin_secret is not None:
+            keyfile = config.data_dir / "admin.key"
+            auth.write_keyfile(keyfile, "admin", admin_secret)
+            log.info("new cluster %s: admin key written to %s", self.state.map.fsid, keyfile)
+        self.state.rotate_service_keys(time.time(), config.key_rotation, config.ticket_ttl)
+        self.subscribers: set[RpcConnection] = set()
+        self.daemons: dict[int, RpcConnection] = {}
+        # Filled when serving starts: a restarted master gives every daemon the grace
+        # period to say it is alive.
+        self.last_heartbeat: dict[int, float] = {}
+        self.bound_port: int | None = None
+        self.reports: dict[int, dict[str, Any]] = {}  # latest heartbeat report per daemon
+
+    # --- serving ---------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        paths = TlsPaths.in_dir(self.config.tls_dir, "master")
+        paths.check()
+        context = server_context(paths.cert, paths.key, paths.ca, client_certs="optional")
+        host, port = parse_hostport(self.config.listen)
+        now = trio.current_time()
+        self.last_heartbeat = {i: now for i in self.state.map.osds}
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        log.info(
+            "master of cluster %s listening on %s:%d at epoch %d",
+            self.state.map.fsid,
+            host,
+            self.bound_port,
+            self.state.map.epoch,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_heartbeats)
+            nursery.start_soon(self._rotate_keys)
+            ssl_listeners = [trio.SSLListener(lst, context) for lst in listeners]
+            await nursery.start(trio.serve_listeners, self._handle_stream, ssl_listeners)
+            task_status.started(self.bound_port)
+
+    async def _handle_stream(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await self._serve_stream(stream)
+        except Exception:
+            log.exception("connection handler failed")
+
+    async def _serve_stream(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            with trio.fail_after(10):
+                await stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+            log.info("refused a connection: TLS handshake failed (%s)", _reason(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        identity = peer_identity(stream)  # type: ignore[arg-type]
+        conn = RpcConnection(stream, name="peer")
+        conn.context["role"] = identity.role if identity else "client"
+        conn.context["cert_name"] = identity.name if identity else None
+        conn._handler = self._handler_for(conn)
+        try:
+            await conn.run()
+        finally:
+            self.subscribers.discard(conn)
+            for osd_id, c in list(self.daemons.items()):
+                if c is conn:
+                    del self.daemons[osd_id]
+
+    def _handler_for(self, conn: RpcConnection) -> Callable[[str, dict[str, Any]], Any]:
+        def handle(op: str, args: dict[str, Any]) -> Any:
+            role = conn.context["role"]
+            if role == "osd" and op in DAEMON_OPS:
+                return DAEMON_OPS[op](self, conn, args)
+            if op in OPEN_OPS:
+                return OPEN_OPS[op](self, conn, args)
+            caps: auth.Caps | None = conn.context.get("caps")
+            if caps is None:
+                raise RemoteError(Code.EAUTH, "authenticate first (auth_challenge, auth_prove)")
+            if op in CLIENT_OPS:
+                return CLIENT_OPS[op](self, conn, args)
+            if op in ADMIN_OPS:
+                if not caps.admin:
+                    raise RemoteError(Code.EPERM, f"{op} needs an admin key")
+                return ADMIN_OPS[op](self, conn, args)
+            raise RemoteError(Code.EINVAL, f"unknown operation {op!r}")
+
+        return handle
+
+    # --- map publication -------------------------------------------------------------
+
+    def publish(self) -> None:
+        """Push the current map to every subscriber (called after each new epoch)."""
+        m = self.state.map
+        log.info("epoch %d: %s", m.epoch, _summary(m))
+        wire = m.to_wire()
+        for conn in list(self.subscribers):
+            conn.send_event("map", {"map": wire})
+
+    def _changed(self, changed: bool) -> None:
+        if changed:
+            self.publish()
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await trio.sleep(min(1.0, self.config.osd_grace / 4))
+            now = trio.current_time()
+            silent = [
+                osd_id
+                for osd_id, info in self.state.map.osds.items()
+                if info.up and now - self.last_heartbeat.get(osd_id, now) > self.config.osd_grace
+            ]
+            if silent:
+                log.warning(
+                    "marking down silent daemons: %s", ", ".join(f"osd.{i}" for i in silent)
+                )
+                self._changed(self.state.osds_set_up(silent, False))
+
+    async def _rotate_keys(self) -> None:
+        while True:
+            await trio.sleep(min(60.0, self.config.key_rotation / 4))
+            if self.state.rotate_service_keys(
+                time.time(), self.config.key_rotation, self.config.ticket_ttl
+            ):
+                log.info(
+                    "service key rotated to generation %d", self.state.service_keys().current().gen
+                )
+                wire = self.state.service_keys().to_wire()
+                for conn in list(self.daemons.values()):
+                    conn.send_event("service_keys", {"keys": wire})
+
+
+# --- operations ----------------------------------------------------------------------
+# Each takes (server, connection, args) and returns a msgpack-able result.
+
+Op = Callable[[MasterServer, RpcConnection, dict[str, Any]], Any]
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    value = args.get(name, default)
+    if value is ...:
+        raise RemoteError(Code.EINVAL, f"missing argument {name!r}")
+    if value is not None and not isinstance(value, kind):
+        raise RemoteError(Code.EINVAL, f"argument {name!r} has the wrong type")
+    return value
+
+
+def op_osd_boot(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    cert_name = conn.context["cert_name"]
+    osd_id = server.state.osd_boot(
+        osd_uuid=_arg(args, "uuid", str),
+        osd_id=_arg(args, "osd_id", int, None),
+        host=_arg(args, "host", str),
+        addr=_arg(args, "addr", str),
+        peer_addr=_arg(args, "peer_addr", str),
+        cert_name=cert_name,
+    )
+    old = server.daemons.get(osd_id)
+    if old is not None and old is not conn:
+        old.send_event("replaced", {})
+    server.daemons[osd_id] = conn
+    server.subscribers.add(conn)
+    conn.name = f"osd.{osd_id}"
+    conn.context["osd_id"] = osd_id
+    server.last_heartbeat[osd_id] = trio.current_time()
+    log.info(
+        "osd.%d booted from %s (udp %s, peer %s)",
+        osd_id,
+        args["host"],
+        args["addr"],
+        args["peer_addr"],
+    )
+    server.publish()
+    return {
+        "osd_id": osd_id,
+        "map": server.state.map.to_wire(),
+        "service_keys": server.state.service_keys().to_wire(),
+    }
+
+
+def op_osd_heartbeat(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    osd_id = conn.context.get("osd_id")
+    if osd_id is None:
+        raise RemoteError(Code.EINVAL, "boot first")
+    server.last_heartbeat[osd_id] = trio.current_time()
+    server.reports[osd_id] = args
+    info = server.state.map.osds.get(osd_id)
+    if info is not None and not info.up:
+        # It was marked down while it was merely slow: it is alive, so up again.
+        log.info("osd.%d is back", osd_id)
+        server._changed(server.state.osds_set_up([osd_id], True))
+    return {"epoch": server.state.map.epoch}
+
+
+def op_osd_stopping(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    osd_id = conn.context.get("osd_id")
+    if osd_id is not None:
+        log.info("osd.%d is stopping", osd_id)
+        server.last_heartbeat.pop(osd_id, None)
+        server._changed(server.state.osds_set_up([osd_id], False))
+    return {}
+
+
+def op_hello(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    return {"fsid": server.state.map.fsid, "epoch": server.state.map.epoch}
+
+
+def op_auth_challenge(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    challenge = auth.new_challenge()
+    conn.context["challenge"] = (name, challenge)
+    return {"challenge": challenge}
+
+
+def op_auth_prove(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    pending = conn.context.pop("challenge", None)
+    name = _arg(args, "name", str)
+    nonce = _arg(args, "client_nonce", bytes)
+    proof = _arg(args, "proof", bytes)
+    record = server.state.client(name)
+    if pending is None or pending[0] != name:
+        raise RemoteError(Code.EAUTH, "ask for a challenge first")
+    if record is None or not auth.verify_proof(record.secret, name, pending[1], nonce, proof):
+        # One message for both: do not tell a stranger which client names exist.
+        log.warning(
+            "refused authentication of client %r: %s",
+            name,
+            "unknown client" if record is None else "wrong key",
+        )
+        raise RemoteError(
+            Code.EAUTH, f"authentication of {name!r} failed: unknown client or wrong key"
+        )
+    now = time.time()
+    ticket = auth.issue_ticket(name, record.caps, now, server.config.ticket_ttl)
+    conn.context["caps"] = record.caps
+    conn.context["client"] = name
+    conn.name = f"client.{name}"
+    blob = auth.seal_ticket(server.state.service_keys(), ticket)
+    sealed = auth.seal_for_client(
+        record.secret,
+        {
+            "session_key": ticket.session_key,
+            "expires": ticket.expires,
+            "ticket_id": ticket.ticket_id,
+        },
+    )
+    return {
+        "ticket": blob,
+        "sealed": sealed,
+        "caps": record.caps.to_wire(),
+        "expires": ticket.expires,
+    }
+
+
+def op_get_map(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    epoch = _arg(args, "epoch", int, None)
+    if epoch is None or epoch == server.state.map.epoch:
+        return {"map": server.state.map.to_wire()}
+    old = server.state.map_at(epoch)
+    if old is None:
+        raise RemoteError(Code.ENOENT, f"no map with epoch {epoch}")
+    return {"map": old.to_wire()}
+
+
+def op_subscribe(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    server.subscribers.add(conn)
+    return {"map": server.state.map.to_wire()}
+
+
+def op_status(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    m = server.state.map
+    return {
+        "fsid": m.fsid,
+        "epoch": m.epoch,
+        "map": m.to_wire(),
+        "daemons_connected": sorted(server.daemons),
+        "reports": {
+            osd_id: report
+            for osd_id, report in server.reports.items()
+            if osd_id in m.osds and m.osds[osd_id].up
+        },
+    }
+
+
+def op_pool_ls(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    return {"pools": [_pool_wire(p) for _, p in sorted(server.state.map.pools.items())]}
+
+
+def _pool_wire(pool: Any) -> dict[str, Any]:
+    return {
+        "id": pool.id,
+        "name": pool.name,
+        "size": pool.size,
+        "min_size": pool.min_size,
+        "pg_num": pool.pg_num,
+        "encrypt": pool.encrypt,
+    }
+
+
+def op_pool_create(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    pool = server.state.pool_create(
+        _arg(args, "name", str),
+        size=_arg(args, "size", int, 3),
+        min_size=_arg(args, "min_size", int, None),
+        pg_num=_arg(args, "pg_num", int, 64),
+        encrypt=_arg(args, "encrypt", bool, True),
+    )
+    server.publish()
+    return {"pool": _pool_wire(pool), "epoch": server.state.map.epoch}
+
+
+def op_pool_set(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    pool = server.state.pool_set(_arg(args, "name", str), _arg(args, "key", str), args.get("value"))
+    server.publish()
+    return {"pool": _pool_wire(pool), "epoch": server.state.map.epoch}
+
+
+def op_pool_rm(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    server.state.pool_rm(_arg(args, "name", str))
+    server.publish()
+    return {"epoch": server.state.map.epoch}
+
+
+def op_osd_ls(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    m = server.state.map
+    return {"epoch": m.epoch, "osds": m.to_wire()["osds"]}
+
+
+def op_osd_set(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    osd_id = _arg(args, "osd_id", int)
+    server._changed(
+        server.state.osd_set(
+            osd_id,
+            in_=_arg(args, "in", bool, None),
+            weight=_arg(args, "weight", (int, float), None),
+        )
+    )
+    return {"epoch": server.state.map.epoch}
+
+
+def op_auth_add(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    caps = auth.Caps.from_wire(_arg(args, "caps", dict))
+    secret = server.state.client_add(name, caps)
+    log.info("client %r created (%s)", name, caps.describe())
+    return {"name": name, "key": secret, "caps": caps.to_wire()}
+
+
+def op_auth_ls(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    return {
+        "clients": [
+            {"name": c.name, "caps": c.caps.to_wire(), "created": c.created}
+            for c in server.state.clients()
+        ]
+    }
+
+
+def op_auth_rm(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    name = _arg(args, "name", str)
+    if name == conn.context.get("client"):
+        raise RemoteError(Code.EINVAL, "refusing to remove the key this request was made with")
+    server.state.client_rm(name)
+    log.info("client %r removed", name)
+    return {}
+
+
+DAEMON_OPS: dict[str, Op] = {
+    "osd_boot": op_osd_boot,
+    "osd_heartbeat": op_osd_heartbeat,
+    "osd_stopping": op_osd_stopping,
+    "get_map": op_get_map,
+    "subscribe": op_subscribe,
+}
+OPEN_OPS: dict[str, Op] = {
+    "hello": op_hello,
+    "auth_challenge": op_auth_challenge,
+    "auth_prove": op_auth_prove,
+}
+CLIENT_OPS: dict[str, Op] = {
+    "get_map": op_get_map,
+    "subscribe": op_subscribe,
+    "status": op_status,
+    "pool_ls": op_pool_ls,
+    "osd_ls": op_osd_ls,
+}
+ADMIN_OPS: dict[str, Op] = {
+    "pool_create": op_pool_create,
+    "pool_set": op_pool_set,
+    "pool_rm": op_pool_rm,
+    "osd_set": op_osd_set,
+    "auth_add": op_auth_add,
+    "auth_ls": op_auth_ls,
+    "auth_rm": op_auth_rm,
+}
+
+
+def _summary(m: ClusterMap) -> str:
+    up = sum(1 for o in m.osds.values() if o.up)
+    in_ = sum(1 for o in m.osds.values() if o.in_)
+    return f"{len(m.osds)} daemons, {up} up, {in_} in; {len(m.pools)} pools"
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return str(cause) or type(cause).__name__
+
+
+def run_master(config: MasterConfig) -> None:
+    os.umask(0o077)
+    server = MasterServer(config)
+    trio.run(server.serve)

@@ -1,0 +1,125 @@
+"""`store osd` (and `store file-store`, the same daemon under its older flag names)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from store import logs
+from store.osd.daemon import OsdConfig, run_osd
+from store.tls import TlsPaths
+
+
+def _run(config: OsdConfig, verbose: int) -> None:
+    logs.setup(max(verbose, 1), f"osd:{config.dir.name}")
+    run_osd(config)
+
+
+@click.group("osd", invoke_without_command=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    help="The disk: an empty directory on first start.",
+)
+@click.option("--master", help="HOST:PORT of the master.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    help="UDP HOST:PORT for clients (TCP for peers on the same port unless --peer-listen).",
+)
+@click.option("--peer-listen", default=None, help="TCP HOST:PORT for peers.")
+@click.option(
+    "--advertise", default=None, help="HOST:PORT clients are told (behind NAT, in containers)."
+)
+@click.option("--advertise-peer", default=None, help="HOST:PORT peers are told.")
+@click.option(
+    "--host",
+    default=socket.gethostname(),
+    show_default=True,
+    help="Failure domain: replicas go to different hosts.",
+)
+@click.option("--tls-dir", default="tls", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--cert-name", default="osd", show_default=True, help="Use TLS_DIR/NAME.crt and NAME.key."
+)
+@click.option(
+    "--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats to the master."
+)
+@click.option("-v", "--verbose", count=True)
+@click.pass_context
+def osd_group(
+    ctx: click.Context,
+    directory: Path | None,
+    master: str | None,
+    listen: str,
+    peer_listen: str | None,
+    advertise: str | None,
+    advertise_peer: str | None,
+    host: str,
+    tls_dir: Path,
+    cert_name: str,
+    heartbeat: float,
+    verbose: int,
+) -> None:
+    """Run a storage daemon for one disk (`store osd --dir D --master M`), or manage
+    daemons (`store osd ls|out|in|reweight`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if directory is None or master is None:
+        raise click.UsageError("running a daemon needs --dir DIR and --master HOST:PORT")
+    _run(
+        OsdConfig(
+            dir=directory,
+            master=master,
+            listen=listen,
+            peer_listen=peer_listen,
+            advertise=advertise,
+            advertise_peer=advertise_peer,
+            host=host,
+            tls=TlsPaths.in_dir(tls_dir, cert_name),
+            heartbeat_interval=heartbeat,
+        ),
+        verbose,
+    )
+
+
+@click.command("file-store")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
+@click.option("--master", required=True, help="HOST:PORT of the master.")
+@click.option("--listen-address", required=True, help="UDP HOST:PORT for clients.")
+@click.option("--peer-address", required=True, help="TCP HOST:PORT for peers.")
+@click.option("--peer-cert", required=True, type=click.Path(path_type=Path))
+@click.option("--peer-key", required=True, type=click.Path(path_type=Path))
+@click.option("--peer-ca-cert", required=True, type=click.Path(path_type=Path))
+@click.option("--advertise", default=None)
+@click.option("--host", default=socket.gethostname(), show_default=True)
+@click.option("-v", "--verbose", count=True)
+def file_store_command(
+    directory: Path,
+    master: str,
+    listen_address: str,
+    peer_address: str,
+    peer_cert: Path,
+    peer_key: Path,
+    peer_ca_cert: Path,
+    advertise: str | None,
+    host: str,
+    verbose: int,
+) -> None:
+    """Run a storage daemon (same as `store osd`, older flag names)."""
+    _run(
+        OsdConfig(
+            dir=directory,
+            master=master,
+            listen=listen_address,
+            peer_listen=peer_address,
+            advertise=advertise,
+            host=host,
+            tls=TlsPaths(ca=peer_ca_cert, cert=peer_cert, key=peer_key),
+        ),
+        verbose,
+    )

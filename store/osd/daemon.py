@@ -1,0 +1,322 @@
+"""The storage daemon: one per disk.
+
+Start-up order matters: the disk's identity and object store first, then the sockets
+(so the addresses the master is told are real), then the master — only after the boot
+answer does the daemon know its id, the map and the service keys it needs to open tickets.
+From then on three things drive it: maps pushed by the master (each may start peering of
+some PGs), datagrams from clients, and requests from peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from store import auth
+from store.client.transport import tune_buffers
+from store.errors import ConfigError, StoreError
+from store.osd import identity as identity_mod
+from store.osd.front import UdpFront
+from store.osd.objectstore import ObjectStore
+from store.osd.peers import PeerLinks
+from store.osd.pg import PlacementGroup
+from store.osd.sessions import SessionTable
+from store.osd.write_queue import WriteQueue
+from store.placement import ClusterMap, placement
+from store.rpc import ConnectionLost, RpcConnection, parse_hostport
+from store.tls import TlsPaths, client_context, peer_identity, server_context
+
+log = logging.getLogger("store.osd")
+
+
+@dataclass
+class OsdConfig:
+    dir: Path
+    master: str
+    listen: str = "127.0.0.1:0"  # UDP for clients
+    peer_listen: str | None = None  # TCP for peers; default: the UDP host and port
+    advertise: str | None = None  # what clients are told; default: the bound UDP address
+    advertise_peer: str | None = None
+    host: str = field(default_factory=socket.gethostname)
+    tls: TlsPaths | None = None
+    heartbeat_interval: float = 2.0
+    full_ratio: float = 0.95
+
+
+class OsdDaemon:
+    def __init__(self, config: OsdConfig) -> None:
+        self.config = config
+        self.identity = identity_mod.load_or_init(config.dir)
+        self.store = ObjectStore(str(config.dir / "store.db"))
+        self.writes = WriteQueue(self.store)
+        self.osd_id: int = self.identity.osd_id if self.identity.osd_id is not None else -1
+        self.map = ClusterMap(epoch=0, fsid="", created=0.0, osds={}, pools={})
+        self.service_keys = auth.ServiceKeys()
+        self.pgs: dict[tuple[int, int], PlacementGroup] = {}
+        self.full = False
+        self._early_map: ClusterMap | None = None
+        self._nursery: trio.Nursery | None = None
+        self.master: RpcConnection | None = None
+        self.udp_address: tuple[str, int] | None = None
+        self.peer_address: tuple[str, int] | None = None
+
+    # --- PgHost protocol -------------------------------------------------------------
+
+    async def peer(self, osd_id: int) -> RpcConnection:
+        return await self.peers.get(osd_id)
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        tls = self.config.tls
+        if tls is None:
+            raise ConfigError(
+                "the daemon needs TLS files (--tls-dir or --peer-cert/--peer-key/--peer-ca-cert)"
+            )
+        tls.check()
+        udp, listeners = await self._bind()
+        self.peers = PeerLinks(
+            self,
+            server_context(tls.cert, tls.key, tls.ca, client_certs="required"),
+            client_context(tls.ca, tls.cert, tls.key, check_hostname=False),
+        )
+        self.front = UdpFront(self, udp)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.writes.run)
+                nursery.start_soon(self.peers.serve, listeners)
+                await self._boot()
+                sessions = SessionTable(self.osd_id, lambda: self.service_keys, time.time)
+                nursery.start_soon(self.front.run, sessions)
+                nursery.start_soon(self._master_loop)
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                log.info(
+                    "osd.%d serving: udp %s, peer %s, host %s",
+                    self.osd_id,
+                    self.advertised_udp,
+                    self.advertised_peer,
+                    self.config.host,
+                )
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._say_goodbye()
+            self.store.close()
+            udp.close()
+
+    async def _bind(self) -> tuple[socket.socket, list[trio.SocketListener]]:
+        host, port = parse_hostport(self.config.listen)
+        udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        tune_buffers(udp, 16 * 1024 * 1024)
+        udp.bind((host, port))
+        self.udp_address = udp.getsockname()[:2]
+        if self.config.peer_listen:
+            peer_host, peer_port = parse_hostport(self.config.peer_listen)
+        else:
+            peer_host, peer_port = host, self.udp_address[1]
+        listeners = await trio.open_tcp_listeners(peer_port, host=peer_host)
+        self.peer_address = listeners[0].socket.getsockname()[:2]
+        return udp, listeners
+
+    @property
+    def advertised_udp(self) -> str:
+        if self.config.advertise:
+            return self.config.advertise
+        assert self.udp_address is not None
+        host, port = self.udp_address
+        if host in ("0.0.0.0", "::"):
+            raise ConfigError(
+                "listening on all addresses: say which one clients use with --advertise HOST:PORT"
+            )
+        return f"{host}:{port}"
+
+    @property
+    def advertised_peer(self) -> str:
+        if self.config.advertise_peer:
+            return self.config.advertise_peer
+        assert self.peer_address is not None
+        host, port = self.peer_address
+        if host in ("0.0.0.0", "::"):
+            host = parse_hostport(self.advertised_udp)[0]
+        return f"{host}:{port}"
+
+    # --- the master ----------------------------------------------------------------------
+
+    async def _connect_master(self) -> RpcConnection:
+        assert self.config.tls is not None and self._nursery is not None
+        tls = self.config.tls
+        host, port = parse_hostport(self.config.master)
+        context = client_context(tls.ca, tls.cert, tls.key)
+        with trio.fail_after(10):
+            tcp = await trio.open_tcp_stream(host, port)
+            stream = trio.SSLStream(tcp, context, server_hostname=host)
+            await stream.do_handshake()
+        if peer_identity(stream) is None:  # type: ignore[arg-type]
+            raise ConfigError("the master presented no certificate")
+        conn = RpcConnection(stream, on_event=self._on_master_event, name="master")
+        self._nursery.start_soon(conn.run)
+        return conn
+
+    async def _boot(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                conn = await self._connect_master()
+                result = await conn.call(
+                    "osd_boot",
+                    {
+                        "uuid": self.identity.uuid,
+                        "osd_id": self.identity.osd_id,
+                        "host": self.config.host,
+                        "addr": self.advertised_udp,
+                        "peer_addr": self.advertised_peer,
+                    },
+                )
+                break
+            except (OSError, StoreError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                log.warning(
+                    "cannot boot with the master at %s: %s; retrying", self.config.master, exc
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.master = conn
+        new_map = ClusterMap.from_wire(result["map"])
+        if self.identity.fsid not in (None, new_map.fsid):
+            raise ConfigError(
+                f"{self.config.dir} belongs to cluster {self.identity.fsid}, not {new_map.fsid}"
+            )
+        self.osd_id = int(result["osd_id"])
+        if (self.identity.osd_id, self.identity.fsid) != (self.osd_id, new_map.fsid):
+            self.identity.osd_id, self.identity.fsid = self.osd_id, new_map.fsid
+            identity_mod.save(self.config.dir, self.identity)
+        self.service_keys = auth.ServiceKeys.from_wire(result["service_keys"])
+        self.apply_map(new_map)
+        if self._early_map is not None:
+            self.apply_map(self._early_map)
+            self._early_map = None
+
+    def _on_master_event(self, name: str, args: dict[str, Any]) -> None:
+        if name == "map":
+            new = ClusterMap.from_wire(args["map"])
+            if self.osd_id < 0:  # pushed before the answer to our boot: keep it for then
+                if self._early_map is None or new.epoch > self._early_map.epoch:
+                    self._early_map = new
+                return
+            self.apply_map(new)
+        elif name == "service_keys":
+            self.service_keys = auth.ServiceKeys.from_wire(args["keys"])
+
+    async def _master_loop(self) -> None:
+        """Reconnect and boot again whenever the master link drops."""
+        while True:
+            assert self.master is not None
+            await self.master.closed.wait()
+            log.warning("lost the master at %s; reconnecting", self.config.master)
+            await trio.sleep(0.5)
+            await self._boot()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            self._check_full()
+            if self.master is None or self.master.closed.is_set():
+                continue
+            try:
+                await self.master.call(
+                    "osd_heartbeat", self.report(), timeout=self.config.heartbeat_interval * 2
+                )
+            except (StoreError, ConnectionLost) as exc:
+                log.debug("heartbeat failed: %s", exc)
+
+    def report(self) -> dict[str, Any]:
+        """What the master shows in `store status`: states of the PGs we lead, usage."""
+        states: dict[str, int] = {}
+        for pgobj in self.pgs.values():
+            state = pgobj.status()
+            if state is not None:
+                states[state] = states.get(state, 0) + 1
+        stats = os.statvfs(self.config.dir)
+        usage = self.store.usage()
+        return {
+            "pgs": states,
+            "usage": {
+                **usage,
+                "disk_total": stats.f_blocks * stats.f_frsize,
+                "disk_avail": stats.f_bavail * stats.f_frsize,
+            },
+            "full": self.full,
+            "dropped": dict(self.front.dropped),
+            "checksum_errors": self.store.checksum_errors,
+        }
+
+    def _check_full(self) -> None:
+        stats = os.statvfs(self.config.dir)
+        used = 1 - stats.f_bavail / stats.f_blocks if stats.f_blocks else 0.0
+        full = used >= self.config.full_ratio
+        if full != self.full:
+            log.warning(
+                "osd.%d is %s (%.0f%% used)",
+                self.osd_id,
+                "full" if full else "no longer full",
+                used * 100,
+            )
+        self.full = full
+
+    async def _say_goodbye(self) -> None:
+        if self.master is not None and not self.master.closed.is_set():
+            with trio.move_on_after(2):
+                try:
+                    await self.master.call("osd_stopping", {}, timeout=2)
+                except (StoreError, ConnectionLost):
+                    pass
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("osd.%d stopping (signal %d)", self.osd_id, signum)
+                scope.cancel()
+                return
+
+    # --- maps ----------------------------------------------------------------------------
+
+    def apply_map(self, new: ClusterMap) -> None:
+        if new.epoch <= self.map.epoch:
+            return
+        self.map = new
+        log.info("osd.%d now at epoch %d", self.osd_id, new.epoch)
+        wanted: set[tuple[int, int]] = set()
+        for pool in new.pools.values():
+            for pg in range(pool.pg_num):
+                if self.osd_id in placement(new, pool.id, pg):
+                    wanted.add((pool.id, pg))
+        for key in wanted | set(self.pgs):
+            pgobj = self.pgs.get(key)
+            if pgobj is None:
+                pgobj = self.pgs[key] = PlacementGroup(self, *key)
+            if key[0] not in new.pools:
+                pgobj.stop()
+                del self.pgs[key]
+                continue
+            pgobj.on_map(new)
+
+
+def run_osd(config: OsdConfig) -> None:
+    os.umask(0o077)
+    trio.run(OsdDaemon(config).run)

@@ -1,0 +1,285 @@
+"""The daemon's UDP front: one socket, one receive loop, every datagram accounted for.
+
+Each datagram is parsed as untrusted bytes. HELLOs open sessions; REQUESTs are opened with
+their session's keys, checked against the anti-replay window, and routed: a read is served
+at once from the receive loop, a write gets a task that waits for the PG to order,
+apply and replicate it. Anything that fails a check is dropped and counted by reason, and
+the loop goes on: a daemon never dies of its input.
+
+The socket is a plain non-blocking socket driven by ``trio.lowlevel.wait_readable``: reading
+until the queue is empty and sending without awaiting keeps per-datagram overhead low.
+A reply that does not fit the send buffer is dropped; the client retransmits.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
+from store.osd.objectstore import PrimaryTxn
+from store.osd.ops import (
+    InvalidRequest,
+    is_mutating,
+    parse_cond_untrusted,
+    parse_ops_untrusted,
+    validate_object_name,
+)
+from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
+from store.placement import PoolSpec, pg_of, primary
+from store.wire.datagram import MAX_DATAGRAM, DatagramType, Header, parse_header_untrusted
+
+if TYPE_CHECKING:
+    from store.osd.daemon import OsdDaemon
+
+log = logging.getLogger("store.osd")
+
+# Replies that describe a passing condition; a retry of the same request must run again.
+TRANSIENT = {Code.EAGAIN, Code.ESTALE, Code.EDEGRADED, Code.ETIMEDOUT, Code.EBADSESSION}
+LIST_REPLY_BUDGET = 60000
+
+
+class UdpFront:
+    def __init__(self, daemon: OsdDaemon, sock: socket.socket) -> None:
+        self.daemon = daemon
+        self.sock = sock
+        sock.setblocking(False)
+        self.sessions: SessionTable | None = None
+        self.dropped: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, sessions: SessionTable) -> None:
+        self.sessions = sessions
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                await trio.lowlevel.wait_readable(self.sock)
+                for _ in range(256):  # then let other tasks run
+                    try:
+                        data, address = self.sock.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # e.g. ICMP errors surfacing on Linux
+                        self.dropped["socket_error"] += 1
+                        log.debug("recvfrom: %s", exc)
+                        continue
+                    try:
+                        self.on_datagram(data, address)
+                    except Exception:
+                        self.dropped["internal_error"] += 1
+                        log.exception("handling a datagram from %s failed", address)
+                await trio.lowlevel.checkpoint()
+
+    def send(self, data: bytes | None, address: Any) -> None:
+        if data is None:
+            return
+        try:
+            self.sock.sendto(data, address)
+        except (BlockingIOError, OSError):
+            self.dropped["send_failed"] += 1
+
+    # --- datagrams ---------------------------------------------------------------------
+
+    def on_datagram(self, data: bytes, address: Any) -> None:
+        sessions = self.sessions
+        assert sessions is not None
+        epoch = self.daemon.map.epoch
+        try:
+            header = parse_header_untrusted(data)
+        except MalformedDatagram:
+            self.dropped["malformed"] += 1
+            return
+        if header.type == DatagramType.HELLO:
+            try:
+                self.send(sessions.handle_hello_untrusted(data, epoch), address)
+                self.served["hello"] += 1
+            except AuthError as exc:
+                self.dropped["auth_failed"] += 1
+                log.warning("refused a session from %s:%s: %s", address[0], address[1], exc)
+                self.send(sessions.hello_refusal(data, epoch, Code.EAUTH, str(exc)), address)
+            except ProtocolError:
+                self.dropped["malformed"] += 1
+            return
+        if header.type != DatagramType.REQUEST:
+            self.dropped["malformed"] += 1
+            return
+        try:
+            session, header, body = sessions.open_request_untrusted(data)
+        except (UnknownSession, ExpiredSession):
+            self.dropped["unknown_session"] += 1
+            self.send(sessions.reset_for(data, epoch), address)
+            return
+        except BadMAC:
+            self.dropped["bad_mac"] += 1
+            return
+        except Replayed:
+            self.dropped["replay"] += 1
+            return
+        except ProtocolError:
+            self.dropped["malformed"] += 1
+            return
+        self.on_request(session, header, body, address)
+
+    def reply(
+        self, session: Session, header: Header, address: Any, body: dict[str, Any]
+    ) -> bytes | None:
+        assert self.sessions is not None
+        try:
+            datagram = self.sessions.seal_reply(session, header, self.daemon.map.epoch, body)
+        except ValueError:
+            body = {"r": int(Code.EFBIG), "m": "reply too large for one datagram: ask for less"}
+            datagram = self.sessions.seal_reply(session, header, self.daemon.map.epoch, body)
+        self.send(datagram, address)
+        return datagram
+
+    def on_request(
+        self, session: Session, header: Header, body: dict[Any, Any], address: Any
+    ) -> None:
+        try:
+            if "ls" in body:
+                self.reply(session, header, address, self._list(session, header, body))
+                return
+            self._object_request(session, header, body, address)
+        except RemoteError as exc:
+            self.served[f"error_{exc.code.name}"] += 1
+            self.reply(session, header, address, {"r": int(exc.code), "m": exc.message})
+        except InvalidRequest as exc:
+            self.served["error_EINVAL"] += 1
+            self.reply(session, header, address, {"r": int(Code.EINVAL), "m": str(exc)})
+
+    def _route(
+        self, session: Session, header: Header, body: dict[Any, Any], write: bool
+    ) -> tuple[PoolSpec, int]:
+        daemon = self.daemon
+        pool_id = body.get("p")
+        if not isinstance(pool_id, int):
+            raise InvalidRequest("request names no pool")
+        pool = daemon.map.pools.get(pool_id)
+        if pool is None:
+            if header.epoch > daemon.map.epoch:
+                raise RemoteError(Code.EAGAIN, "this daemon has not seen your map yet")
+            raise RemoteError(Code.ENOENT, f"no pool with id {pool_id}")
+        if not session.caps.allows(pool.name, write):
+            raise RemoteError(
+                Code.EPERM,
+                f"client {session.client!r} may not {'write to' if write else 'read'} pool {pool.name!r}",
+            )
+        if pool.encrypt and not header.encrypted:
+            raise RemoteError(Code.EPERM, f"pool {pool.name!r} requires encrypted requests")
+        return pool, pool_id
+
+    def _check_primary(self, pool_id: int, pg: int, header: Header) -> Any:
+        daemon = self.daemon
+        if primary(daemon.map, pool_id, pg) != daemon.osd_id:
+            if header.epoch > daemon.map.epoch:
+                raise RemoteError(Code.EAGAIN, "this daemon has not seen your map yet")
+            raise RemoteError(
+                Code.ESTALE, f"osd.{daemon.osd_id} is not the primary of pg {pool_id}.{pg:x}"
+            )
+        pgobj = daemon.pgs.get((pool_id, pg))
+        if pgobj is None or pgobj.state != "active":
+            raise RemoteError(Code.EAGAIN, f"pg {pool_id}.{pg:x} is not active yet")
+        return pgobj
+
+    def _list(self, session: Session, header: Header, body: dict[Any, Any]) -> dict[str, Any]:
+        pool, pool_id = self._route(session, header, body, write=False)
+        pg, spec = body.get("pg"), body.get("ls")
+        if not isinstance(pg, int) or not 0 <= pg < pool.pg_num or not isinstance(spec, dict):
+            raise InvalidRequest("a listing needs pg and ls: {c: cursor, n: limit}")
+        cursor, limit = spec.get("c"), spec.get("n", 200)
+        if (cursor is not None and not isinstance(cursor, str)) or not isinstance(limit, int):
+            raise InvalidRequest("bad listing cursor or limit")
+        self._check_primary(pool_id, pg, header)
+        entries, next_cursor = self.daemon.store.list_pg(
+            pool_id, pg, cursor, max(1, min(limit, 1000))
+        )
+        budget, kept = LIST_REPLY_BUDGET, cast(list[list[Any]], [])
+        for name, size, version in entries:
+            budget -= len(name.encode()) + 32
+            if budget < 0:
+                next_cursor = str(kept[-1][0]) if kept else cursor
+                break
+            kept.append([name, size, list(version)])
+        self.served["list"] += 1
+        return {"r": 0, "objs": kept, "next": next_cursor}
+
+    def _object_request(
+        self, session: Session, header: Header, body: dict[Any, Any], address: Any
+    ) -> None:
+        raw_ops = body.get("ops")
+        ops = parse_ops_untrusted(raw_ops)
+        assert isinstance(raw_ops, list)  # parse_ops_untrusted accepted it
+        write = is_mutating(ops)
+        pool, pool_id = self._route(session, header, body, write)
+        name = validate_object_name(body.get("o"))
+        cond = parse_cond_untrusted(body.get("if"))
+        pg = pg_of(pool, name)
+        pgobj = self._check_primary(pool_id, pg, header)
+        if not write:
+            result = self.daemon.store.execute_read(pool_id, name, ops)
+            self.served["read"] += 1
+            self.reply(session, header, address, _result_body(result))
+            return
+        cached = session.replies.get(header.request_id)
+        if cached is not None:
+            self.served["write_cached"] += 1
+            self.send(cached, address)
+            return
+        if header.request_id in session.in_progress:
+            self.dropped["duplicate_in_progress"] += 1
+            return
+        if self.daemon.full:
+            raise RemoteError(Code.ENOSPC, f"osd.{self.daemon.osd_id} is full")
+        session.in_progress.add(header.request_id)
+        txn = PrimaryTxn(
+            pool=pool_id,
+            pg=pg,
+            name=name,
+            ops=ops,
+            cond=cond,
+            epoch=self.daemon.map.epoch,
+            reqid=f"{session.client}.{session.instance:x}:{header.request_id}",
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            self._write, session, header, address, pgobj, txn, raw_ops, pool.min_size
+        )
+
+    async def _write(
+        self,
+        session: Session,
+        header: Header,
+        address: Any,
+        pgobj: Any,
+        txn: PrimaryTxn,
+        raw_ops: list[Any],
+        min_size: int,
+    ) -> None:
+        try:
+            result = await pgobj.client_write(txn, raw_ops, min_size)
+            body = _result_body(result)
+        except RemoteError as exc:
+            body = {"r": int(exc.code), "m": exc.message}
+        finally:
+            session.in_progress.discard(header.request_id)
+        self.served["write"] += 1
+        datagram = self.reply(session, header, address, body)
+        if datagram is not None and body["r"] not in TRANSIENT:
+            session.remember_reply(header.request_id, datagram)
+
+
+def _result_body(result: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"r": int(result.code), "v": list(result.version)}
+    if result.code == Code.OK:
+        body["res"] = result.results
+    elif result.message:
+        body["m"] = result.message
+    return body
+
+
+assert MAX_DATAGRAM > LIST_REPLY_BUDGET

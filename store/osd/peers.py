@@ -1,0 +1,222 @@
+"""Daemon-to-daemon links: TCP with mutual TLS, and the operations peers ask of each other.
+
+Each daemon serves a peer port. Only certificates from the cluster CA with the ``osd`` role
+get in; when a daemon connects out it also checks that the certificate of the other side
+names the daemon the map says lives at that address. A link carries requests one way (the
+connecting daemon asks, the other answers); two daemons that both need to ask hold two
+links.
+
+Forwarded writes (``repop``) are queued for the disk in the reader task, in arrival order
+(see ``store.rpc``), so a replica applies them in the order the primary versioned them.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from store.errors import AuthError, Code, RemoteError
+from store.osd.objectstore import ObjectState, ObjectStateTxn, PgResetLogTxn
+from store.osd.ops import parse_ops_untrusted, parse_version_untrusted
+from store.osd.pg import replica_txn_from_wire
+from store.placement import primary
+from store.rpc import RpcConnection, parse_hostport
+from store.tls import peer_identity
+
+if TYPE_CHECKING:
+    from store.osd.daemon import OsdDaemon
+
+log = logging.getLogger("store.osd")
+
+
+class PeerLinks:
+    def __init__(
+        self, daemon: OsdDaemon, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+    ) -> None:
+        self.daemon = daemon
+        self.server_ctx = server_ctx
+        self.client_ctx = client_ctx
+        self.links: dict[int, RpcConnection] = {}
+        self._locks: dict[int, trio.Lock] = {}
+
+    # --- outgoing ------------------------------------------------------------------------
+
+    async def get(self, osd_id: int) -> RpcConnection:
+        conn = self.links.get(osd_id)
+        if conn is not None and not conn.closed.is_set():
+            return conn
+        lock = self._locks.setdefault(osd_id, trio.Lock())
+        async with lock:
+            conn = self.links.get(osd_id)
+            if conn is not None and not conn.closed.is_set():
+                return conn
+            conn = await self._connect(osd_id)
+            self.links[osd_id] = conn
+            return conn
+
+    async def _connect(self, osd_id: int) -> RpcConnection:
+        info = self.daemon.map.osds.get(osd_id)
+        if info is None:
+            raise RemoteError(Code.ENOENT, f"osd.{osd_id} is not in the map")
+        host, port = parse_hostport(info.peer_addr)
+        try:
+            with trio.fail_after(5):
+                tcp = await trio.open_tcp_stream(host, port)
+                stream = trio.SSLStream(tcp, self.client_ctx, server_hostname=None)
+                await stream.do_handshake()
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise RemoteError(
+                Code.ETIMEDOUT, f"cannot reach osd.{osd_id} at {info.peer_addr}: {exc}"
+            ) from None
+        identity = peer_identity(stream)  # type: ignore[arg-type]
+        if identity is None or identity.role != "osd" or identity.name != info.cert_name:
+            await trio.aclose_forcefully(stream)
+            raise AuthError(
+                f"the daemon at {info.peer_addr} presented {identity!r}, not osd.{osd_id}'s "
+                f"certificate {info.cert_name!r}"
+            )
+        conn = RpcConnection(stream, name=f"osd.{osd_id}")
+        self.daemon.start_task(conn.run)
+        return conn
+
+    # --- incoming ------------------------------------------------------------------------
+
+    async def serve(self, listeners: list[trio.SocketListener]) -> None:
+        ssl_listeners = [trio.SSLListener(lst, self.server_ctx) for lst in listeners]
+        await trio.serve_listeners(self._handle_stream, ssl_listeners)
+
+    async def _handle_stream(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await self._serve_stream(stream)
+        except Exception:
+            log.exception("peer connection handler failed")
+
+    async def _serve_stream(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            with trio.fail_after(10):
+                await stream.do_handshake()
+            identity = peer_identity(stream)  # type: ignore[arg-type]
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError, AuthError) as exc:
+            log.warning("refused a peer connection: %s", exc.__cause__ or exc)
+            await trio.aclose_forcefully(stream)
+            return
+        if identity is None or identity.role != "osd":
+            log.warning("refused a peer connection from %r: not a daemon certificate", identity)
+            await trio.aclose_forcefully(stream)
+            return
+        conn = RpcConnection(stream, handler=self.handle, name=f"peer {identity.name}")
+        await conn.run()
+
+    def handle(self, op: str, args: dict[str, Any]) -> Any:
+        handler = PEER_OPS.get(op)
+        if handler is None:
+            raise RemoteError(Code.EINVAL, f"unknown peer operation {op!r}")
+        try:
+            return handler(self.daemon, args)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RemoteError(Code.EINVAL, f"malformed {op}: {exc!r}") from None
+
+    async def aclose(self) -> None:
+        for conn in list(self.links.values()):
+            await conn.aclose()
+
+
+# --- operations a peer may ask -------------------------------------------------------
+
+
+def _pool_pg(args: dict[str, Any]) -> tuple[int, int]:
+    return int(args["pool"]), int(args["pg"])
+
+
+def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    sender_epoch = int(args.get("epoch", 0))
+    # A forward from a daemon that is no longer this PG's primary (by our newer map) is
+    # refused: it would write history the new primary does not know.
+    current = primary(daemon.map, pool, pg)
+    if (
+        sender_epoch < daemon.map.epoch
+        and current is not None
+        and current != args.get("from", current)
+    ):
+        raise RemoteError(Code.ESTALE, "sender is not the primary of this pg any more")
+    txn = replica_txn_from_wire(args, parse_ops_untrusted(args["ops"]))
+    completion = daemon.writes.submit(txn)
+
+    async def done() -> Any:
+        result = await completion.wait()
+        if result.code == Code.OK:
+            return {"v": list(result.version)}
+        raise RemoteError(result.code, result.message)
+
+    return done()
+
+
+def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    info = daemon.store.pg_info(pool, pg)
+    return {"v": list(info.last_version), "tail": info.log_tail}
+
+
+def op_pg_log_since(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    entries = daemon.store.pg_log_since(pool, pg, int(args["seq"]))
+    if entries is None:
+        return {"entries": None}
+    return {"entries": [[e.version[0], e.version[1], e.name, e.kind] for e in entries]}
+
+
+def op_object_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    return daemon.store.object_state(int(args["pool"]), str(args["name"])).to_wire()
+
+
+def op_list_pg(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    cursor = args.get("cursor")
+    entries, next_cursor = daemon.store.list_pg(
+        pool,
+        pg,
+        str(cursor) if cursor is not None else None,
+        min(int(args.get("limit", 1000)), 10000),
+    )
+    return {"objects": [[n, s, list(v)] for n, s, v in entries], "next": next_cursor}
+
+
+def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    completion = daemon.writes.submit(
+        ObjectStateTxn(pool, pg, ObjectState.from_wire(args["state"]))
+    )
+    return _await_ok(completion)
+
+
+def op_pg_mark(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    completion = daemon.writes.submit(PgResetLogTxn(pool, pg, parse_version_untrusted(args["v"])))
+    return _await_ok(completion)
+
+
+async def _await_ok(completion: Any) -> Any:
+    result = await completion.wait()
+    if result.code != Code.OK:
+        raise RemoteError(result.code, result.message)
+    return {}
+
+
+def op_ping(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    return {"osd_id": daemon.osd_id, "epoch": daemon.map.epoch}
+
+
+PEER_OPS = {
+    "repop": op_repop,
+    "pg_info": op_pg_info,
+    "pg_log_since": op_pg_log_since,
+    "object_state": op_object_state,
+    "list_pg": op_list_pg,
+    "push": op_push,
+    "pg_mark": op_pg_mark,
+    "ping": op_ping,
+}

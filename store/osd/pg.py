@@ -1,0 +1,374 @@
+"""A placement group as its primary sees it: peering, ordered replication, recovery.
+
+Theory of operation
+-------------------
+*Versions.* The primary gives every mutation of the PG a version ``(epoch, seq)``; ``seq``
+grows by one per mutation, so it orders the PG's history, and every daemon logs the
+mutations it applied (``ObjectStore``'s PG log).
+
+*Interval and peering.* Each time the map changes the PG's acting set, a new interval
+begins. Its primary first **peers**: it asks every up member for its newest version; if a
+member has a newer history than the primary's own, the primary first pulls the objects
+that history touched (by log when the member's log reaches back far enough, by a full
+listing otherwise). Only then does it serve client I/O — a daemon that missed writes never
+answers from stale data. Members exactly as new as the primary become *active*; the others
+are recovered in the background.
+
+*Replication.* A client write is applied by the primary through the write queue; its
+completion callback (run in version order) forwards it, with its version, to every active
+member at once, on connections that keep order. The client is answered when every active
+member has written it durably and the copies number at least ``min_size``. A member that
+fails a forward (connection lost, timeout, or a gap in its log) stops being active and is
+recovered.
+
+*Recovery of a member.* The primary reads the member's newest version ``s``, and for every
+object its own log shows changed after ``s`` (or every object of the PG, when the log does
+not reach back to ``s``) pushes the object's whole current state; then it tells the member
+its history now ends at the last version the primary had *forwarded*, ``f``. Writes with
+versions after ``f`` reach the member as ordinary forwards; a forward older than what a push
+already installed is logged but not re-applied. The member becomes active the moment its
+newest version equals ``f``; to make that moment come under a steady stream of writes, the
+last short round runs with new writes held back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from store.errors import Code, RemoteError, StoreError
+from store.osd.objectstore import (
+    ObjectState,
+    ObjectStateTxn,
+    ObjectStore,
+    PgResetLogTxn,
+    PrimaryTxn,
+    ReplicaTxn,
+    TxnResult,
+)
+from store.osd.ops import Op, parse_version_untrusted
+from store.osd.write_queue import WriteQueue
+from store.placement import ClusterMap, acting_set
+from store.rpc import ConnectionLost, PendingCall, RpcConnection
+
+log = logging.getLogger("store.osd")
+
+Version = tuple[int, int]
+REPLICATION_TIMEOUT = 10.0
+PAUSE_BELOW = 32  # entries left to recover under which the last round holds writes back
+
+
+class PgHost(Protocol):
+    """What a placement group needs from its daemon."""
+
+    osd_id: int
+    store: ObjectStore
+    writes: WriteQueue
+    map: ClusterMap
+
+    async def peer(self, osd_id: int) -> RpcConnection: ...
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+
+@dataclass
+class _Forward:
+    calls: dict[int, tuple[RpcConnection, PendingCall]] = field(default_factory=dict)
+
+
+class PlacementGroup:
+    def __init__(self, host: PgHost, pool_id: int, pg: int) -> None:
+        self.host = host
+        self.pool_id, self.pg = pool_id, pg
+        self.acting: tuple[int, ...] = ()
+        self.interval_epoch = 0
+        self.state = "inactive"  # peering | active | replica | down
+        self.active: dict[int, RpcConnection] = {}  # members (not us) that receive forwards
+        self.recovering: set[int] = set()
+        self.last_forwarded: Version = host.store.pg_info(pool_id, pg).last_version
+        self._scope: trio.CancelScope | None = None
+        self._interval_nursery: trio.Nursery | None = None
+        self._held: trio.Event | None = None  # set while writes are held back
+        self._activated = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool_id}.{self.pg:x}"
+
+    # --- intervals ---------------------------------------------------------------------
+
+    def on_map(self, m: ClusterMap) -> None:
+        acting = acting_set(m, self.pool_id, self.pg)
+        if acting == self.acting and self.state != "inactive":
+            return
+        self.acting = acting
+        self.interval_epoch = m.epoch
+        if self._scope is not None:
+            self._scope.cancel()
+        self.active.clear()
+        self.recovering.clear()
+        if self._held is not None:
+            self._held.set()
+            self._held = None
+        if acting and acting[0] == self.host.osd_id:
+            self.state = "peering"
+            self._activated = trio.Event()
+            self.host.start_task(self._run_interval)
+        else:
+            self.state = "replica" if self.host.osd_id in acting else "stray"
+
+    def status(self) -> str | None:
+        """The PG's state as `store status` shows it; None where we are not primary."""
+        if self.state == "peering":
+            return "peering"
+        if self.state != "active":
+            return None
+        pool = self.host.map.pools.get(self.pool_id)
+        copies = 1 + len(self.active)
+        state = "active"
+        if self.recovering:
+            state += "+recovering"
+        if pool is not None and copies < pool.size:
+            state += "+degraded"
+        if state == "active":
+            state += "+clean"
+        return state
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _run_interval(self) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with trio.open_nursery() as nursery:
+                self._interval_nursery = nursery
+                while True:
+                    try:
+                        await self._peer()
+                        break
+                    except (StoreError, OSError) as exc:
+                        log.info("pg %s: peering failed (%s); retrying", self.name, exc)
+                        await trio.sleep(1.0)
+                    except Exception:
+                        log.exception("pg %s: peering failed; retrying", self.name)
+                        await trio.sleep(1.0)
+                for member in self.acting[1:]:
+                    if member not in self.active:
+                        self._start_recovery(member)
+        self._interval_nursery = None
+
+    async def _peer(self) -> None:
+        store = self.host.store
+        mine = store.pg_info(self.pool_id, self.pg).last_version
+        infos: dict[int, Version] = {}
+        for member in self.acting[1:]:
+            try:
+                conn = await self.host.peer(member)
+                result = await conn.call(
+                    "pg_info", {"pool": self.pool_id, "pg": self.pg}, timeout=5
+                )
+                infos[member] = parse_version_untrusted(result["v"])
+            except (StoreError, OSError) as exc:
+                log.info("pg %s: osd.%d did not answer peering: %s", self.name, member, exc)
+        best = max(infos, key=lambda m: infos[m], default=None)
+        if best is not None and infos[best] > mine:
+            log.info(
+                "pg %s: pulling history %s..%s from osd.%d", self.name, mine, infos[best], best
+            )
+            await self._pull_from(best, mine, infos[best])
+            mine = store.pg_info(self.pool_id, self.pg).last_version
+        self.last_forwarded = mine
+        for member, version in infos.items():
+            if version == mine:
+                self.active[member] = await self.host.peer(member)
+        self.state = "active"
+        self._activated.set()
+        log.debug(
+            "pg %s active on osd.%d with %s", self.name, self.host.osd_id, sorted(self.active)
+        )
+
+    async def _pull_from(self, member: int, since: Version, until: Version) -> None:
+        conn = await self.host.peer(member)
+        args = {"pool": self.pool_id, "pg": self.pg}
+        result = await conn.call("pg_log_since", {**args, "seq": since[1]})
+        if result["entries"] is not None:
+            names = {entry[2] for entry in result["entries"]}
+        else:
+            names = set(await _list_names(conn, self.pool_id, self.pg))
+            names |= set(_local_names(self.host.store, self.pool_id, self.pg))
+        for name in sorted(names):
+            raw = await conn.call("object_state", {"pool": self.pool_id, "name": name})
+            state = ObjectState.from_wire(raw)
+            await self.host.writes.submit(ObjectStateTxn(self.pool_id, self.pg, state)).wait()
+        await self.host.writes.submit(PgResetLogTxn(self.pool_id, self.pg, until)).wait()
+
+    # --- client writes -------------------------------------------------------------------
+
+    async def client_write(self, txn: PrimaryTxn, raw_ops: list[Any], min_size: int) -> TxnResult:
+        if self.state != "active":
+            raise RemoteError(Code.EAGAIN, f"pg {self.name} is {self.state}")
+        while self._held is not None:
+            await self._held.wait()
+        if 1 + len(self.active) < min_size:
+            raise RemoteError(
+                Code.EDEGRADED,
+                f"pg {self.name} has {1 + len(self.active)} of min_size {min_size} copies up",
+            )
+        forwarded: list[_Forward] = []
+
+        def on_done(result: TxnResult) -> None:
+            if result.code == Code.OK and result.version[1] > self.last_forwarded[1]:
+                forwarded.append(self._forward(txn, raw_ops, result.version))
+
+        result = await self.host.writes.submit(txn, on_done).wait()
+        if result.code != Code.OK:
+            return result
+        # A repeat of a logged write forwards nothing: the active members have it already.
+        copies = 1 + (await self._await_forward(forwarded[0]) if forwarded else len(self.active))
+        if copies < min_size:
+            raise RemoteError(Code.EDEGRADED, f"pg {self.name}: only {copies} copies written")
+        return result
+
+    def _forward(self, txn: PrimaryTxn, raw_ops: list[Any], version: Version) -> _Forward:
+        forward = _Forward()
+        args = {
+            "pool": self.pool_id,
+            "pg": self.pg,
+            "name": txn.name,
+            "ops": raw_ops,
+            "v": list(version),
+            "reqid": txn.reqid,
+            "epoch": self.interval_epoch,
+            "from": self.host.osd_id,
+        }
+        for member, conn in list(self.active.items()):
+            try:
+                forward.calls[member] = (conn, conn.start_call("repop", args))
+            except ConnectionLost:
+                self._drop(member, "connection lost")
+        self.last_forwarded = version
+        return forward
+
+    async def _await_forward(self, forward: _Forward) -> int:
+        acked = 0
+
+        async def one(member: int, conn: RpcConnection, pending: PendingCall) -> None:
+            nonlocal acked
+            try:
+                await conn.finish_call(pending, "repop", REPLICATION_TIMEOUT)
+                acked += 1
+            except (StoreError, OSError) as exc:
+                self._drop(member, str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for member, (conn, pending) in forward.calls.items():
+                nursery.start_soon(one, member, conn, pending)
+        return acked
+
+    def _drop(self, member: int, why: str) -> None:
+        if self.active.pop(member, None) is not None:
+            log.warning("pg %s: osd.%d fell behind (%s); recovering it", self.name, member, why)
+            self._start_recovery(member)
+
+    # --- recovery of members -----------------------------------------------------------
+
+    def _start_recovery(self, member: int) -> None:
+        if member in self.recovering or self._interval_nursery is None:
+            return
+        if member not in self.acting:
+            return
+        self.recovering.add(member)
+        self._interval_nursery.start_soon(self._recover, member)
+
+    async def _recover(self, member: int) -> None:
+        delay = 0.2
+        try:
+            while member not in self.active:
+                try:
+                    await self._recover_round(member)
+                    delay = 0.2
+                except Exception as exc:
+                    if isinstance(exc, (StoreError, OSError)):
+                        log.info("pg %s: recovering osd.%d: %s; retrying", self.name, member, exc)
+                    else:
+                        log.exception(
+                            "pg %s: recovering osd.%d failed; retrying", self.name, member
+                        )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self.recovering.discard(member)
+
+    async def _recover_round(self, member: int) -> None:
+        conn = await self.host.peer(member)
+        args = {"pool": self.pool_id, "pg": self.pg}
+        theirs = parse_version_untrusted((await conn.call("pg_info", args, timeout=10))["v"])
+        if theirs == self.last_forwarded:
+            self.active[member] = conn
+            log.info("pg %s: osd.%d is up to date", self.name, member)
+            return
+        store = self.host.store
+        entries = store.pg_log_since(self.pool_id, self.pg, theirs[1])
+        if entries is not None and theirs <= self.last_forwarded:
+            names = sorted({e.name for e in entries})
+        else:
+            names = sorted(
+                set(_local_names(store, self.pool_id, self.pg))
+                | set(await _list_names(conn, self.pool_id, self.pg))
+            )
+        hold = len(names) < PAUSE_BELOW
+        if hold:
+            self._held = trio.Event()
+        try:
+            target = self.last_forwarded
+            for name in names:
+                state = store.object_state(self.pool_id, name)
+                await conn.call("push", {**args, "state": state.to_wire()}, timeout=60)
+            await conn.call("pg_mark", {**args, "v": list(target)})
+            if hold and target == self.last_forwarded:
+                self.active[member] = conn
+                log.info("pg %s: osd.%d recovered (%d objects)", self.name, member, len(names))
+        finally:
+            if hold and self._held is not None:
+                self._held.set()
+                self._held = None
+
+
+async def _list_names(conn: RpcConnection, pool: int, pg: int) -> list[str]:
+    names: list[str] = []
+    cursor: str | None = None
+    while True:
+        result = await conn.call(
+            "list_pg", {"pool": pool, "pg": pg, "cursor": cursor, "limit": 1000}
+        )
+        names.extend(entry[0] for entry in result["objects"])
+        cursor = result["next"]
+        if cursor is None:
+            return names
+
+
+def _local_names(store: ObjectStore, pool: int, pg: int) -> list[str]:
+    names: list[str] = []
+    cursor: str | None = None
+    while True:
+        batch, cursor = store.list_pg(pool, pg, cursor, 1000)
+        names.extend(entry[0] for entry in batch)
+        if cursor is None:
+            return names
+
+
+def replica_txn_from_wire(args: dict[str, Any], ops: list[Op]) -> ReplicaTxn:
+    version = args["v"]
+    return ReplicaTxn(
+        pool=int(args["pool"]),
+        pg=int(args["pg"]),
+        name=str(args["name"]),
+        ops=ops,
+        version=(int(version[0]), int(version[1])),
+        reqid=str(args["reqid"]),
+    )

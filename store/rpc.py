@@ -1,0 +1,276 @@
+"""Request/response and pushed events over one framed TCP (TLS) stream.
+
+Theory of operation
+-------------------
+Both the master link and the daemon-to-daemon links speak the same thing: length-prefixed
+msgpack frames (``store.wire.frames``) of three shapes::
+
+    {"t": "req", "id": N, "op": NAME, "a": ARGS}      a request
+    {"t": "res", "id": N, "ok": True, "r": RESULT}     its answer
+    {"t": "res", "id": N, "ok": False, "c": CODE, "m": MESSAGE}
+    {"t": "ev", "ev": NAME, "a": ARGS}                 an event nobody answers (map updates)
+
+One task reads frames and one task writes them; writers queue frames on a channel and the
+writer task sends everything queued in one ``send_all``, so a burst of small replication
+frames costs one TLS record and one syscall.
+
+Incoming requests are handed to the handler *in the reader task, in arrival order*. The
+handler returns either a plain result (answered at once) or an awaitable (run in its own
+task, answered when it finishes). Replication relies on this: a replica queues each forwarded
+write for its disk before the next frame is read, so writes reach the disk in the order the
+primary sent them, while their completions overlap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from store.errors import Code, FrameError, RemoteError, StoreError
+from store.wire.frames import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], Any]
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+class ConnectionLost(StoreError):
+    """The peer went away; requests in flight on this connection failed."""
+
+
+class RpcConnection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        handler: Handler | None = None,
+        on_event: EventHandler | None = None,
+        name: str = "peer",
+        max_frame: int = 256 * 1024 * 1024,
+    ) -> None:
+        self.stream = stream
+        self.name = name
+        self._handler = handler
+        self._on_event = on_event
+        self._decoder = FrameDecoder(max_frame=max_frame)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, PendingCall] = {}
+        self._send, self._outbox = trio.open_memory_channel[bytes](4096)
+        self.closed = trio.Event()
+        self.context: dict[str, Any] = {}  # whatever the owner learns about the peer
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it. Never raises for peer faults."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, self._write_loop, nursery.cancel_scope)
+                await self._guarded(lambda: self._read_loop(nursery), nursery.cancel_scope)
+        finally:
+            self._fail_waiting()
+            self.closed.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+    async def _guarded(self, loop: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        # Each loop ends the connection on its own faults, so that no fault of the peer
+        # ever escapes as an exception group into the caller's nursery.
+        try:
+            await loop()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("connection to %s lost: %s", self.name, exc)
+        except FrameError as exc:
+            log.warning("dropping connection to %s: %s", self.name, exc)
+        finally:
+            scope.cancel()
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send a request and wait for its answer; raises RemoteError for an error answer."""
+        return await self.finish_call(self.start_call(op, args), op, timeout)
+
+    def start_call(self, op: str, args: dict[str, Any] | None = None) -> PendingCall:
+        """Queue a request now (synchronously, so callers control the order of requests)."""
+        if self.closed.is_set():
+            raise ConnectionLost(f"connection to {self.name} is closed")
+        req_id = next(self._ids)
+        pending = PendingCall(req_id)
+        self._waiting[req_id] = pending
+        try:
+            self._queue({"t": "req", "id": req_id, "op": op, "a": args or {}})
+        except ConnectionLost:
+            del self._waiting[req_id]
+            raise
+        return pending
+
+    async def finish_call(self, pending: PendingCall, op: str, timeout: float = 30.0) -> Any:
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await pending.done.wait()
+            if scope.cancelled_caught:
+                raise RemoteError(Code.ETIMEDOUT, f"{self.name} did not answer {op} in {timeout}s")
+        finally:
+            self._waiting.pop(pending.req_id, None)
+        if pending.lost:
+            raise ConnectionLost(f"connection to {self.name} lost during {op}")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def send_event(self, name: str, args: dict[str, Any]) -> None:
+        if not self.closed.is_set():
+            self._queue({"t": "ev", "ev": name, "a": args})
+
+    async def aclose(self) -> None:
+        self._send.close()
+        with trio.move_on_after(1):
+            await self.closed.wait()
+
+    # --- internals -------------------------------------------------------------
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        try:
+            self._send.send_nowait(encode_frame(message))
+        except trio.WouldBlock:
+            # The peer stopped reading and 4096 frames are queued: it is as good as gone.
+            raise ConnectionLost(f"connection to {self.name} is not draining") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ConnectionLost(f"connection to {self.name} is closed") from None
+
+    async def _write_loop(self) -> None:
+        async for frame in self._outbox:
+            chunks = [frame]
+            while True:
+                try:
+                    chunks.append(self._outbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else frame)
+        # Channel closed by aclose(): say goodbye by closing our side.
+        await self.stream.aclose()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            data = await self.stream.receive_some(256 * 1024)
+            if not data:
+                return
+            self._decoder.feed(data)
+            while (message := self._decoder.next_frame()) is not None:
+                self._dispatch(message, nursery)
+
+    def _dispatch(self, message: object, nursery: trio.Nursery) -> None:
+        if not isinstance(message, dict):
+            raise FrameError("frame is not a map")
+        kind = message.get("t")
+        if kind == "res":
+            pending = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+            if pending is None:
+                return  # answer to a call that timed out
+            if message.get("ok"):
+                pending.result = message.get("r")
+            else:
+                try:
+                    code = Code(message.get("c", Code.EINVAL))
+                except ValueError:
+                    code = Code.EINVAL
+                pending.error = RemoteError(code, str(message.get("m", "")))
+            pending.done.set()
+        elif kind == "req":
+            req_id, op, args = message.get("id"), message.get("op"), message.get("a")
+            if not isinstance(req_id, int) or not isinstance(op, str) or not isinstance(args, dict):
+                raise FrameError("malformed request frame")
+            self._handle_request(req_id, op, args, nursery)
+        elif kind == "ev":
+            name, args = message.get("ev"), message.get("a")
+            if not isinstance(name, str) or not isinstance(args, dict):
+                raise FrameError("malformed event frame")
+            if self._on_event is not None:
+                try:
+                    self._on_event(name, args)
+                except Exception:
+                    log.exception("event %s from %s failed", name, self.name)
+        else:
+            raise FrameError(f"unknown frame type {kind!r}")
+
+    def _handle_request(
+        self, req_id: int, op: str, args: dict[str, Any], nursery: trio.Nursery
+    ) -> None:
+        if self._handler is None:
+            self._answer_error(req_id, Code.EINVAL, f"{self.name} takes no requests")
+            return
+        try:
+            outcome = self._handler(op, args)
+        except RemoteError as exc:
+            self._answer_error(req_id, exc.code, exc.message)
+            return
+        except StoreError as exc:
+            self._answer_error(req_id, Code.EINVAL, str(exc))
+            return
+        except Exception:
+            log.exception("request %s from %s failed", op, self.name)
+            self._answer_error(req_id, Code.EIO, f"internal error handling {op}")
+            return
+        if inspect.isawaitable(outcome):
+            nursery.start_soon(self._finish, req_id, op, outcome)
+        else:
+            self._answer(req_id, outcome)
+
+    async def _finish(self, req_id: int, op: str, outcome: Awaitable[Any]) -> None:
+        try:
+            result = await outcome
+        except RemoteError as exc:
+            self._answer_error(req_id, exc.code, exc.message)
+        except StoreError as exc:
+            self._answer_error(req_id, Code.EINVAL, str(exc))
+        except Exception:
+            log.exception("request %s from %s failed", op, self.name)
+            self._answer_error(req_id, Code.EIO, f"internal error handling {op}")
+        else:
+            self._answer(req_id, result)
+
+    def _answer(self, req_id: int, result: Any) -> None:
+        try:
+            self._queue({"t": "res", "id": req_id, "ok": True, "r": result})
+        except ConnectionLost:
+            pass
+
+    def _answer_error(self, req_id: int, code: Code, message: str) -> None:
+        try:
+            self._queue({"t": "res", "id": req_id, "ok": False, "c": int(code), "m": message})
+        except ConnectionLost:
+            pass
+
+    def _fail_waiting(self) -> None:
+        for pending in self._waiting.values():
+            pending.lost = True
+            pending.done.set()
+
+
+class PendingCall:
+    __slots__ = ("done", "error", "lost", "req_id", "result")
+
+    def __init__(self, req_id: int) -> None:
+        self.req_id = req_id
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: RemoteError | None = None
+        self.lost = False
+
+
+def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `[v6]:PORT` or `:PORT` → (host, port); ConfigError-free: ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or default_host
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, number

@@ -1,0 +1,60 @@
+"""Datagram bodies: one msgpack map per datagram.
+
+A body is attacker-controlled even after its tag verified (any client holding a ticket can
+send anything), so ``unpack_untrusted`` accepts exactly one map, caps every length at what a
+datagram can carry and refuses nesting deeper than any real message needs, so that code
+walking a body never meets a structure it cannot handle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from store.errors import MalformedDatagram
+from store.wire.datagram import MAX_DATAGRAM
+
+# The deepest real bodies are a map of lists of small maps; 32 leaves ample room.
+MAX_BODY_DEPTH = 32
+
+_LIMITS = {
+    "max_str_len": MAX_DATAGRAM,
+    "max_bin_len": MAX_DATAGRAM,
+    "max_array_len": MAX_DATAGRAM,
+    "max_map_len": MAX_DATAGRAM // 2,
+    "max_ext_len": MAX_DATAGRAM,
+}
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_untrusted(data: bytes) -> dict[Any, Any]:
+    if len(data) > MAX_DATAGRAM:
+        raise MalformedDatagram(f"body of {len(data)} bytes is larger than a datagram")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, **_LIMITS)
+    except (ValueError, TypeError) as e:
+        raise MalformedDatagram(f"undecodable body: {e}") from None
+    if not isinstance(obj, dict):
+        raise MalformedDatagram(f"body is a {type(obj).__name__}, not a map")
+    _check_depth(obj)
+    return obj
+
+
+def _check_depth(body: dict[Any, Any]) -> None:
+    # Breadth-first and iterative, so checking a hostile body cannot exhaust the Python stack.
+    # Map keys need no look: a container as a key is unhashable and already refused.
+    level: list[object] = [body]
+    depth = 1
+    while level:
+        if depth > MAX_BODY_DEPTH:
+            raise MalformedDatagram(f"body nested deeper than {MAX_BODY_DEPTH} levels")
+        deeper: list[object] = []
+        for container in level:
+            members: Any = container.values() if isinstance(container, dict) else container
+            deeper.extend(item for item in members if isinstance(item, dict | list))
+        level = deeper
+        depth += 1

@@ -1,0 +1,201 @@
+"""Real clusters for tests: a master and daemons as separate processes on loopback.
+
+Every process a test starts is registered here and killed when the test ends, whatever
+happened. Daemons heartbeat fast and the master's grace is short, so failure tests take
+seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from store import auth, tls
+from store.client.config import ClientConfig, load_config, write_config
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_dual_port() -> int:
+    """A port free for both TCP and UDP (daemons use both on one number)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+class Cluster:
+    def __init__(self, root: Path, *, grace: float = 3.0, heartbeat: float = 0.5) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.tls_dir = root / "tls"
+        self.grace = grace
+        self.heartbeat = heartbeat
+        self.port = free_port()
+        self.master_addr = f"127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.osd_ports: dict[int, int] = {}
+        tls.init_ca(self.tls_dir)
+        tls.issue(self.tls_dir, "osd", role="osd")
+
+    # --- processes ---------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "store", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_master(self) -> None:
+        self._spawn(
+            "master",
+            [
+                "master",
+                "--data-dir",
+                str(self.root / "master"),
+                "--listen",
+                self.master_addr,
+                "--tls-dir",
+                str(self.tls_dir),
+                "--osd-grace",
+                str(self.grace),
+                "-vv",
+            ],
+        )
+        key = self.root / "master" / "admin.key"
+        self._wait(lambda: key.exists() and self._accepting(self.port), "master start")
+        conf = self.root / "store.conf"
+        write_config(
+            conf, master=self.master_addr, ca=self.tls_dir / "ca.crt", keyring=key, timeout=20.0
+        )
+        self.conf = conf
+
+    def start_osd(self, i: int, *, host: str | None = None, extra: list[str] | None = None) -> None:
+        port = self.osd_ports.setdefault(i, free_dual_port())
+        self._spawn(
+            f"osd.{i}",
+            [
+                "osd",
+                "--dir",
+                str(self.root / f"osd.{i}"),
+                "--master",
+                self.master_addr,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--tls-dir",
+                str(self.tls_dir),
+                "--heartbeat",
+                str(self.heartbeat),
+                "--host",
+                host or f"host{i}",
+                "-vv",
+                *(extra or []),
+            ],
+        )
+
+    def wait_registered(self, i: int) -> None:
+        """Wait until daemon directory i has its id (start daemons one at a time so that
+        directory osd.N holds daemon N)."""
+        identity = self.root / f"osd.{i}" / "identity.json"
+
+        def registered() -> bool:
+            try:
+                return json.loads(identity.read_text()).get("osd_id") == i
+            except (OSError, ValueError):
+                return False
+
+        self._wait(registered, f"osd.{i} to register")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def config(self, **kwargs: object) -> ClientConfig:
+        return load_config(self.conf, **kwargs)  # type: ignore[arg-type]
+
+    def add_client(self, name: str, caps: list[str]) -> Path:
+        """A key file for a new client, made through the real CLI."""
+        keyfile = self.root / f"{name}.key"
+        self.cli("auth", "add", name, *[a for c in caps for a in ("--cap", c)], "-o", str(keyfile))
+        return keyfile
+
+    def cli(
+        self, *args: str, check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "STORE_CONF": str(self.conf)}
+        result = subprocess.run(
+            [sys.executable, "-m", "store", *args],
+            env=env,
+            capture_output=True,
+            input=input,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"store {' '.join(args)} failed ({result.returncode}):\n{result.stderr.decode()}"
+            )
+        return result
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        def healthy() -> bool:
+            return self.cli("status", check=False).returncode == 0
+
+        self._wait(healthy, "HEALTH_OK", timeout)
+
+    @staticmethod
+    def _accepting(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def _wait(self, check: object, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None and name in ("master",):
+                    raise AssertionError(
+                        f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}"
+                    )
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_admin_secret(cluster: Cluster) -> bytes:
+    return auth.read_keyfile(cluster.root / "master" / "admin.key")[1]

@@ -1,0 +1,175 @@
+"""Length-prefixed msgpack frames (store.wire.frames)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from store.errors import FrameError
+from store.wire.frames import FrameDecoder, encode_frame
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.binary(max_size=60)
+)
+keys = st.text(max_size=10) | st.integers(-1000, 1000) | st.binary(max_size=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
+    max_leaves=10,
+)
+# None at the top level is reserved for "incomplete"; inside a frame it is fine.
+messages = st.lists(values.filter(lambda value: value is not None), max_size=5)
+
+
+def drain(decoder: FrameDecoder) -> list[object]:
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+def test_frame_layout() -> None:
+    frame = encode_frame({"op": "ping", "id": 1})
+    (length,) = struct.unpack("!I", frame[:4])
+    assert length == len(frame) - 4
+    assert frame[4:] == b"\x82\xa2op\xa4ping\xa2id\x01"
+    assert encode_frame(b"\x00")[4:] == b"\xc4\x01\x00"  # bytes as bin, not str
+
+
+@settings(max_examples=50)
+@given(messages)
+def test_byte_by_byte(objects: list[object]) -> None:
+    stream = b"".join(encode_frame(obj) for obj in objects)
+    decoder = FrameDecoder()
+    decoded: list[object] = []
+    for index in range(len(stream)):
+        decoder.feed(stream[index : index + 1])
+        decoded.extend(drain(decoder))
+    assert decoded == objects
+
+
+@given(messages, st.data())
+def test_random_splits(objects: list[object], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(obj) for obj in objects)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    decoder = FrameDecoder()
+    decoded: list[object] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        decoder.feed(stream[start:end])
+        decoded.extend(drain(decoder))
+    assert decoded == objects
+    assert decoder.buffered == 0
+
+
+def test_top_level_nil_is_refused_both_ways() -> None:
+    with pytest.raises(ValueError):
+        encode_frame(None)
+    decoder = FrameDecoder()
+    decoder.feed(b"\x00\x00\x00\x01\xc0")
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+    decoder = FrameDecoder()
+    decoder.feed(encode_frame([None, {"k": None}]))
+    assert decoder.next_frame() == [None, {"k": None}]
+
+
+def test_incomplete_frame_waits() -> None:
+    frame = encode_frame([1, 2, 3])
+    decoder = FrameDecoder()
+    for index in range(len(frame) - 1):
+        decoder.feed(frame[index : index + 1])
+        assert decoder.next_frame() is None
+    decoder.feed(frame[-1:])
+    assert decoder.next_frame() == [1, 2, 3]
+    assert decoder.next_frame() is None
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    frame = encode_frame("x")
+    decoder = FrameDecoder()
+    decoder.feed(bytearray(frame[:3]))
+    decoder.feed(memoryview(frame)[3:])
+    assert decoder.next_frame() == "x"
+
+
+def test_oversize_frame_rejected_from_its_length_alone() -> None:
+    decoder = FrameDecoder(max_frame=100)
+    decoder.feed(struct.pack("!I", 101))
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+    # The stream cannot be resynchronised: it keeps failing.
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+def test_frame_at_the_limit_accepted() -> None:
+    payload_size = len(encode_frame(b"x" * 95)) - 4
+    decoder = FrameDecoder(max_frame=payload_size)
+    decoder.feed(encode_frame(b"x" * 95) + encode_frame(b"x" * 96))
+    assert decoder.next_frame() == b"x" * 95
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # empty payload
+        b"\xc1",  # reserved type byte
+        b"\x01\x02",  # two objects in one frame
+        b"\x92\x01",  # truncated array
+        b"\xa2\xff\xfe",  # invalid UTF-8 in a str
+        b"\x81\x80\x01",  # a map used as a map key
+        b"\xdd\xff\xff\xff\xff",  # array claiming 2**32 - 1 elements
+        b"\x91" * 5000,  # nesting deeper than the decoder's stack
+    ],
+)
+def test_undecodable_payload_rejected(payload: bytes) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack("!I", len(payload)) + payload)
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+def test_buffer_is_compacted() -> None:
+    decoder = FrameDecoder()
+    frame = encode_frame(b"y" * 1000)
+    for _ in range(1000):
+        decoder.feed(frame + frame[:10])
+        assert decoder.next_frame() == b"y" * 1000
+        decoder.feed(frame[10:])
+        assert decoder.next_frame() == b"y" * 1000
+        assert decoder.next_frame() is None
+    # Everything was consumed, so nothing of the ~2 MB that went through is still held.
+    assert decoder.buffered == 0
+    assert len(decoder._buffer) == 0
+    decoder.feed(frame * 200 + frame[:500])
+    assert len(drain(decoder)) == 200
+    assert decoder.buffered == 500
+    assert len(decoder._buffer) < 100_000
+
+
+@given(st.binary(max_size=300), st.integers(1, 64))
+def test_garbage_raises_only_frame_errors(garbage: bytes, max_frame: int) -> None:
+    decoder = FrameDecoder(max_frame=max_frame)
+    decoder.feed(garbage)
+    try:
+        drain(decoder)
+    except FrameError:
+        return
+    assert decoder.buffered < 4 + max_frame
+
+
+def test_max_frame_bounds() -> None:
+    with pytest.raises(ValueError):
+        FrameDecoder(max_frame=0)
+    with pytest.raises(ValueError):
+        FrameDecoder(max_frame=2**32)

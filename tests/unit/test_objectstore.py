@@ -1,0 +1,645 @@
+"""The daemon's object store, on a real SQLite file in a temporary directory."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from store.errors import ChecksumError, Code, ConfigError
+from store.osd.objectdata import BLOCK_INDEX_BITS
+from store.osd.objectstore import (
+    LogEntry,
+    ObjectState,
+    ObjectStateTxn,
+    ObjectStore,
+    PgInfo,
+    PgRemoveTxn,
+    PgResetLogTxn,
+    PrimaryTxn,
+    ReplicaTxn,
+    TxnResult,
+)
+from store.osd.ops import (
+    MAX_OBJECT_SIZE,
+    Cond,
+    Create,
+    Delete,
+    GetXattrs,
+    InvalidRequest,
+    OmapClear,
+    OmapGet,
+    OmapList,
+    OmapRm,
+    OmapSet,
+    Op,
+    Read,
+    RmXattr,
+    SetXattr,
+    Stat,
+    Truncate,
+    Write,
+    WriteFull,
+    Zero,
+)
+
+POOL = 1
+BS = 4096
+_reqids = itertools.count()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ObjectStore]:
+    opened = ObjectStore(str(tmp_path))
+    yield opened
+    opened.close()
+
+
+def primary(
+    store: ObjectStore,
+    name: str,
+    *ops: Op,
+    cond: Cond | None = None,
+    pg: int = 0,
+    epoch: int = 1,
+    reqid: str | None = None,
+) -> TxnResult:
+    reqid = reqid if reqid is not None else f"client.1:{next(_reqids)}"
+    [result] = store.apply_batch([PrimaryTxn(POOL, pg, name, list(ops), cond, epoch, reqid)])
+    return result
+
+
+def replica(
+    store: ObjectStore, name: str, version: tuple[int, int], *ops: Op, pg: int = 0
+) -> TxnResult:
+    [result] = store.apply_batch([ReplicaTxn(POOL, pg, name, list(ops), version, "r")])
+    return result
+
+
+def ok(result: TxnResult) -> TxnResult:
+    assert result.code == Code.OK, result
+    return result
+
+
+def read_all(store: ObjectStore, name: str) -> bytes:
+    result = ok(store.execute_read(POOL, name, [Read(0, MAX_OBJECT_SIZE)]))
+    data = result.results[0]
+    assert isinstance(data, bytes)
+    return data
+
+
+def stored_blocks(store: ObjectStore, name: str) -> list[tuple[int, int]]:
+    """(index, stored length) of each block the object has a row for."""
+    with sqlite3.connect(store.path) as db:
+        (oid,) = db.execute("SELECT oid FROM objects WHERE name = ?", (name,)).fetchone()
+        base = oid << BLOCK_INDEX_BITS
+        rows = db.execute(
+            "SELECT id, length(data) FROM blocks WHERE id BETWEEN ? AND ? ORDER BY id",
+            (base, base + (1 << BLOCK_INDEX_BITS) - 1),
+        )
+        return [(block_id - base, length) for block_id, length in rows]
+
+
+def block_rows(store: ObjectStore, name: str) -> list[int]:
+    return [index for index, _ in stored_blocks(store, name)]
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+def test_write_then_read_stat_and_version(store: ObjectStore) -> None:
+    result = ok(primary(store, "obj", Write(0, b"hello"), Stat(), epoch=7))
+    assert result.version == (7, 1)
+    assert result.results[0] is None
+    assert result.results[1] == {"size": 5, "version": [0, 0], "mtime": 0.0}
+    read = ok(store.execute_read(POOL, "obj", [Read(1, 3), Stat()]))
+    assert read.results[0] == b"ell"
+    stat = read.results[1]
+    assert isinstance(stat, dict)
+    assert stat["size"] == 5 and stat["version"] == [7, 1] and stat["mtime"] > 0
+    assert read.version == (7, 1)
+    meta = store.stat(POOL, "obj")
+    assert meta is not None and (meta.size, meta.version) == (5, (7, 1))
+
+
+def test_reads_past_the_end_are_short_or_empty(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"0123456789")))
+    results = ok(store.execute_read(POOL, "obj", [Read(8, 100), Read(10, 5), Read(99, 1)]))
+    assert results.results == [b"89", b"", b""]
+
+
+def test_absent_objects(store: ObjectStore) -> None:
+    for op in (Read(0, 1), Stat(), GetXattrs(), OmapGet(("k",)), OmapList(None, 10, "")):
+        result = store.execute_read(POOL, "nothing", [op])
+        assert result.code == Code.ENOENT, op
+        assert "nothing" in result.message
+        assert primary(store, "nothing", op).code == Code.ENOENT
+    assert store.stat(POOL, "nothing") is None
+    assert store.execute_read(POOL, "nothing", [Write(0, b"x")]).code == Code.EINVAL
+
+
+def test_writes_are_block_aligned_and_unaligned(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 64  # 16 KiB, four blocks
+    ok(primary(store, "obj", Write(0, data)))
+    ok(primary(store, "obj", Write(BS - 3, b"ABCDEF")))  # straddles blocks 0 and 1
+    expected = bytearray(data)
+    expected[BS - 3 : BS + 3] = b"ABCDEF"
+    ok(primary(store, "obj", Write(len(data) + 100, b"tail")))  # a gap, then a short block
+    expected += bytes(100) + b"tail"
+    assert read_all(store, "obj") == expected
+
+
+def test_unwritten_ranges_are_holes(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(10 * BS + 5, b"far")))
+    assert read_all(store, "obj") == bytes(10 * BS + 5) + b"far"
+    assert block_rows(store, "obj") == [10]
+    ok(primary(store, "obj", Write(2 * BS, bytes(BS))))  # zeros take no space either
+    assert block_rows(store, "obj") == [10]
+
+
+def test_write_full_replaces_data_and_keeps_attributes(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"x" * 3 * BS), SetXattr("a", b"1"), OmapSet({"k": b"v"})))
+    ok(primary(store, "obj", WriteFull(b"short")))
+    assert read_all(store, "obj") == b"short"
+    assert block_rows(store, "obj") == [0]
+    result = ok(store.execute_read(POOL, "obj", [GetXattrs(), OmapGet(("k",))]))
+    assert result.results == [{"a": b"1"}, {"k": b"v"}]
+    ok(primary(store, "obj", WriteFull(b"")))
+    assert read_all(store, "obj") == b""
+    assert block_rows(store, "obj") == []
+
+
+def test_truncate_down_and_up(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"\xff" * 3 * BS)))
+    ok(primary(store, "obj", Truncate(BS + 10)))
+    assert read_all(store, "obj") == b"\xff" * (BS + 10)
+    assert block_rows(store, "obj") == [0, 1]
+    ok(primary(store, "obj", Truncate(3 * BS)))  # the cut bytes must not come back
+    assert read_all(store, "obj") == b"\xff" * (BS + 10) + bytes(2 * BS - 10)
+    ok(primary(store, "obj", Truncate(0)))
+    assert read_all(store, "obj") == b""
+    assert block_rows(store, "obj") == []
+    ok(primary(store, "new", Truncate(100)))  # creates a sparse object
+    assert read_all(store, "new") == bytes(100)
+
+
+def test_zero_reads_as_zeros_and_frees_whole_blocks(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"\x01" * 5 * BS)))
+    ok(primary(store, "obj", Zero(BS - 1, 3 * BS + 2)))
+    expected = b"\x01" * (BS - 1) + bytes(3 * BS + 2) + b"\x01" * (BS - 1)
+    assert read_all(store, "obj") == expected
+    assert block_rows(store, "obj") == [0, 4]
+    ok(primary(store, "obj", Zero(4 * BS, 10 * BS)))  # past the end: size stays
+    assert read_all(store, "obj") == expected[: 4 * BS] + bytes(BS)
+    assert block_rows(store, "obj") == [0]
+    ok(primary(store, "obj", Zero(0, 1)))
+    assert read_all(store, "obj")[:BS] == bytes(1) + b"\x01" * (BS - 2) + bytes(1)
+    assert store.stat(POOL, "obj") is not None
+    assert store.stat(POOL, "obj").size == 5 * BS  # type: ignore[union-attr]
+
+
+def test_objects_have_a_size_limit(store: ObjectStore) -> None:
+    result = primary(store, "obj", Write(MAX_OBJECT_SIZE - 1, b"ab"))
+    assert result.code == Code.EFBIG and "obj" in result.message
+    assert primary(store, "obj", Truncate(MAX_OBJECT_SIZE + 1)).code == Code.EFBIG
+    assert store.stat(POOL, "obj") is None
+    ok(primary(store, "obj", Truncate(MAX_OBJECT_SIZE), Write(MAX_OBJECT_SIZE - 1, b"z")))
+    result = ok(store.execute_read(POOL, "obj", [Read(MAX_OBJECT_SIZE - 2, 10)]))
+    assert result.results == [b"\x00z"]
+
+
+# --- create, delete, attributes, omap --------------------------------------------------
+
+
+def test_create(store: ObjectStore) -> None:
+    assert ok(primary(store, "obj", Create(True))).version == (1, 1)
+    assert read_all(store, "obj") == b""
+    result = primary(store, "obj", Create(True))
+    assert result.code == Code.EEXIST and result.version == (1, 1)
+    assert ok(primary(store, "obj", Create(False))).version == (1, 2)
+
+
+def test_delete_leaves_nothing_behind(store: ObjectStore) -> None:
+    assert primary(store, "obj", Delete()).code == Code.ENOENT
+    ok(primary(store, "obj", Write(0, b"data"), SetXattr("a", b"1"), OmapSet({"k": b"v"})))
+    assert ok(primary(store, "obj", Delete())).version == (1, 2)
+    assert store.stat(POOL, "obj") is None
+    assert store.execute_read(POOL, "obj", [Read(0, 4)]).code == Code.ENOENT
+    assert primary(store, "obj", Delete()).code == Code.ENOENT
+    ok(primary(store, "obj", Create(True)))
+    result = ok(store.execute_read(POOL, "obj", [Read(0, 9), GetXattrs(), OmapList(None, 9, "")]))
+    assert result.results == [b"", {}, {"entries": [], "more": False}]
+    ok(primary(store, "obj", Write(0, b"x"), Delete(), Write(2, b"y")))  # absent in between
+    assert read_all(store, "obj") == b"\x00\x00y"
+
+
+def test_xattrs(store: ObjectStore) -> None:
+    ok(primary(store, "obj", SetXattr("b", b"2"), SetXattr("a", b"1"), SetXattr("b", b"3")))
+    assert store.execute_read(POOL, "obj", [GetXattrs()]).results == [{"a": b"1", "b": b"3"}]
+    ok(primary(store, "obj", RmXattr("b"), RmXattr("missing")))
+    assert store.execute_read(POOL, "obj", [GetXattrs()]).results == [{"a": b"1"}]
+
+
+def test_omap(store: ObjectStore) -> None:
+    ok(primary(store, "idx", OmapSet({"a": b"1", "b": b"2", "c": b"3"}), OmapRm(("b", "zz"))))
+    result = ok(store.execute_read(POOL, "idx", [OmapGet(("a", "b", "c", "d"))]))
+    assert result.results == [{"a": b"1", "c": b"3"}]
+    ok(primary(store, "idx", OmapClear(), OmapSet({"x": b""})))
+    assert store.execute_read(POOL, "idx", [OmapGet(("a", "x"))]).results == [{"x": b""}]
+
+
+def test_omap_list_pages_in_key_order_within_a_prefix(store: ObjectStore) -> None:
+    keys = ["a", "b/1", "b/2", "b/3", "b/é", "b0", "c"]
+    ok(primary(store, "idx", OmapSet({k: k.encode() for k in reversed(keys)})))
+
+    def page(start: str | None, limit: int, prefix: str) -> tuple[list[str], bool]:
+        [listing] = ok(store.execute_read(POOL, "idx", [OmapList(start, limit, prefix)])).results
+        assert isinstance(listing, dict)
+        assert all(v == k.encode() for k, v in listing["entries"])
+        return [k for k, _ in listing["entries"]], listing["more"]
+
+    assert page(None, 100, "") == (keys, False)
+    assert page(None, 2, "b/") == (["b/1", "b/2"], True)
+    assert page("b/2", 2, "b/") == (["b/3", "b/é"], False)
+    assert page("b/é", 2, "b/") == ([], False)
+    assert page("a", 1, "b/") == (["b/1"], True)  # start before the prefix
+    assert page("b0", 10, "") == (["c"], False)
+    assert page(None, 0, "") == ([], True)
+    assert page(None, 4, "b/") == (["b/1", "b/2", "b/3", "b/é"], False)
+
+
+# --- conditions and atomicity ----------------------------------------------------------
+
+
+def test_conditions(store: ObjectStore) -> None:
+    result = primary(store, "obj", Write(0, b"x"), cond=Cond(exists=True))
+    assert result.code == Code.ECANCELED and result.version == (0, 0)
+    ok(primary(store, "obj", Write(0, b"a"), cond=Cond(exists=False)))
+    ok(primary(store, "obj", Write(0, b"b"), cond=Cond(exists=True, version=(1, 1))))
+    result = primary(store, "obj", Write(0, b"c"), cond=Cond(version=(1, 1)))
+    assert result.code == Code.ECANCELED and result.version == (1, 2)
+    assert read_all(store, "obj") == b"b"
+    ok(primary(store, "obj", Delete()))
+    ok(primary(store, "obj", Write(0, b"d"), cond=Cond(version=(0, 0))))  # a tombstone is absent
+
+
+def test_a_failing_operation_undoes_the_whole_request(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"before"), reqid="c:0"))
+    result = primary(
+        store, "obj", Write(0, b"after!"), SetXattr("a", b"1"), OmapSet({"k": b"v"}), Create(True)
+    )
+    assert result.code == Code.EEXIST and result.results == []
+    read = ok(store.execute_read(POOL, "obj", [Read(0, 10), GetXattrs(), OmapGet(("k",))]))
+    assert read.results == [b"before", {}, {}]
+    assert read.version == (1, 1)
+    assert primary(store, "new", Write(0, b"x"), Delete(), Delete()).code == Code.ENOENT
+    assert store.stat(POOL, "new") is None
+    assert store.pg_info(POOL, 0).last_version == (1, 1)
+    assert store.pg_log_since(POOL, 0, 0) == [LogEntry((1, 1), "obj", "modify", "c:0")]
+
+
+def test_one_failing_request_leaves_the_rest_of_its_batch(store: ObjectStore) -> None:
+    results = store.apply_batch(
+        [
+            PrimaryTxn(POOL, 0, "a", [Write(0, b"a")], None, 1, "r1"),
+            PrimaryTxn(POOL, 0, "b", [Delete()], None, 1, "r2"),
+            PrimaryTxn(POOL, 0, "c", [Write(0, b"c")], None, 1, "r3"),
+        ]
+    )
+    assert [r.code for r in results] == [Code.OK, Code.ENOENT, Code.OK]
+    assert [r.version for r in results] == [(1, 1), (0, 0), (1, 2)]
+    assert read_all(store, "a") == b"a" and read_all(store, "c") == b"c"
+
+
+# --- versions, the PG log, replicas ----------------------------------------------------
+
+
+def test_versions_and_log_entries_in_order(store: ObjectStore) -> None:
+    ok(primary(store, "a", Write(0, b"1"), epoch=3, reqid="q1"))
+    ok(primary(store, "b", Write(0, b"2"), epoch=4, reqid="q2"))
+    ok(primary(store, "a", Delete(), epoch=4, reqid="q3"))
+    ok(primary(store, "a", Write(0, b"x"), epoch=2, pg=5, reqid="q4"))
+    assert ok(primary(store, "b", Read(0, 1), epoch=9)).version == (4, 2)  # reads log nothing
+    # A primary with an older map still cannot make versions go back.
+    assert ok(primary(store, "b", Truncate(0), epoch=3, reqid="q5")).version == (4, 4)
+    assert store.pg_log_since(POOL, 0, 0) == [
+        LogEntry((3, 1), "a", "modify", "q1"),
+        LogEntry((4, 2), "b", "modify", "q2"),
+        LogEntry((4, 3), "a", "delete", "q3"),
+        LogEntry((4, 4), "b", "modify", "q5"),
+    ]
+    assert store.pg_log_since(POOL, 0, 3) == [LogEntry((4, 4), "b", "modify", "q5")]
+    assert store.pg_log_since(POOL, 5, 0) == [LogEntry((2, 1), "a", "modify", "q4")]
+    assert store.pg_info(POOL, 0) == PgInfo((4, 4), 0)
+    assert store.pg_info(POOL, 99) == PgInfo((0, 0), 0)
+    assert store.pgs() == [(POOL, 0), (POOL, 5)]
+
+
+def test_a_retransmitted_request_is_answered_not_applied(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Create(True), Write(0, b"x"), epoch=2, reqid="c:1"))
+    again = primary(store, "obj", Create(True), Write(0, b"x"), epoch=3, reqid="c:1")
+    assert again.code == Code.OK and again.version == (2, 1)
+    assert again.results == [None, None]
+    assert store.pg_info(POOL, 0).last_version == (2, 1)
+    assert primary(store, "obj", Create(True), reqid="c:1", pg=1).code == Code.EEXIST
+
+
+def test_replica_applies_in_order(store: ObjectStore) -> None:
+    assert ok(replica(store, "obj", (2, 1), Write(0, b"abc"), Read(0, 3))).results == [None, None]
+    ok(replica(store, "obj", (2, 2), Create(True), Write(3, b"d")))  # exclusive: already judged
+    assert read_all(store, "obj") == b"abcd"
+    assert ok(store.execute_read(POOL, "obj", [Stat()])).version == (2, 2)
+    assert store.pg_info(POOL, 0).last_version == (2, 2)
+    duplicate = ok(replica(store, "obj", (2, 1), WriteFull(b"old")))
+    assert duplicate.message == "already applied"
+    assert read_all(store, "obj") == b"abcd"
+    gap = replica(store, "obj", (2, 4), WriteFull(b"future"))
+    assert gap.code == Code.EAGAIN and "gap" in gap.message
+    assert read_all(store, "obj") == b"abcd"
+    ok(replica(store, "gone", (2, 3), Delete()))  # deleting an absent object is fine
+    assert [e.kind for e in store.pg_log_since(POOL, 0, 0) or []] == ["modify"] * 2 + ["delete"]
+
+
+def test_replica_skips_operations_older_than_a_recovered_state(store: ObjectStore) -> None:
+    tombstone = ObjectState("obj", False, (3, 5), 0, 1.0)
+    ok(store.apply_batch([ObjectStateTxn(POOL, 0, tombstone)])[0])
+    ok(replica(store, "obj", (1, 1), Write(0, b"late")))
+    assert store.stat(POOL, "obj") is None  # the delete wins
+    assert store.pg_info(POOL, 0).last_version == (1, 1)
+    assert store.pg_log_since(POOL, 0, 0) == [LogEntry((1, 1), "obj", "modify", "r")]
+    live = ObjectState("obj2", True, (3, 6), 3, 2.0, {}, {}, b"new")
+    ok(store.apply_batch([ObjectStateTxn(POOL, 0, live)])[0])
+    ok(replica(store, "obj2", (1, 2), Delete()))
+    assert read_all(store, "obj2") == b"new"
+    ok(replica(store, "obj2", (4, 3), Write(3, b"!")))  # newer than the state: applied
+    assert read_all(store, "obj2") == b"new!"
+
+
+def test_recovery_installs_only_newer_states(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"mine"), SetXattr("a", b"1"), epoch=5))
+    older = ObjectState("obj", True, (4, 9), 5, 1.0, {}, {}, b"older")
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, older)])
+    assert result.results == [False] and result.version == (5, 1)
+    assert read_all(store, "obj") == b"mine"
+    newer = ObjectState("obj", True, (6, 2), 9000, 42.0, {"b": b"2"}, {"k": b"v"}, b"n" * 9000)
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, newer)])
+    assert result.results == [True]
+    assert store.object_state(POOL, "obj") == newer
+    gone = ObjectState("obj", False, (6, 3), 0, 43.0)
+    store.apply_batch([ObjectStateTxn(POOL, 0, gone)])
+    assert store.stat(POOL, "obj") is None
+    assert store.object_state(POOL, "obj") == gone
+    assert store.object_state(POOL, "never") == ObjectState("never", False, (0, 0), 0, 0.0)
+
+
+def test_object_state_wire_form(store: ObjectStore) -> None:
+    state = ObjectState("o", True, (1, 2), 3, 4.5, {"x": b"1"}, {"k": b""}, b"abc")
+    assert ObjectState.from_wire(state.to_wire()) == state
+    bad_changes: list[dict[str, object]] = [
+        {"size": 4},
+        {"data": "abc"},
+        {"exists": 1},
+        {"version": [1]},
+        {"mtime": float("nan")},
+        {"name": ""},
+        {"xattrs": {"": b""}},
+        {"omap": {"k": 1}},
+        {"exists": False},  # an absent object with content
+        {"extra": 1},
+    ]
+    for change in bad_changes:
+        with pytest.raises(InvalidRequest):
+            ObjectState.from_wire(state.to_wire() | change)
+    with pytest.raises(InvalidRequest):
+        ObjectState.from_wire(["o"])
+
+
+def test_reset_log_after_recovery(store: ObjectStore) -> None:
+    for i in range(3):
+        ok(primary(store, "obj", Write(i, b"x")))
+    store.apply_batch([PgResetLogTxn(POOL, 0, (7, 40))])
+    assert store.pg_info(POOL, 0) == PgInfo((7, 40), 40)
+    assert store.pg_log_since(POOL, 0, 3) is None
+    assert store.pg_log_since(POOL, 0, 40) == []
+    assert replica(store, "obj", (7, 40), Write(0, b"y")).message == "already applied"
+    assert ok(primary(store, "obj", Write(0, b"z"), epoch=7)).version == (7, 41)
+    assert [e.version for e in store.pg_log_since(POOL, 0, 40) or []] == [(7, 41)]
+
+
+def test_log_is_trimmed_and_takes_old_tombstones_along(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path), max_log_entries=3)
+    ok(primary(store, "doomed", Write(0, b"x")))  # seq 1
+    ok(primary(store, "doomed", Delete()))  # seq 2: a tombstone
+    assert store.object_state(POOL, "doomed").version == (1, 2)
+    for i in range(2):
+        ok(primary(store, f"o{i}", Write(0, b"x")))  # seqs 3, 4
+    assert store.pg_info(POOL, 0) == PgInfo((1, 4), 1)
+    assert store.object_state(POOL, "doomed").version == (1, 2)  # its delete is still logged
+    ok(primary(store, "o0", Write(0, b"y")))  # seq 5
+    assert store.pg_info(POOL, 0) == PgInfo((1, 5), 2)
+    assert store.pg_log_since(POOL, 0, 1) is None
+    assert [e.version[1] for e in store.pg_log_since(POOL, 0, 2) or []] == [3, 4, 5]
+    assert store.object_state(POOL, "doomed").version == (0, 0)  # the tombstone went
+    assert store.object_state(POOL, "o0").version == (1, 5)
+    store.close()
+
+
+# --- listing, usage, removal -----------------------------------------------------------
+
+
+def test_list_pg_pages_through_live_objects(store: ObjectStore) -> None:
+    names = [f"obj-{i:02d}" for i in range(25)]
+    batch = [PrimaryTxn(POOL, 2, n, [Write(0, n.encode())], None, 1, n) for n in names]
+    batch.append(PrimaryTxn(POOL, 3, "elsewhere", [Create(False)], None, 1, "e"))
+    batch.append(PrimaryTxn(POOL, 2, "obj-07", [Delete()], None, 1, "d"))
+    assert all(r.code == Code.OK for r in store.apply_batch(batch))
+    seen: list[tuple[str, int, tuple[int, int]]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = store.list_pg(POOL, 2, cursor, 10)
+        seen += page
+        pages += 1
+        if cursor is None:
+            break
+    assert pages == 3
+    assert [name for name, _, _ in seen] == [n for n in names if n != "obj-07"]
+    assert seen[0] == ("obj-00", 6, (1, 1))
+    assert store.list_pg(POOL, 3, None, 10) == ([("elsewhere", 0, (1, 1))], None)
+    assert store.list_pg(POOL + 1, 2, None, 10) == ([], None)
+    exact, more = store.list_pg(POOL, 3, None, 1)
+    assert len(exact) == 1 and more is None
+
+
+def test_usage(store: ObjectStore) -> None:
+    ok(primary(store, "a", Write(0, b"x" * 1000)))
+    ok(primary(store, "b", Truncate(5000)))
+    ok(primary(store, "c", Write(0, b"x")))
+    ok(primary(store, "c", Delete()))
+    usage = store.usage()
+    assert usage["objects"] == 2 and usage["bytes"] == 6000 and usage["db_bytes"] > 0
+
+
+def test_removing_a_pg(store: ObjectStore) -> None:
+    ok(primary(store, "a", Write(0, b"x" * BS * 2), OmapSet({"k": b"v"}), pg=4))
+    ok(primary(store, "b", Write(0, b"x"), pg=4))
+    ok(primary(store, "b", Delete(), pg=4))
+    ok(primary(store, "keep", Write(0, b"k"), pg=5))
+    [result] = store.apply_batch([PgRemoveTxn(POOL, 4)])
+    assert result.results == [2]
+    assert store.pgs() == [(POOL, 5)]
+    assert store.stat(POOL, "a") is None
+    assert store.object_state(POOL, "b").version == (0, 0)
+    assert store.pg_info(POOL, 4) == PgInfo((0, 0), 0)
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM omap").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM blocks").fetchone() == (1,)
+
+
+# --- damage, failure, persistence ------------------------------------------------------
+
+
+def corrupt_block(store: ObjectStore, name: str, index: int) -> None:
+    with sqlite3.connect(store.path) as db:
+        (oid,) = db.execute("SELECT oid FROM objects WHERE name = ?", (name,)).fetchone()
+        block_id = oid << BLOCK_INDEX_BITS | index
+        (data,) = db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
+        flipped = bytes([data[0] ^ 1]) + data[1:]
+        db.execute("UPDATE blocks SET data = ? WHERE id = ?", (flipped, block_id))
+
+
+def test_a_damaged_block_is_never_served(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"\x07" * 3 * BS)))
+    corrupt_block(store, "obj", 1)
+    result = store.execute_read(POOL, "obj", [Read(BS + 100, 10)])
+    assert result.code == Code.EIO and result.results == []
+    assert result.message == "checksum mismatch in object 'obj' block 1"
+    assert store.checksum_errors == 1
+    assert ok(store.execute_read(POOL, "obj", [Read(0, BS)])).results == [b"\x07" * BS]
+    # Rewriting part of the block would need its bad bytes: refused, not laundered.
+    assert primary(store, "obj", Write(BS, b"x")).code == Code.EIO
+    assert store.checksum_errors == 2
+    with pytest.raises(ChecksumError):
+        store.object_state(POOL, "obj")
+    assert store.checksum_errors == 3
+    ok(primary(store, "obj", Write(BS, b"\x07" * BS)))  # a whole-block write repairs it
+    assert read_all(store, "obj") == b"\x07" * 3 * BS
+
+
+def test_a_full_disk_fails_the_whole_batch(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"small")))
+    (pages,) = store._writer.execute("PRAGMA page_count").fetchone()
+    store._writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+    results = store.apply_batch(
+        [
+            PrimaryTxn(POOL, 0, "obj", [Write(0, b"x")], None, 1, "r1"),
+            PrimaryTxn(POOL, 0, "big", [Write(0, b"y" * 100 * BS)], None, 1, "r2"),
+        ]
+    )
+    assert [r.code for r in results] == [Code.ENOSPC, Code.ENOSPC]
+    assert "disk full" in results[0].message
+    assert read_all(store, "obj") == b"small"
+    assert store.stat(POOL, "big") is None
+    assert store.pg_info(POOL, 0).last_version == (1, 1)
+    store._writer.execute("PRAGMA max_page_count = 1073741823")
+    assert ok(primary(store, "big", Write(0, b"y" * 100 * BS))).version == (1, 2)
+
+
+def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path), block_size=512, max_log_entries=10)
+    ok(primary(store, "obj", Write(700, b"data"), SetXattr("a", b"1"), OmapSet({"k": b"v"})))
+    ok(primary(store, "gone", Create(False), epoch=2))
+    ok(primary(store, "gone", Delete(), epoch=2))
+    store.close()
+    store = ObjectStore(str(tmp_path), block_size=4096)
+    assert store.block_size == 512
+    assert block_rows(store, "obj") == [1]
+    assert read_all(store, "obj") == bytes(700) + b"data"
+    result = ok(store.execute_read(POOL, "obj", [GetXattrs(), OmapGet(("k",))]))
+    assert result.results == [{"a": b"1"}, {"k": b"v"}]
+    gone = store.object_state(POOL, "gone")
+    assert (gone.exists, gone.version, gone.mtime > 0) == (False, (2, 3), True)
+    assert store.pg_info(POOL, 0) == PgInfo((2, 3), 0)
+    assert [e.kind for e in store.pg_log_since(POOL, 0, 0) or []] == ["modify", "modify", "delete"]
+    assert ok(primary(store, "obj", Truncate(0), epoch=2)).version == (2, 4)
+    store.close()
+
+
+def test_bad_configuration(tmp_path: Path) -> None:
+    for block_size in (100, 256, 3000, 1 << 17):
+        with pytest.raises(ConfigError):
+            ObjectStore(str(tmp_path / "x"), block_size=block_size)
+    with pytest.raises(ConfigError):
+        ObjectStore(str(tmp_path / "y"), max_log_entries=0)
+
+
+# --- the data path against a model ------------------------------------------------------
+
+MODEL_BS = 512
+LIMIT = 4 * MODEL_BS  # small objects, several blocks: every edge gets exercised
+_model_objects = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    opened = ObjectStore(str(tmp_path_factory.mktemp("model")), block_size=MODEL_BS)
+    yield opened
+    opened.close()
+
+
+positions = st.integers(0, LIMIT) | st.builds(
+    lambda block, delta: max(0, block * MODEL_BS + delta), st.integers(0, 4), st.integers(-2, 2)
+)
+lengths = st.integers(0, 2 * MODEL_BS) | positions
+payloads = st.binary(max_size=2 * MODEL_BS + 3) | st.binary(max_size=MODEL_BS).map(
+    lambda b: bytes(len(b))
+)
+data_ops = st.one_of(
+    st.builds(Write, positions, payloads),
+    st.builds(WriteFull, payloads),
+    st.builds(Truncate, positions),
+    st.builds(Zero, positions, lengths),
+)
+
+
+def apply_to_model(model: bytearray, op: Op) -> None:
+    match op:
+        case Write(offset, data) if data:
+            if len(model) < offset + len(data):
+                model.extend(bytes(offset + len(data) - len(model)))
+            model[offset : offset + len(data)] = data
+        case WriteFull(data):
+            model[:] = data
+        case Truncate(size):
+            del model[size:]
+            model.extend(bytes(size - len(model)))
+        case Zero(offset, length):
+            end = min(offset + length, len(model))
+            if offset < end:
+                model[offset:end] = bytes(end - offset)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(data_ops, min_size=1, max_size=12))
+def test_data_operations_match_a_bytearray(model_store: ObjectStore, ops: list[Op]) -> None:
+    name = f"model-{next(_model_objects)}"
+    # One request per operation, each reading the whole object back after it, all in
+    # one batch: every intermediate state is checked for the price of one commit.
+    batch = [
+        PrimaryTxn(POOL, 0, name, [op, Read(0, 2 * LIMIT)], None, 1, f"{name}:{i}")
+        for i, op in enumerate(ops)
+    ]
+    results = model_store.apply_batch(batch)
+    model = bytearray()
+    for op, result in zip(ops, results, strict=True):
+        apply_to_model(model, op)
+        assert result.code == Code.OK
+        assert result.results[1] == model, op
+    assert read_all(model_store, name) == model
+    for index, length in stored_blocks(model_store, name):  # no stored byte past the end
+        assert 0 < length <= min(MODEL_BS, len(model) - index * MODEL_BS)
