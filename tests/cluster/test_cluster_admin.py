@@ -1,0 +1,156 @@
+"""Master state, keys, capabilities and certificates, against real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from store import auth, tls
+from tests.cluster.harness import Cluster
+
+
+def test_master_restart_keeps_pools_keys_and_epochs(cluster: Cluster) -> None:
+    cluster.cli("pool", "create", "images", "--size", "2", "--pg-num", "8")
+    cluster.add_client("reader", ["default=r"])
+    before = json.loads(cluster.cli("status", "--json").stdout)
+    cluster.cli("write", "--pool", "default", "kept", "--data-literal", "still here")
+    cluster.kill("master", signal.SIGKILL)
+    cluster.start_master()
+    after = json.loads(cluster.cli("status", "--json", check=False).stdout)
+    assert after["fsid"] == before["fsid"]
+    assert after["epoch"] >= before["epoch"]
+    pools = {p["name"]: p for p in json.loads(cluster.cli("pool", "ls", "--json").stdout)}
+    assert pools["images"]["size"] == 2 and pools["images"]["pg_num"] == 8
+    assert "reader" in cluster.cli("auth", "ls").stdout.decode()
+    # The old key still works after the restart, and so do the daemons.
+    assert cluster.cli("read", "--pool", "default", "kept").stdout == b"still here"
+    cluster.wait_healthy()
+
+
+def test_read_only_client_cannot_write(cluster: Cluster) -> None:
+    keyfile = cluster.add_client("viewer", ["default=r"])
+    cluster.cli("write", "--pool", "default", "public", "--data-literal", "hello")
+    assert (
+        cluster.cli("read", "--pool", "default", "public", "--keyring", str(keyfile)).stdout
+        == b"hello"
+    )
+    result = cluster.cli(
+        "write",
+        "--pool",
+        "default",
+        "public",
+        "--data-literal",
+        "defaced",
+        "--keyring",
+        str(keyfile),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "may not write to pool 'default'" in result.stderr.decode()
+    assert cluster.cli("read", "--pool", "default", "public").stdout == b"hello"
+    # Nor administer the cluster.
+    result = cluster.cli("pool", "create", "mine", "--keyring", str(keyfile), check=False)
+    assert result.returncode != 0 and "admin" in result.stderr.decode()
+
+
+def test_wrong_secret_is_refused(cluster: Cluster) -> None:
+    keyfile = cluster.add_client("someone", ["default=rw"])
+    name, _ = auth.read_keyfile(keyfile)
+    forged = cluster.root / "forged.key"
+    auth.write_keyfile(forged, name, auth.new_secret())
+    result = cluster.cli("ls", "--pool", "default", "--keyring", str(forged), check=False)
+    assert result.returncode != 0
+    assert "authentication of 'someone' failed" in result.stderr.decode()
+    assert "refused authentication of client 'someone': wrong key" in cluster.log("master")
+
+
+def test_daemon_with_a_certificate_from_another_ca_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-ca"
+    tls.init_ca(other)
+    tls.issue(other, "osd", role="osd")
+    intruder_dir = tmp_path / "intruder"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "store",
+            "osd",
+            "--dir",
+            str(intruder_dir),
+            "--master",
+            cluster.master_addr,
+            "--tls-dir",
+            str(other),
+            "--host",
+            "evil",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(4)
+        osds = json.loads(cluster.cli("osd", "ls", "--json").stdout)
+        assert len(osds) == 3, osds
+        assert "evil" not in {o["host"] for o in osds}
+        assert "TLS handshake failed" in cluster.log("master")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_non_empty_directory_without_identity_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "store",
+            "osd",
+            "--dir",
+            str(precious),
+            "--master",
+            cluster.master_addr,
+            "--tls-dir",
+            str(cluster.tls_dir),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "is not empty and holds no identity.json" in result.stderr.decode()
+    assert sorted(p.name for p in precious.iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("size,min_size", [(3, 2)])
+def test_writes_need_min_size_copies_reads_do_not(
+    cluster: Cluster, size: int, min_size: int
+) -> None:
+    cluster.cli("write", "--pool", "default", "before", "--data-literal", "x")
+    cluster.kill("osd.1")
+    cluster.kill("osd.2")
+    # Only one of three up: below min_size. Reads still work, writes are refused clearly.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        osds = json.loads(cluster.cli("osd", "ls", "--json").stdout)
+        if sum(o["up"] for o in osds) == 1:
+            break
+        time.sleep(0.5)
+    assert cluster.cli("read", "--pool", "default", "before", "--timeout", "20").stdout == b"x"
+    result = cluster.cli(
+        "write", "--pool", "default", "during", "--data-literal", "y", "--timeout", "5", check=False
+    )
+    assert result.returncode != 0
+    assert "min_size" in result.stderr.decode()
