@@ -45,6 +45,7 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.tls_dir = root / "tls"
         self.grace = grace
+        self.master_extra: list[str] = []
         self.heartbeat = heartbeat
         self.port = free_port()
         self.master_addr = f"127.0.0.1:{self.port}"
@@ -68,7 +69,7 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_master(self) -> None:
+    def start_master(self, extra: list[str] | None = None) -> None:
         self._spawn(
             "master",
             [
@@ -82,6 +83,7 @@ class Cluster:
                 "--osd-grace",
                 str(self.grace),
                 "-vv",
+                *(extra or self.master_extra),
             ],
         )
         key = self.root / "master" / "admin.key"
