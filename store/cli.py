@@ -12,6 +12,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from store.bench import bench_command
     from store.client import cli as client_cli
     from store.cluster import cluster_group
     from store.master.cli import master_command
@@ -33,6 +34,7 @@ def _register() -> None:
         tls_group,
         cluster_group,
         status_command,
+        bench_command,
     ):
         main.add_command(command)
     for name, command in client_cli.osd_admin_group.commands.items():

@@ -80,3 +80,14 @@ class RemoteError(StoreError):
 
 class ClientTimeout(StoreError):
     """No answer before the deadline."""
+
+
+def single_error(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one error each, else `exc` itself.
+
+    Structured concurrency wraps an error raised inside a nursery in a group; a command line
+    wants to show the error, not the group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

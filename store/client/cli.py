@@ -18,7 +18,7 @@ from store import auth, logs
 from store.client.api import Client
 from store.client.config import ClientConfig, load_config
 from store.client.master_link import MasterLink
-from store.errors import StoreError
+from store.errors import StoreError, single_error
 
 T = TypeVar("T")
 PROGRESS_OVER = 8 * 1024 * 1024
@@ -53,6 +53,11 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(config, **kwargs)
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
+        except BaseExceptionGroup as group:
+            inner = single_error(group)
+            if isinstance(inner, StoreError):
+                raise click.ClickException(str(inner)) from None
+            raise
 
     return wrapper
 

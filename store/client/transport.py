@@ -36,7 +36,6 @@ import trio
 from store import auth
 from store.errors import (
     AuthError,
-    BadMAC,
     ClientTimeout,
     Code,
     ProtocolError,
@@ -193,6 +192,23 @@ class Transport:
 
     def _on_datagram(self, data: bytes) -> None:
         header = parse_header_untrusted(data)
+        if header.type == DatagramType.RESET:
+            # Unauthenticated by nature; the worst a forger can do is make us say hello
+            # again. Handled before the session lookup: requests still retrying on a session
+            # that an earlier RESET made us forget must hear about it too.
+            waiter = self._waiters.get((header.session_id, header.request_id))
+            if waiter is not None:
+                waiter.reset = True
+                waiter.event.set()
+            stale = self._by_session.get(header.session_id)
+            if (
+                stale is not None
+                and stale.session is not None
+                and stale.session.session_id == header.session_id
+            ):
+                self.stats.resets += 1
+                self._forget_session(stale)
+            return
         link = self._by_session.get(header.session_id)
         if link is None:
             raise ProtocolError("datagram for an unknown session")
@@ -203,22 +219,9 @@ class Transport:
                 waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
                 waiter.event.set()
             return
-        if header.type == DatagramType.RESET:
-            # Unauthenticated by nature; the worst a forger can do is make us say hello again.
-            if link.session is not None and link.session.session_id == header.session_id:
-                self.stats.resets += 1
-                self._forget_session(link)
-            waiter = self._waiters.get((header.session_id, header.request_id))
-            if waiter is not None:
-                waiter.reset = True
-                waiter.event.set()
-            return
         if header.type != DatagramType.REPLY or link.session is None:
             raise ProtocolError(f"unexpected {header.type.name}")
-        try:
-            header, raw = link.session.cipher.open_untrusted(data)
-        except BadMAC:
-            raise
+        header, raw = link.session.cipher.open_untrusted(data)
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
