@@ -28,6 +28,7 @@ class Code(IntEnum):
     EBADSESSION = 12  # unknown or expired session: say hello again
     EFBIG = 13  # object or value too large
     EAUTH = 14  # authentication failed
+    INPROGRESS = 15  # a repeated request the daemon is still working on: keep waiting
 
 
 def code_of(raw: object, default: Code = Code.EINVAL) -> Code:

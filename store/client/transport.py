@@ -290,26 +290,42 @@ class Transport:
     async def _exchange(
         self, link: DaemonLink, waiter: _Waiter, make: Callable[[], bytes], deadline: float
     ) -> dict[Any, Any]:
-        """Send, wait one RTO, resend with backoff until answered or the deadline passes."""
-        first = True
+        """Send, wait one RTO, resend with backoff until answered or the deadline passes.
+
+        An INPROGRESS answer means the daemon has the request and is working on it: the
+        next RTO passes without a resend. Only unambiguous round trips feed the RTT estimator
+        (Karn's rule): a first transmission answered directly, or a request the daemon said
+        it was working on, timed from its first send.
+        """
+        first, send = True, True
+        sent = started = trio.current_time()
+        acknowledged = False  # the daemon said INPROGRESS: our first send reached it
         while True:
-            sent = trio.current_time()
-            await self.sock.sendto(make(), link.address)
-            with trio.move_on_at(min(deadline, sent + link.rtt.rto())):
+            if send:
+                sent = trio.current_time()
+                await self.sock.sendto(make(), link.address)
+            with trio.move_on_at(min(deadline, trio.current_time() + link.rtt.rto())):
                 await waiter.event.wait()
-            if waiter.event.is_set() and not waiter.reset:
-                if first:
-                    link.rtt.sample(trio.current_time() - sent)
-                assert waiter.reply is not None
-                return waiter.reply
             if waiter.reset:
                 raise _SessionReset()
+            if waiter.reply is not None:
+                if waiter.reply.get("r") == Code.INPROGRESS:
+                    waiter.reply, waiter.event = None, trio.Event()
+                    first, send, acknowledged = False, False, True
+                    continue
+                if first:
+                    link.rtt.sample(trio.current_time() - sent)
+                elif acknowledged:
+                    # Not ambiguous as Karn fears: the work began with the first send, so
+                    # the time since then is how long this daemon takes to answer now.
+                    link.rtt.sample(trio.current_time() - started)
+                return waiter.reply
             if trio.current_time() >= deadline:
                 self.stats.timeouts += 1
                 raise ClientTimeout(
                     f"osd.{link.osd_id} at {link.address[0]}:{link.address[1]} did not answer in time"
                 )
-            first = False
+            first, send = False, True
             self.stats.retransmits += 1
             link.rtt.timed_out()
 

@@ -231,7 +231,9 @@ class UdpFront:
             self.send(cached, address)
             return
         if header.request_id in session.in_progress:
-            self.dropped["duplicate_in_progress"] += 1
+            # Tell the client we have it, so it waits instead of sending it again.
+            self.served["write_in_progress"] += 1
+            self.reply(session, header, address, {"r": int(Code.INPROGRESS)})
             return
         if self.daemon.full:
             raise RemoteError(Code.ENOSPC, f"osd.{self.daemon.osd_id} is full")

@@ -8,7 +8,9 @@ from store.client.api import Client
 from tests.cluster.conftest import ClusterFactory
 
 
-async def test_client_outlives_its_tickets_and_key_rotations(cluster_factory: ClusterFactory) -> None:
+async def test_client_outlives_its_tickets_and_key_rotations(
+    cluster_factory: ClusterFactory,
+) -> None:
     # Tickets of 6 s and a new service key every 2 s: over 15 s of I/O the client renews its
     # ticket several times, its daemon sessions expire and are re-opened with new tickets,
     # and daemons open tickets sealed with older service key generations.
