@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,16 @@ from store.osd.front import UdpFront
 from store.osd.objectstore import ObjectStore
 from store.osd.peers import PeerLinks
 from store.osd.pg import PlacementGroup
+from store.osd.pgsplit import PgSplitTxn
 from store.osd.sessions import SessionTable
-from store.osd.write_queue import WriteQueue
+from store.osd.write_queue import Completion, WriteQueue
 from store.placement import ClusterMap, placement
 from store.rpc import ConnectionLost, RpcConnection, parse_hostport
 from store.tls import TlsPaths, client_context, peer_identity, server_context
 
 log = logging.getLogger("store.osd")
+
+RECENT_MAPS = 32
 
 
 @dataclass
@@ -62,8 +66,12 @@ class OsdDaemon:
         self.map = ClusterMap(epoch=0, fsid="", created=0.0, osds={}, pools={})
         self.service_keys = auth.ServiceKeys()
         self.pgs: dict[tuple[int, int], PlacementGroup] = {}
+        # Maps of recent epochs: a new primary asks who held its PGs in them.
+        self.recent_maps: deque[ClusterMap] = deque(maxlen=RECENT_MAPS)
         self.full = False
         self._early_map: ClusterMap | None = None
+        self._pg_nums: dict[int, int] = {}  # pool -> pg_num our store is split to
+        self._pool_ready: dict[int, Completion] = {}
         self._nursery: trio.Nursery | None = None
         self.master: RpcConnection | None = None
         self.udp_address: tuple[str, int] | None = None
@@ -299,8 +307,12 @@ class OsdDaemon:
     def apply_map(self, new: ClusterMap) -> None:
         if new.epoch <= self.map.epoch:
             return
+        if self.map.epoch:
+            self.recent_maps.append(self.map)
         self.map = new
         log.info("osd.%d now at epoch %d", self.osd_id, new.epoch)
+        for pool in new.pools.values():
+            self._split_if_grown(pool.id, pool.seed, pool.pg_num)
         wanted: set[tuple[int, int]] = set()
         for pool in new.pools.values():
             for pg in range(pool.pg_num):
@@ -315,6 +327,28 @@ class OsdDaemon:
                 del self.pgs[key]
                 continue
             pgobj.on_map(new)
+
+    def _split_if_grown(self, pool_id: int, seed: int, pg_num: int) -> None:
+        known = self._pg_nums.get(pool_id)
+        if known is None:
+            known = self.store.pool_pg_num(pool_id)
+        if known == pg_num:
+            self._pg_nums[pool_id] = pg_num
+            return
+        if known is not None and known > pg_num:
+            log.error("pool %d shrank from %d to %d pgs: not supported", pool_id, known, pg_num)
+            return
+        if known is not None:
+            log.info("pool %d: splitting %d pgs into %d", pool_id, known, pg_num)
+        self._pg_nums[pool_id] = pg_num
+        split = PgSplitTxn(pool_id, seed, known if known is not None else pg_num, pg_num)
+        self._pool_ready[pool_id] = self.writes.submit(split)
+
+    async def pool_ready(self, pool_id: int) -> None:
+        """Wait until the store is split to the pool's current pg_num."""
+        completion = self._pool_ready.get(pool_id)
+        if completion is not None:
+            await completion.wait()
 
 
 def run_osd(config: OsdConfig) -> None:

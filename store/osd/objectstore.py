@@ -59,6 +59,7 @@ from store.osd.ops import (
     validate_object_name,
 )
 from store.osd.pglog import PG_SCHEMA, LogEntry, PgInfo, PgLogs
+from store.osd.pgsplit import PgSplitTxn, split_pool
 
 SCHEMA_VERSION = 1
 # Measured: with 8 KiB pages a 4 KiB block and its row header
@@ -204,7 +205,7 @@ class PgRemoveTxn:
     pg: int
 
 
-Txn = PrimaryTxn | ReplicaTxn | ObjectStateTxn | PgResetLogTxn | PgRemoveTxn
+Txn = PrimaryTxn | ReplicaTxn | ObjectStateTxn | PgResetLogTxn | PgRemoveTxn | PgSplitTxn
 
 
 class _Rollback(Exception):
@@ -312,7 +313,8 @@ class ObjectStore:
                     db.execute("ROLLBACK TO txn")
                     results.append(rollback.result)
                 db.execute("RELEASE txn")
-                touched.add((txn.pool, txn.pg))
+                if not isinstance(txn, PgSplitTxn):
+                    touched.add((txn.pool, txn.pg))
             for pool, pg in sorted(touched):
                 self._write_logs.trim(pool, pg, self.max_log_entries)
             db.execute("COMMIT")
@@ -343,6 +345,8 @@ class ObjectStore:
                 return self._reset_log(txn)
             case PgRemoveTxn():
                 return self._remove_pg(txn)
+            case PgSplitTxn():
+                return TxnResult(Code.OK, [split_pool(self._writer, txn)], (0, 0))
         raise TypeError(f"not a transaction: {txn!r}")
 
     def _commit_object(
@@ -486,6 +490,12 @@ class ObjectStore:
         """Entries after ``seq``, or None if they are no longer all in our log."""
         with self._snapshot():
             return self._read_logs.since(pool, pg, seq)
+
+    def pool_pg_num(self, pool: int) -> int | None:
+        """The pg_num this store last split the pool to (None: never seen the pool)."""
+        with self._snapshot() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (f"pg_num.{pool}",)).fetchone()
+        return int(row[0]) if row else None
 
     def pgs(self) -> list[tuple[int, int]]:
         """Every PG we hold anything of: objects, tombstones or log."""

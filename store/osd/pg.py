@@ -34,6 +34,7 @@ last short round runs with new writes held back.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,10 +70,13 @@ class PgHost(Protocol):
     store: ObjectStore
     writes: WriteQueue
     map: ClusterMap
+    recent_maps: deque[ClusterMap]
 
     async def peer(self, osd_id: int) -> RpcConnection: ...
 
     def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+    async def pool_ready(self, pool_id: int) -> None: ...
 
 
 @dataclass
@@ -145,6 +149,7 @@ class PlacementGroup:
     async def _run_interval(self) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
+            await self.host.pool_ready(self.pool_id)
             async with trio.open_nursery() as nursery:
                 self._interval_nursery = nursery
                 while True:
@@ -162,11 +167,26 @@ class PlacementGroup:
                         self._start_recovery(member)
         self._interval_nursery = None
 
+    def past_members(self) -> list[int]:
+        """Up daemons that held this PG (or, before a split, its parent) in recent maps
+        and are not in its acting set now: they may have writes we lack."""
+        m = self.host.map
+        found: set[int] = set()
+        for old in self.host.recent_maps:
+            pool = old.pools.get(self.pool_id)
+            if pool is None:
+                continue
+            # pg_num is a power of two: the PG an object of ours had then is a mask away.
+            found.update(acting_set(old, self.pool_id, self.pg & (pool.pg_num - 1)))
+        return sorted(
+            osd for osd in found if osd not in self.acting and osd in m.osds and m.osds[osd].up
+        )
+
     async def _peer(self) -> None:
         store = self.host.store
         mine = store.pg_info(self.pool_id, self.pg).last_version
         infos: dict[int, Version] = {}
-        for member in self.acting[1:]:
+        for member in (*self.acting[1:], *self.past_members()):
             try:
                 conn = await self.host.peer(member)
                 result = await conn.call(
@@ -184,7 +204,7 @@ class PlacementGroup:
             mine = store.pg_info(self.pool_id, self.pg).last_version
         self.last_forwarded = mine
         for member, version in infos.items():
-            if version == mine:
+            if version == mine and member in self.acting:
                 self.active[member] = await self.host.peer(member)
         self.state = "active"
         self._activated.set()
