@@ -63,8 +63,8 @@ case "${1:-}" in
         setup
         setup_test_tools
         shift
-        "$venv/bin/ruff" check store tests
-        "$venv/bin/ruff" format --check store tests
+        "$venv/bin/ruff" check store tests benchmarks
+        "$venv/bin/ruff" format --check store tests benchmarks
         "$venv/bin/mypy"
         "$venv/bin/pytest" "$@"
         ;;

@@ -72,6 +72,7 @@ class OsdDaemon:
         self._early_map: ClusterMap | None = None
         self._pg_nums: dict[int, int] = {}  # pool -> pg_num our store is split to
         self._pool_ready: dict[int, Completion] = {}
+        self._map_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.master: RpcConnection | None = None
         self.udp_address: tuple[str, int] | None = None
@@ -310,6 +311,8 @@ class OsdDaemon:
         if self.map.epoch:
             self.recent_maps.append(self.map)
         self.map = new
+        self._map_changed.set()
+        self._map_changed = trio.Event()
         log.info("osd.%d now at epoch %d", self.osd_id, new.epoch)
         for pool in new.pools.values():
             self._split_if_grown(pool.id, pool.seed, pool.pg_num)
@@ -343,6 +346,12 @@ class OsdDaemon:
         self._pg_nums[pool_id] = pg_num
         split = PgSplitTxn(pool_id, seed, known if known is not None else pg_num, pg_num)
         self._pool_ready[pool_id] = self.writes.submit(split)
+
+    async def wait_for_epoch(self, epoch: int, timeout: float = 10.0) -> None:
+        """Wait (a while) until we have seen map `epoch`."""
+        with trio.move_on_after(timeout):
+            while self.map.epoch < epoch:
+                await self._map_changed.wait()
 
     async def pool_ready(self, pool_id: int) -> None:
         """Wait until the store is split to the pool's current pg_num."""

@@ -157,8 +157,17 @@ def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     pool, pg = _pool_pg(args)
-    info = daemon.store.pg_info(pool, pg)
-    return {"v": list(info.last_version), "tail": info.log_tail}
+    epoch = int(args.get("epoch", 0))
+
+    async def answer() -> Any:
+        # Answer as of the asker's map at least: a split that map implies must be applied
+        # first, or we would report an empty child PG that is about to be filled.
+        await daemon.wait_for_epoch(epoch)
+        await daemon.pool_ready(pool)
+        info = daemon.store.pg_info(pool, pg)
+        return {"v": list(info.last_version), "tail": info.log_tail}
+
+    return answer()
 
 
 def op_pg_log_since(daemon: OsdDaemon, args: dict[str, Any]) -> Any:

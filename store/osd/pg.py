@@ -190,7 +190,9 @@ class PlacementGroup:
             try:
                 conn = await self.host.peer(member)
                 result = await conn.call(
-                    "pg_info", {"pool": self.pool_id, "pg": self.pg}, timeout=5
+                    "pg_info",
+                    {"pool": self.pool_id, "pg": self.pg, "epoch": self.interval_epoch},
+                    timeout=15,
                 )
                 infos[member] = parse_version_untrusted(result["v"])
             except (StoreError, OSError) as exc:
@@ -327,7 +329,8 @@ class PlacementGroup:
     async def _recover_round(self, member: int) -> None:
         conn = await self.host.peer(member)
         args = {"pool": self.pool_id, "pg": self.pg}
-        theirs = parse_version_untrusted((await conn.call("pg_info", args, timeout=10))["v"])
+        info_args = {**args, "epoch": self.interval_epoch}
+        theirs = parse_version_untrusted((await conn.call("pg_info", info_args, timeout=15))["v"])
         if theirs == self.last_forwarded:
             self.active[member] = conn
             log.info("pg %s: osd.%d is up to date", self.name, member)
