@@ -109,14 +109,21 @@ class Client:
             target = primary(m, spec.id, pg)
             if target is not None:
                 address = parse_hostport(m.osds[target].addr)
-                reply, epoch = await self.transport.request(
-                    target,
-                    address,
-                    body,
-                    encrypt=spec.encrypt,
-                    deadline=deadline,
-                    request_id=request_id,
-                )
+                try:
+                    reply, epoch = await self.transport.request(
+                        target,
+                        address,
+                        body,
+                        encrypt=spec.encrypt,
+                        deadline=deadline,
+                        request_id=request_id,
+                    )
+                except ClientTimeout as exc:
+                    if pause == RETRY_PAUSE:  # no earlier answer explains it
+                        raise
+                    raise ClientTimeout(
+                        f"pg {spec.id}.{pg:x} of pool {spec.name!r} not served in time: {last_problem}"
+                    ) from exc
                 code = code_of(reply.get("r"))
                 if code not in (Code.ESTALE, Code.EAGAIN, Code.EDEGRADED):
                     if code != Code.OK:

@@ -316,7 +316,11 @@ class PlacementGroup:
                     delay = 0.2
                 except Exception as exc:
                     if isinstance(exc, (StoreError, OSError)):
-                        log.info("pg %s: recovering osd.%d: %s; retrying", self.name, member, exc)
+                        # Said once at INFO; the retries (every few seconds) at DEBUG.
+                        level = logging.INFO if delay == 0.2 else logging.DEBUG
+                        log.log(
+                            level, "pg %s: recovering osd.%d: %s; retrying", self.name, member, exc
+                        )
                     else:
                         log.exception(
                             "pg %s: recovering osd.%d failed; retrying", self.name, member
