@@ -19,11 +19,14 @@ echo "|---|---|---|---|---|---|"
 for size in 4M 4K; do
     for mode in write seq rand; do
         out=$($store bench --pool default -b "$size" -t 16 --seconds "$secs" --json "$mode")
-        python3 -c '
+        python3 - "$out" "$mode" "$size" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
-print(f"| {sys.argv[2]} {sys.argv[3]}, 16 in flight | {r[\"mb_per_s\"]:.1f} | {r[\"ops_per_s\"]:.0f} | {r[\"latency_ms\"][\"mean\"]:.1f} | {r[\"latency_ms\"][\"p99\"]:.1f} | {r[\"errors\"] + r[\"mismatches\"]} |")
-' "$out" "$mode" "$size"
+lat = r["latency_ms"]
+bad = r["errors"] + r["mismatches"]
+print(f"| {sys.argv[2]} {sys.argv[3]}, 16 in flight | {r['mb_per_s']:.1f} | {r['ops_per_s']:.0f} "
+      f"| {lat['mean']:.1f} | {lat['p99']:.1f} | {bad} |")
+PY
     done
     $store bench --pool default cleanup >/dev/null
 done
