@@ -485,12 +485,23 @@ def _ids(session_id: int, osd_id: int) -> bytes:
 
 
 def hello_mac(
-    session_key: bytes, session_id: int, client_nonce: bytes, timestamp: float, osd_id: int
+    session_key: bytes,
+    session_id: int,
+    client_nonce: bytes,
+    timestamp: float,
+    osd_id: int,
+    instance: int = 0,
 ) -> bytes:
-    """The client's proof, in its HELLO to one daemon, that it holds the session key."""
+    """The client's proof, in its HELLO to one daemon, that it holds the session key.
+
+    `instance` (the client process's id, which makes its request ids unique) is bound in
+    too: the daemon deduplicates writes by it, so nobody on the path may change it.
+    """
     if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
         raise AuthError(f"hello timestamp must be a number: {timestamp!r}")
-    ids, when = _ids(session_id, osd_id), struct.pack(">d", timestamp)
+    if not isinstance(instance, int) or not 0 <= instance < 2**64:
+        raise AuthError(f"client instance out of range: {instance!r}")
+    ids, when = _ids(session_id, osd_id), struct.pack(">dQ", timestamp, instance)
     message = _HELLO_PREFIX + ids + when + _length_prefixed(client_nonce)
     return hmac.new(session_key, message, hashlib.sha256).digest()
 
@@ -502,9 +513,10 @@ def verify_hello_mac(
     timestamp: float,
     osd_id: int,
     mac: bytes,
+    instance: int = 0,
 ) -> bool:
     try:
-        expected = hello_mac(session_key, session_id, client_nonce, timestamp, osd_id)
+        expected = hello_mac(session_key, session_id, client_nonce, timestamp, osd_id, instance)
     except AuthError:
         return False
     return isinstance(mac, bytes) and hmac.compare_digest(expected, mac)

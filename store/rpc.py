@@ -63,12 +63,17 @@ class RpcConnection:
         self._waiting: dict[int, PendingCall] = {}
         self._send, self._outbox = trio.open_memory_channel[bytes](4096)
         self.closed = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._overflowed = False
         self.context: dict[str, Any] = {}  # whatever the owner learns about the peer
 
     async def run(self) -> None:
         """Serve the connection until either side closes it. Never raises for peer faults."""
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._overflowed:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._guarded, self._write_loop, nursery.cancel_scope)
                 await self._guarded(lambda: self._read_loop(nursery), nursery.cancel_scope)
         finally:
@@ -89,6 +94,9 @@ class RpcConnection:
             log.debug("connection to %s lost: %s", self.name, exc)
         except FrameError as exc:
             log.warning("dropping connection to %s: %s", self.name, exc)
+        except Exception:
+            # A bug met by odd input must cost this connection, never the process.
+            log.exception("dropping connection to %s after an internal error", self.name)
         finally:
             scope.cancel()
 
@@ -125,8 +133,13 @@ class RpcConnection:
         return pending.result
 
     def send_event(self, name: str, args: dict[str, Any]) -> None:
-        if not self.closed.is_set():
+        """Push an event; a peer too slow to take it loses its connection, not us."""
+        if self.closed.is_set():
+            return
+        try:
             self._queue({"t": "ev", "ev": name, "a": args})
+        except ConnectionLost:
+            log.warning("closing the connection to %s: it does not read what we send", self.name)
 
     async def aclose(self) -> None:
         self._send.close()
@@ -140,6 +153,9 @@ class RpcConnection:
             self._send.send_nowait(encode_frame(message))
         except trio.WouldBlock:
             # The peer stopped reading and 4096 frames are queued: it is as good as gone.
+            self._overflowed = True
+            if self._scope is not None:
+                self._scope.cancel()
             raise ConnectionLost(f"connection to {self.name} is not draining") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ConnectionLost(f"connection to {self.name} is closed") from None
@@ -170,7 +186,10 @@ class RpcConnection:
             raise FrameError("frame is not a map")
         kind = message.get("t")
         if kind == "res":
-            pending = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+            answer_id = message.get("id")
+            if not isinstance(answer_id, int):
+                raise FrameError("malformed answer frame")
+            pending = self._waiting.get(answer_id)
             if pending is None:
                 return  # answer to a call that timed out
             if message.get("ok"):

@@ -252,7 +252,9 @@ class Transport:
                         "cn": nonce,
                         "ts": ts,
                         "inst": self.instance,
-                        "mac": auth.hello_mac(session_key, session_id, nonce, ts, link.osd_id),
+                        "mac": auth.hello_mac(
+                            session_key, session_id, nonce, ts, link.osd_id, self.instance
+                        ),
                     }
                 ),
             )

@@ -27,6 +27,8 @@ from store.tls import TlsPaths, peer_identity, server_context
 
 log = logging.getLogger("store.master")
 
+MAX_MASTER_FRAME = 16 * 1024 * 1024
+
 
 @dataclass
 class MasterConfig:
@@ -96,7 +98,8 @@ class MasterServer:
             await trio.aclose_forcefully(stream)
             return
         identity = peer_identity(stream)  # type: ignore[arg-type]
-        conn = RpcConnection(stream, name="peer")
+        # Maps and key lists are small; nothing a client sends the master needs more.
+        conn = RpcConnection(stream, name="peer", max_frame=MAX_MASTER_FRAME)
         conn.context["role"] = identity.role if identity else "client"
         conn.context["cert_name"] = identity.name if identity else None
         conn._handler = self._handler_for(conn)

@@ -60,7 +60,7 @@ class OsdDaemon:
     def __init__(self, config: OsdConfig) -> None:
         self.config = config
         self.identity = identity_mod.load_or_init(config.dir)
-        self.store = ObjectStore(str(config.dir / "store.db"))
+        self.store = ObjectStore(str(config.dir))  # the database is DIR/store.db
         self.writes = WriteQueue(self.store)
         self.osd_id: int = self.identity.osd_id if self.identity.osd_id is not None else -1
         self.map = ClusterMap(epoch=0, fsid="", created=0.0, osds={}, pools={})

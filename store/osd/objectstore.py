@@ -383,6 +383,11 @@ class ObjectStore:
         last = self._write_logs.info(txn.pool, txn.pg).last_version
         seq = txn.version[1]
         if seq <= last[1]:
+            logged = self._write_logs.at(txn.pool, txn.pg, seq)
+            if logged is not None and logged != (txn.version, txn.reqid):
+                # Our history has another write at this seq (written by an earlier
+                # primary): acknowledging would claim a copy we do not have.
+                return TxnResult(Code.EAGAIN, [], last, "divergent history: needs recovery")
             return TxnResult(Code.OK, [None] * len(txn.ops), txn.version, "already applied")
         if seq > last[1] + 1:
             return TxnResult(Code.EAGAIN, [], last, "log gap: needs recovery")

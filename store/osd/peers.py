@@ -164,6 +164,8 @@ def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
         # first, or we would report an empty child PG that is about to be filled.
         await daemon.wait_for_epoch(epoch)
         await daemon.pool_ready(pool)
+        # Writes still queued from an interval in which we were primary count too.
+        await daemon.writes.barrier().wait()
         info = daemon.store.pg_info(pool, pg)
         return {"v": list(info.last_version), "tail": info.log_tail}
 

@@ -81,6 +81,7 @@ class PgHost(Protocol):
 
 @dataclass
 class _Forward:
+    seq: int
     calls: dict[int, tuple[RpcConnection, PendingCall]] = field(default_factory=dict)
 
 
@@ -97,6 +98,7 @@ class PlacementGroup:
         self._scope: trio.CancelScope | None = None
         self._interval_nursery: trio.Nursery | None = None
         self._held: trio.Event | None = None  # set while writes are held back
+        self._inflight: dict[int, trio.Event] = {}  # seq -> set when its forward is answered
         self._activated = trio.Event()
 
     @property
@@ -118,10 +120,14 @@ class PlacementGroup:
         if self._held is not None:
             self._held.set()
             self._held = None
+        self._interval_nursery = None
         if acting and acting[0] == self.host.osd_id:
             self.state = "peering"
             self._activated = trio.Event()
-            self.host.start_task(self._run_interval)
+            # Made here, not in the task: a second map arriving before the task runs must
+            # be able to cancel this interval.
+            self._scope = trio.CancelScope()
+            self.host.start_task(self._run_interval, self._scope)
         else:
             self.state = "replica" if self.host.osd_id in acting else "stray"
 
@@ -146,11 +152,12 @@ class PlacementGroup:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _run_interval(self) -> None:
-        with trio.CancelScope() as scope:
-            self._scope = scope
+    async def _run_interval(self, scope: trio.CancelScope) -> None:
+        with scope:
             await self.host.pool_ready(self.pool_id)
             async with trio.open_nursery() as nursery:
+                if scope.cancel_called:
+                    return
                 self._interval_nursery = nursery
                 while True:
                     try:
@@ -165,7 +172,8 @@ class PlacementGroup:
                 for member in self.acting[1:]:
                     if member not in self.active:
                         self._start_recovery(member)
-        self._interval_nursery = None
+        if self._scope is scope:
+            self._interval_nursery = None
 
     def past_members(self) -> list[int]:
         """Up daemons that held this PG (or, before a split, its parent) in recent maps
@@ -184,19 +192,21 @@ class PlacementGroup:
 
     async def _peer(self) -> None:
         store = self.host.store
-        mine = store.pg_info(self.pool_id, self.pg).last_version
         infos: dict[int, Version] = {}
         for member in (*self.acting[1:], *self.past_members()):
-            try:
-                conn = await self.host.peer(member)
-                result = await conn.call(
-                    "pg_info",
-                    {"pool": self.pool_id, "pg": self.pg, "epoch": self.interval_epoch},
-                    timeout=15,
-                )
-                infos[member] = parse_version_untrusted(result["v"])
-            except (StoreError, OSError) as exc:
-                log.info("pg %s: osd.%d did not answer peering: %s", self.name, member, exc)
+            # A member that may hold newer writes must be heard before we serve: if it does
+            # not answer, peering fails and is retried (until the map says it is down).
+            conn = await self.host.peer(member)
+            result = await conn.call(
+                "pg_info",
+                {"pool": self.pool_id, "pg": self.pg, "epoch": self.interval_epoch},
+                timeout=15,
+            )
+            infos[member] = parse_version_untrusted(result["v"])
+        # Writes of the previous interval may still be queued here: let them land first,
+        # so that our version counts them.
+        await self.host.writes.barrier().wait()
+        mine = store.pg_info(self.pool_id, self.pg).last_version
         best = max(infos, key=lambda m: infos[m], default=None)
         if best is not None and infos[best] > mine:
             log.info(
@@ -204,7 +214,7 @@ class PlacementGroup:
             )
             await self._pull_from(best, mine, infos[best])
             mine = store.pg_info(self.pool_id, self.pg).last_version
-        self.last_forwarded = mine
+        self.last_forwarded = max(self.last_forwarded, mine)
         for member, version in infos.items():
             if version == mine and member in self.acting:
                 self.active[member] = await self.host.peer(member)
@@ -236,6 +246,8 @@ class PlacementGroup:
             raise RemoteError(Code.EAGAIN, f"pg {self.name} is {self.state}")
         while self._held is not None:
             await self._held.wait()
+        if self.state != "active":  # the interval ended while we waited
+            raise RemoteError(Code.EAGAIN, f"pg {self.name} is {self.state}")
         if 1 + len(self.active) < min_size:
             raise RemoteError(
                 Code.EDEGRADED,
@@ -250,6 +262,12 @@ class PlacementGroup:
         result = await self.host.writes.submit(txn, on_done).wait()
         if result.code != Code.OK:
             return result
+        if not forwarded:
+            # A repeat of a write already in the log: answer only once its own forward,
+            # possibly still on its way to the members, has been acknowledged.
+            for seq, acked in list(self._inflight.items()):
+                if seq <= result.version[1]:
+                    await acked.wait()
         # A repeat of a logged write forwards nothing: the active members have it already.
         copies = 1 + (await self._await_forward(forwarded[0]) if forwarded else len(self.active))
         if copies < min_size:
@@ -257,7 +275,8 @@ class PlacementGroup:
         return result
 
     def _forward(self, txn: PrimaryTxn, raw_ops: list[Any], version: Version) -> _Forward:
-        forward = _Forward()
+        forward = _Forward(seq=version[1])
+        self._inflight[version[1]] = trio.Event()
         args = {
             "pool": self.pool_id,
             "pg": self.pg,
@@ -277,6 +296,14 @@ class PlacementGroup:
         return forward
 
     async def _await_forward(self, forward: _Forward) -> int:
+        try:
+            return await self._collect_acks(forward)
+        finally:
+            done = self._inflight.pop(forward.seq, None)
+            if done is not None:
+                done.set()
+
+    async def _collect_acks(self, forward: _Forward) -> int:
         acked = 0
 
         async def one(member: int, conn: RpcConnection, pending: PendingCall) -> None:
@@ -340,9 +367,11 @@ class PlacementGroup:
             log.info("pg %s: osd.%d is up to date", self.name, member)
             return
         store = self.host.store
-        entries = store.pg_log_since(self.pool_id, self.pg, theirs[1])
-        if entries is not None and theirs <= self.last_forwarded:
-            names = sorted({e.name for e in entries})
+        # The log serves only if the member's newest version is in our history; a member
+        # that wrote elsewhere (an old primary's unacknowledged writes) is listed whole.
+        entries = store.pg_log_since(self.pool_id, self.pg, theirs[1] - 1) if theirs[1] else None
+        if entries and entries[0].version == theirs and theirs <= self.last_forwarded:
+            names = sorted({e.name for e in entries[1:]})
         else:
             names = sorted(
                 set(_local_names(store, self.pool_id, self.pg))

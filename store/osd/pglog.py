@@ -82,6 +82,14 @@ class PgLogs:
         row = self._db.execute(_LOG_BY_REQID, (pool, pg, reqid)).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def at(self, pool: int, pg: int, seq: int) -> tuple[tuple[int, int], str | None] | None:
+        """(version, reqid) of the entry with this seq, if the log still has it."""
+        row = self._db.execute(
+            "SELECT epoch, seq, reqid FROM pglog WHERE pool = ? AND pg = ? AND seq = ?",
+            (pool, pg, seq),
+        ).fetchone()
+        return None if row is None else ((row[0], row[1]), row[2])
+
     def since(self, pool: int, pg: int, seq: int) -> list[LogEntry] | None:
         """Entries after ``seq``, or None if some of them are no longer in the log."""
         if seq < self.info(pool, pg).log_tail:

@@ -116,9 +116,18 @@ class SessionTable:
         now = self._clock()
         ticket = auth.open_ticket_untrusted(self._service_keys(), ticket_blob, now)
         if not auth.verify_hello_mac(
-            ticket.session_key, header.session_id, client_nonce, float(timestamp), self.osd_id, mac
+            ticket.session_key,
+            header.session_id,
+            client_nonce,
+            float(timestamp),
+            self.osd_id,
+            mac,
+            instance,
         ):
             raise AuthError(f"hello from {ticket.client!r} does not verify")
+        if existing is not None and existing.client != ticket.client:
+            # Session ids travel in clear: one client must not take over another's.
+            raise AuthError(f"{ticket.client!r} asked for a session id {existing.client!r} holds")
         if abs(now - float(timestamp)) > auth.MAX_CLOCK_SKEW:
             raise AuthError(
                 f"hello from {ticket.client!r}: clocks differ by more than {auth.MAX_CLOCK_SKEW:.0f}s"

@@ -50,6 +50,10 @@ class WriteQueue:
         self.batches = 0
         self.applied = 0
 
+    def barrier(self) -> Completion:
+        """Completes once everything submitted before it is on disk."""
+        return self.submit(None)
+
     def submit(self, txn: Any, on_done: Callback | None = None) -> Completion:
         completion = Completion()
         self._pending.append((txn, completion, on_done))
@@ -57,27 +61,30 @@ class WriteQueue:
         return completion
 
     async def run(self) -> None:
+        barrier_done = TxnResult(Code.OK, [], (0, 0))
         while True:
             if not self._pending:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            batch = [
-                self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))
-            ]
-            txns = [item[0] for item in batch]
-            try:
-                results = await trio.to_thread.run_sync(
-                    self.store.apply_batch, txns, limiter=self._limiter, abandon_on_cancel=False
-                )
-            except Exception:
-                log.exception("applying a batch of %d operations failed", len(txns))
-                results = [TxnResult(Code.EIO, [], (0, 0), "internal error writing to disk")] * len(
-                    txns
-                )
+            count = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(count)]
+            txns = [txn for txn, _, _ in batch if txn is not None]
+            results: list[TxnResult] = []
+            if txns:
+                try:
+                    results = await trio.to_thread.run_sync(
+                        self.store.apply_batch, txns, limiter=self._limiter, abandon_on_cancel=False
+                    )
+                except Exception:
+                    log.exception("applying a batch of %d operations failed", len(txns))
+                    failed = TxnResult(Code.EIO, [], (0, 0), "internal error writing to disk")
+                    results = [failed] * len(txns)
             self.batches += 1
             self.applied += len(txns)
-            for (_, completion, on_done), result in zip(batch, results, strict=True):
+            done = iter(results)
+            for txn, completion, on_done in batch:
+                result = next(done) if txn is not None else barrier_done
                 completion.result = result
                 if on_done is not None:
                     try:

@@ -67,7 +67,7 @@ async def test_every_object_is_on_size_daemons(cluster: Cluster) -> None:
     for name in names:
         holders = []
         for osd_id in sorted(m.osds):
-            store = ObjectStore(str(cluster.root / f"osd.{osd_id}" / "store.db"))
+            store = ObjectStore(str(cluster.root / f"osd.{osd_id}"))
             try:
                 if store.stat(pool.id, name) is not None:
                     holders.append(osd_id)

@@ -90,12 +90,12 @@ class RawSession:
     def hello_body(self, session_id: int, ticket: bytes, mac: bytes | None = None) -> bytes:
         nonce, ts = os.urandom(16), time.time()
         if mac is None:
-            mac = auth.hello_mac(self.session_key, session_id, nonce, ts, self.osd_id)
+            mac = auth.hello_mac(self.session_key, session_id, nonce, ts, self.osd_id, 1)
         return wire_body.pack({"ticket": ticket, "cn": nonce, "ts": ts, "inst": 1, "mac": mac})
 
     async def hello(self) -> None:
         nonce, ts = os.urandom(16), time.time()
-        mac = auth.hello_mac(self.session_key, self.session_id, nonce, ts, self.osd_id)
+        mac = auth.hello_mac(self.session_key, self.session_id, nonce, ts, self.osd_id, 1)
         hello = encode_unsealed(
             DatagramType.HELLO,
             self.session_id,

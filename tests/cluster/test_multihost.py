@@ -80,7 +80,7 @@ async def test_objects_round_trip_through_the_hosts_addresses(multihost: NetnsCl
     assert contacted and contacted <= host_addresses
     # Every write reached the other two hosts through the root namespace's routing.
     for osd_id in m.osds:
-        store = ObjectStore(str(multihost.root / f"osd.{osd_id}" / "store.db"))
+        store = ObjectStore(str(multihost.root / f"osd.{osd_id}"))
         try:
             for name, data in blobs.items():
                 assert osd_id in acting_set(m, pool.id, pg_of(pool, name))

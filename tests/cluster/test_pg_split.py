@@ -32,7 +32,7 @@ async def test_growing_pg_num_keeps_every_object(cluster_factory: ClusterFactory
         await client.write_full("default", "after-split", b"new")
         assert await client.read("default", "after-split") == b"new"
         m = client.map
-    stores = {i: ObjectStore(str(cluster.root / f"osd.{i}" / "store.db")) for i in m.osds}
+    stores = {i: ObjectStore(str(cluster.root / f"osd.{i}")) for i in m.osds}
     try:
         for name in blobs:
             for osd_id in placement(m, pool.id, pg_of(pool, name)):

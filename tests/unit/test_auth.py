@@ -591,6 +591,7 @@ HELLO = {
     "client_nonce": b"c" * 16,
     "timestamp": 1234.5,
     "osd_id": 3,
+    "instance": 7,
 }
 HELLO_CHANGES = {
     "session_key": b"\x12" * 32,
@@ -598,6 +599,7 @@ HELLO_CHANGES = {
     "client_nonce": b"c" * 15 + b"d",
     "timestamp": 1234.50001,
     "osd_id": 4,
+    "instance": 8,
 }
 REPLY = {
     "session_key": b"\x11" * 32,

@@ -643,3 +643,15 @@ def test_data_operations_match_a_bytearray(model_store: ObjectStore, ops: list[O
     assert read_all(model_store, name) == model
     for index, length in stored_blocks(model_store, name):  # no stored byte past the end
         assert 0 < length <= min(MODEL_BS, len(model) - index * MODEL_BS)
+
+
+def test_a_replica_refuses_a_different_write_at_a_seq_it_has(store: ObjectStore) -> None:
+    # An earlier primary wrote seq 1 here; the new primary's seq 1 is another write.
+    [first] = store.apply_batch([ReplicaTxn(POOL, 0, "a", [WriteFull(b"old")], (1, 1), "c.1:1")])
+    ok(first)
+    [other] = store.apply_batch([ReplicaTxn(POOL, 0, "b", [WriteFull(b"new")], (2, 1), "c.1:9")])
+    assert other.code == Code.EAGAIN and "divergent" in other.message
+    assert store.stat(POOL, "b") is None
+    # The same write delivered twice is simply already there.
+    [again] = store.apply_batch([ReplicaTxn(POOL, 0, "a", [WriteFull(b"old")], (1, 1), "c.1:1")])
+    ok(again)
