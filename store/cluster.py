@@ -25,6 +25,7 @@ from store import tls
 from store.client.config import load_config, write_config
 from store.client.master_link import MasterLink
 from store.errors import RemoteError, StoreError
+from store.status import summarize
 
 
 def free_port() -> int:
@@ -130,7 +131,7 @@ def _wait_registered(osd_dir: Path, log: Path, deadline: float) -> None:
 
 
 async def _settle(conf: Path, osds: int, deadline: float) -> None:
-    """Wait for the daemons to be up, then make sure the `default` pool exists."""
+    """Wait for the daemons to be up, make sure the `default` pool exists, wait for health."""
     config = load_config(conf)
     while True:
         try:
@@ -149,6 +150,12 @@ async def _settle(conf: Path, osds: int, deadline: float) -> None:
                 except RemoteError as exc:
                     if exc.message.find("exists") < 0:
                         raise
+                # Then until every PG reports active+clean, so that the first
+                # `store status` a user runs says HEALTH_OK.
+                while time.monotonic() < deadline:
+                    if summarize(await link.call("status"))["health"] == "HEALTH_OK":
+                        break
+                    await trio.sleep(0.3)
                 nursery.cancel_scope.cancel()
             return
         except (StoreError, OSError):
