@@ -23,6 +23,7 @@ primary sent them, while their completions overlap.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -283,6 +284,7 @@ class PendingCall:
         self.lost = False
 
 
+@functools.lru_cache(maxsize=4096)  # clients parse a daemon's address for every request
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """`HOST:PORT`, `[v6]:PORT` or `:PORT` → (host, port); ConfigError-free: ValueError."""
     host, sep, port = text.rpartition(":")

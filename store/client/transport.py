@@ -138,8 +138,6 @@ class DaemonLink:
     session: _ClientSession | None = None
     hello_lock: trio.Lock = field(default_factory=trio.Lock)
     hello_waiter: _Waiter | None = None
-    hello_nonce: bytes = b""
-    hello_key: bytes = b""
 
 
 @dataclass

@@ -199,9 +199,6 @@ def op_osd_boot(server: MasterServer, conn: RpcConnection, args: dict[str, Any])
         peer_addr=_arg(args, "peer_addr", str),
         cert_name=cert_name,
     )
-    old = server.daemons.get(osd_id)
-    if old is not None and old is not conn:
-        old.send_event("replaced", {})
     server.daemons[osd_id] = conn
     server.subscribers.add(conn)
     conn.name = f"osd.{osd_id}"
@@ -317,7 +314,6 @@ def op_status(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -
         "fsid": m.fsid,
         "epoch": m.epoch,
         "map": m.to_wire(),
-        "daemons_connected": sorted(server.daemons),
         "reports": {
             osd_id: report
             for osd_id, report in server.reports.items()

@@ -285,11 +285,19 @@ class MasterState:
         pool = self._pool_named(name)
         fields = {"size": pool.size, "min_size": pool.min_size, "pg_num": pool.pg_num}
         if key == "encrypt":
-            new_encrypt = (
-                value
-                if isinstance(value, bool)
-                else str(value).lower() in ("1", "true", "yes", "on")
-            )
+            words = {
+                "1": True,
+                "true": True,
+                "yes": True,
+                "on": True,
+                "0": False,
+                "false": False,
+                "no": False,
+                "off": False,
+            }
+            new_encrypt = value if isinstance(value, bool) else words.get(str(value).lower())
+            if new_encrypt is None:
+                raise _invalid(f"encrypt must be true or false, not {value!r}")
             updates: dict[str, Any] = {"encrypt": int(new_encrypt)}
         elif key in fields:
             try:

@@ -40,6 +40,7 @@ from store.tls import TlsPaths, client_context, peer_identity, server_context
 log = logging.getLogger("store.osd")
 
 RECENT_MAPS = 32
+USAGE_REFRESH = 30.0  # seconds between object counts in the heartbeat report
 
 
 @dataclass
@@ -73,6 +74,8 @@ class OsdDaemon:
         self._pg_nums: dict[int, int] = {}  # pool -> pg_num our store is split to
         self._pool_ready: dict[int, Completion] = {}
         self._map_changed = trio.Event()
+        self._usage: dict[str, int] = {}
+        self._usage_at = -1e9
         self._nursery: trio.Nursery | None = None
         self.master: RpcConnection | None = None
         self.udp_address: tuple[str, int] | None = None
@@ -244,49 +247,49 @@ class OsdDaemon:
     async def _heartbeats(self) -> None:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
-            self._check_full()
+            disk = self._check_disk()
             if self.master is None or self.master.closed.is_set():
                 continue
             try:
                 await self.master.call(
-                    "osd_heartbeat", self.report(), timeout=self.config.heartbeat_interval * 2
+                    "osd_heartbeat", self.report(disk), timeout=self.config.heartbeat_interval * 2
                 )
             except (StoreError, ConnectionLost) as exc:
                 log.debug("heartbeat failed: %s", exc)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, disk: os.statvfs_result) -> dict[str, Any]:
         """What the master shows in `store status`: states of the PGs we lead, usage."""
         states: dict[str, int] = {}
         for pgobj in self.pgs.values():
             state = pgobj.status()
             if state is not None:
                 states[state] = states.get(state, 0) + 1
-        stats = os.statvfs(self.config.dir)
-        usage = self.store.usage()
+        now = trio.current_time()
+        if now - self._usage_at >= USAGE_REFRESH:
+            # Counting objects scans a table: not on every heartbeat of a big disk.
+            self._usage, self._usage_at = self.store.usage(), now
         return {
             "pgs": states,
             "usage": {
-                **usage,
-                "disk_total": stats.f_blocks * stats.f_frsize,
-                "disk_avail": stats.f_bavail * stats.f_frsize,
+                **self._usage,
+                "disk_total": disk.f_blocks * disk.f_frsize,
+                "disk_avail": disk.f_bavail * disk.f_frsize,
             },
             "full": self.full,
             "dropped": dict(self.front.dropped),
             "checksum_errors": self.store.checksum_errors,
         }
 
-    def _check_full(self) -> None:
-        stats = os.statvfs(self.config.dir)
-        used = 1 - stats.f_bavail / stats.f_blocks if stats.f_blocks else 0.0
+    def _check_disk(self) -> os.statvfs_result:
+        """Refuse writes above full_ratio (and say so when that changes)."""
+        disk = os.statvfs(self.config.dir)
+        used = 1 - disk.f_bavail / disk.f_blocks if disk.f_blocks else 0.0
         full = used >= self.config.full_ratio
         if full != self.full:
-            log.warning(
-                "osd.%d is %s (%.0f%% used)",
-                self.osd_id,
-                "full" if full else "no longer full",
-                used * 100,
-            )
+            state = "full: refusing writes" if full else "no longer full"
+            log.warning("osd.%d is %s (%.0f%% used)", self.osd_id, state, used * 100)
         self.full = full
+        return disk
 
     async def _say_goodbye(self) -> None:
         if self.master is not None and not self.master.closed.is_set():

@@ -31,7 +31,7 @@ from store.osd.ops import (
 )
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
 from store.placement import PoolSpec, pg_of, primary
-from store.wire.datagram import MAX_DATAGRAM, DatagramType, Header, parse_header_untrusted
+from store.wire.datagram import DatagramType, Header, parse_header_untrusted
 
 if TYPE_CHECKING:
     from store.osd.daemon import OsdDaemon
@@ -40,7 +40,7 @@ log = logging.getLogger("store.osd")
 
 # Replies that describe a passing condition; a retry of the same request must run again.
 TRANSIENT = {Code.EAGAIN, Code.ESTALE, Code.EDEGRADED, Code.ETIMEDOUT, Code.EBADSESSION}
-LIST_REPLY_BUDGET = 60000
+LIST_REPLY_BUDGET = 60000  # bytes of names per listing reply, well inside one datagram
 
 
 class UdpFront:
@@ -52,6 +52,8 @@ class UdpFront:
         self.dropped: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
+        self._last_refusal_log = -1e9
+        self._refusals_unlogged = 0
 
     async def run(self, sessions: SessionTable) -> None:
         self.sessions = sessions
@@ -100,8 +102,8 @@ class UdpFront:
                 self.served["hello"] += 1
             except AuthError as exc:
                 self.dropped["auth_failed"] += 1
-                log.warning("refused a session from %s:%s: %s", address[0], address[1], exc)
-                self.send(sessions.hello_refusal(data, epoch, Code.EAUTH, str(exc)), address)
+                self._warn_refused(address, exc)
+                self.send(sessions.hello_refusal(header, epoch, Code.EAUTH, str(exc)), address)
             except ProtocolError:
                 self.dropped["malformed"] += 1
             return
@@ -109,10 +111,10 @@ class UdpFront:
             self.dropped["malformed"] += 1
             return
         try:
-            session, header, body = sessions.open_request_untrusted(data)
+            session, header, body = sessions.open_request_untrusted(data, header)
         except (UnknownSession, ExpiredSession):
             self.dropped["unknown_session"] += 1
-            self.send(sessions.reset_for(data, epoch), address)
+            self.send(sessions.reset_for(header, epoch), address)
             return
         except BadMAC:
             self.dropped["bad_mac"] += 1
@@ -124,6 +126,21 @@ class UdpFront:
             self.dropped["malformed"] += 1
             return
         self.on_request(session, header, body, address)
+
+    def _warn_refused(self, address: Any, exc: AuthError) -> None:
+        # Every refusal is counted; a flood of them is logged once a second, not per datagram.
+        self._refusals_unlogged += 1
+        now = trio.current_time()
+        if now - self._last_refusal_log >= 1.0:
+            more = self._refusals_unlogged - 1
+            log.warning(
+                "refused a session from %s:%s: %s%s",
+                address[0],
+                address[1],
+                exc,
+                f" (and {more} more since the last report)" if more else "",
+            )
+            self._last_refusal_log, self._refusals_unlogged = now, 0
 
     def reply(
         self, session: Session, header: Header, address: Any, body: dict[str, Any]
@@ -282,6 +299,3 @@ def _result_body(result: Any) -> dict[str, Any]:
     elif result.message:
         body["m"] = result.message
     return body
-
-
-assert MAX_DATAGRAM > LIST_REPLY_BUDGET

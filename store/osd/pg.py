@@ -99,7 +99,6 @@ class PlacementGroup:
         self._interval_nursery: trio.Nursery | None = None
         self._held: trio.Event | None = None  # set while writes are held back
         self._inflight: dict[int, trio.Event] = {}  # seq -> set when its forward is answered
-        self._activated = trio.Event()
 
     @property
     def name(self) -> str:
@@ -123,7 +122,6 @@ class PlacementGroup:
         self._interval_nursery = None
         if acting and acting[0] == self.host.osd_id:
             self.state = "peering"
-            self._activated = trio.Event()
             # Made here, not in the task: a second map arriving before the task runs must
             # be able to cancel this interval.
             self._scope = trio.CancelScope()
@@ -219,7 +217,6 @@ class PlacementGroup:
             if version == mine and member in self.acting:
                 self.active[member] = await self.host.peer(member)
         self.state = "active"
-        self._activated.set()
         log.debug(
             "pg %s active on osd.%d with %s", self.name, self.host.osd_id, sorted(self.active)
         )

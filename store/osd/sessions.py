@@ -36,7 +36,6 @@ from store.wire.datagram import (
     derive_datagram_keys,
     encode_unsealed,
     open_unsealed_untrusted,
-    parse_header_untrusted,
 )
 from store.wire.replay import ReplayWindow
 
@@ -170,25 +169,18 @@ class SessionTable:
         return reply
 
     @staticmethod
-    def hello_refusal(datagram: bytes, epoch: int, code: Code, message: str) -> bytes | None:
+    def hello_refusal(hello: Header, epoch: int, code: Code, message: str) -> bytes:
         """An unauthenticated HELLO_REPLY carrying an error, so a client can say why."""
-        try:
-            header = parse_header_untrusted(datagram)
-        except MalformedDatagram:
-            return None
-        return encode_unsealed(
-            DatagramType.HELLO_REPLY,
-            header.session_id,
-            0,
-            epoch,
-            wire_body.pack({"r": int(code), "m": message}),
-        )
+        body = wire_body.pack({"r": int(code), "m": message})
+        return encode_unsealed(DatagramType.HELLO_REPLY, hello.session_id, 0, epoch, body)
 
     def open_request_untrusted(
-        self, datagram: bytes
+        self, datagram: bytes, header: Header
     ) -> tuple[Session, Header, dict[object, object]]:
-        """Authenticate and decode a REQUEST. Raises UnknownSession, BadMAC, Replayed, ..."""
-        header = parse_header_untrusted(datagram)
+        """Authenticate and decode a REQUEST whose header the caller has parsed.
+
+        Raises UnknownSession, ExpiredSession, BadMAC, Replayed or MalformedDatagram.
+        """
         if header.type != DatagramType.REQUEST:
             raise MalformedDatagram(f"unexpected datagram type {header.type.name}")
         session = self.sessions.get(header.session_id)
@@ -203,18 +195,11 @@ class SessionTable:
         return session, header, wire_body.unpack_untrusted(raw)
 
     @staticmethod
-    def reset_for(header_source: bytes, epoch: int) -> bytes | None:
+    def reset_for(request: Header, epoch: int) -> bytes:
         """RESET datagram telling a client its session is gone (so it says hello again)."""
-        try:
-            header = parse_header_untrusted(header_source)
-        except MalformedDatagram:
-            return None
+        body = wire_body.pack({"r": int(Code.EBADSESSION)})
         return encode_unsealed(
-            DatagramType.RESET,
-            header.session_id,
-            header.request_id,
-            epoch,
-            wire_body.pack({"r": int(Code.EBADSESSION)}),
+            DatagramType.RESET, request.session_id, request.request_id, epoch, body
         )
 
     def seal_reply(
@@ -229,6 +214,3 @@ class SessionTable:
             wire_body.pack(reply),
             request.encrypted,
         )
-
-    def drop(self, session_id: int) -> None:
-        self.sessions.pop(session_id, None)

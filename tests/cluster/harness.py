@@ -48,7 +48,8 @@ class Cluster:
         self.master_extra: list[str] = []
         self.heartbeat = heartbeat
         self.port = free_port()
-        self.master_addr = f"127.0.0.1:{self.port}"
+        self.master_addr = f"127.0.0.1:{self.port}"  # what clients are told
+        self.master_listen = self.master_addr  # what the master binds
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.osd_ports: dict[int, int] = {}
         tls.init_ca(self.tls_dir)
@@ -77,7 +78,7 @@ class Cluster:
                 "--data-dir",
                 str(self.root / "master"),
                 "--listen",
-                self.master_addr,
+                self.master_listen,
                 "--tls-dir",
                 str(self.tls_dir),
                 "--osd-grace",

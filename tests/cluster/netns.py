@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 
 from store import tls
-from store.client.config import write_config
 from tests.cluster.harness import Cluster
 
 OSD_PORT = 6800  # every host has its own port space, so every daemon can use the same port
@@ -136,34 +135,8 @@ class NetnsCluster(Cluster):
         # host's gateway: make the certificate again with those addresses among its names.
         tls.init_ca(self.tls_dir, master_names=[h.root_ip for h in lab.hosts], force=True)
         tls.issue(self.tls_dir, "osd", role="osd")
-
-    def start_master(self, extra: list[str] | None = None) -> None:
-        self._spawn(
-            "master",
-            [
-                "master",
-                "--data-dir",
-                str(self.root / "master"),
-                "--listen",
-                f"0.0.0.0:{self.port}",
-                "--tls-dir",
-                str(self.tls_dir),
-                "--osd-grace",
-                str(self.grace),
-                "-vv",
-                *(extra or self.master_extra),
-            ],
-        )
-        key = self.root / "master" / "admin.key"
-        self._wait(lambda: key.exists() and self._accepting(self.port), "master start")
-        self.conf = self.root / "store.conf"
-        write_config(
-            self.conf,
-            master=self.master_addr,
-            ca=self.tls_dir / "ca.crt",
-            keyring=key,
-            timeout=20.0,
-        )
+        # Daemons reach the master from their namespaces, over their veth links.
+        self.master_listen = f"0.0.0.0:{self.port}"
 
     def start_osd(self, i: int, *, host: str | None = None, extra: list[str] | None = None) -> None:
         h = self.lab.hosts[i]

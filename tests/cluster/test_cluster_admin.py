@@ -154,3 +154,12 @@ def test_writes_need_min_size_copies_reads_do_not(
     )
     assert result.returncode != 0
     assert "min_size" in result.stderr.decode()
+
+
+def test_pool_settings_reject_bad_values(cluster: Cluster) -> None:
+    for key, value in [("encrypt", "banana"), ("pg_num", "12"), ("pg_num", "8"), ("size", "x")]:
+        result = cluster.cli("pool", "set", "default", key, value, check=False)
+        assert result.returncode != 0, (key, value)
+        assert key in result.stderr.decode(), result.stderr
+    pools = json.loads(cluster.cli("pool", "ls", "--json").stdout)
+    assert pools[0]["encrypt"] is True and pools[0]["pg_num"] == 16
