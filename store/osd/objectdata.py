@@ -3,19 +3,24 @@
 Theory of operation
 -------------------
 An object is a row of ``objects`` (its header: pool, name, PG, size, version, mtime,
-and whether it is live or a tombstone) plus rows of ``blocks``, ``xattrs`` and
+and whether it is live or a tombstone) plus rows of ``blockmap``, ``xattrs`` and
 ``omap`` keyed by the header's integer id, the oid.
 
-Data is cut into fixed-size blocks. Block ``i`` of object ``oid`` is the ``blocks``
-row whose integer key is ``oid << 24 | i``: the table's own rowid b-tree keeps an
-object's blocks together and in order, so a range of blocks is a rowid range scan
-and no second index has to be written. A block row holds the block's bytes, cut at
-the object's end, and their xxh3_64. Bytes a row does not hold (a missing row, or
-the part past a short row's end) read as zeros. So a hole costs nothing, truncating
-up writes nothing, and a block that ends up all zeros is deleted rather than stored.
+Data is cut into fixed-size blocks, and each block that holds data lives in a slot of
+the data file (:mod:`store.osd.blockspace`). ``blockmap`` says where: its row
+``oid << 24 | c`` covers blocks ``64c .. 64c + 63`` of the object with their slot and
+xxh3_64 checksum. The table's own rowid b-tree keeps an object's rows together and in
+order, so a range of blocks is a rowid range scan. A block without a slot (no row, or
+slot -1) reads as zeros: a hole costs nothing, truncating up writes nothing, and a
+block that ends up all zeros becomes a hole.
 
-Invariant: no block row holds bytes at or past the object's size. Writes only grow
-the size, truncating down cuts the block the new end falls in, zero never moves it.
+A slot always holds a whole block, and the checksum covers the whole block. Invariant:
+the bytes of a block at or past the object's size are zeros. Writes only grow the
+size, truncating down zeroes the tail of the block the new end falls in, zero never
+moves it.
+
+Blocks are written copy-on-write: new content goes to a new slot, and the old slot is
+freed when the transaction commits, so a crash leaves every committed block intact.
 
 A block's checksum is verified before any of its bytes are used, including the read
 half of a read-modify-write, so a damaged block is never served and never gets a
@@ -27,12 +32,15 @@ Nothing here commits: the caller owns the transaction (and its savepoints).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
 
 from store.errors import ChecksumError, Code, StoreError
+from store.osd.blockspace import BlockSpace
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
     Create,
@@ -58,6 +66,8 @@ BLOCK_INDEX_BITS = 24
 _BLOCK_MASK = (1 << BLOCK_INDEX_BITS) - 1
 MIN_BLOCK_SIZE = 512  # 128 MiB / 512 B = 2**18 blocks, well inside the 24 index bits
 MAX_BLOCK_SIZE = 65536
+CHUNK_BLOCKS = 64  # blocks per blockmap row
+_BIG_ENDIAN = sys.byteorder == "big"
 
 OBJECT_SCHEMA = """
 CREATE TABLE objects (
@@ -74,7 +84,7 @@ CREATE TABLE objects (
 );
 CREATE INDEX objects_listing ON objects (pool, pg, name) WHERE live = 1;
 CREATE INDEX objects_tombstones ON objects (pool, pg, seq) WHERE live = 0;
-CREATE TABLE blocks (id INTEGER PRIMARY KEY, csum INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE blockmap (id INTEGER PRIMARY KEY, map BLOB NOT NULL);
 CREATE TABLE xattrs (
     oid INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (oid, key)
 ) WITHOUT ROWID;
@@ -94,11 +104,9 @@ _OBJECT_PUT = (
     "UPDATE objects SET pg = ?, live = ?, size = ?, epoch = ?, seq = ?, mtime = ? WHERE oid = ?"
 )
 _OBJECT_FORGET = "DELETE FROM objects WHERE oid = ?"
-_BLOCK_GET = "SELECT csum, data FROM blocks WHERE id = ?"
-_BLOCK_RANGE = "SELECT id, csum, data FROM blocks WHERE id BETWEEN ? AND ? ORDER BY id"
-_BLOCK_PUT = "INSERT OR REPLACE INTO blocks (id, csum, data) VALUES (?, ?, ?)"
-_BLOCK_DROP = "DELETE FROM blocks WHERE id = ?"
-_BLOCK_DROP_RANGE = "DELETE FROM blocks WHERE id BETWEEN ? AND ?"
+_MAP_RANGE = "SELECT id, map FROM blockmap WHERE id BETWEEN ? AND ? ORDER BY id"
+_MAP_PUT = "INSERT OR REPLACE INTO blockmap (id, map) VALUES (?, ?)"
+_MAP_DROP = "DELETE FROM blockmap WHERE id = ?"
 _XATTR_ALL = "SELECT key, value FROM xattrs WHERE oid = ? ORDER BY key"
 _XATTR_PUT = "INSERT OR REPLACE INTO xattrs (oid, key, value) VALUES (?, ?, ?)"
 _XATTR_DROP = "DELETE FROM xattrs WHERE oid = ? AND key = ?"
@@ -121,7 +129,7 @@ class OpFailed(StoreError):
         self.message = message
 
 
-def block_checksum(data: bytes | bytearray) -> int:
+def block_checksum(data: bytes | bytearray | memoryview) -> int:
     """xxh3_64 of a block, as the signed 64-bit integer SQLite stores."""
     digest = xxhash.xxh3_64_intdigest(data)
     return digest - (1 << 64) if digest >> 63 else digest
@@ -149,10 +157,14 @@ class ObjectRows:
     """Reads and changes objects through one SQLite connection."""
 
     def __init__(
-        self, db: sqlite3.Connection, block_size: int, on_checksum_error: Callable[[], None]
+        self,
+        db: sqlite3.Connection,
+        space: BlockSpace,
+        on_checksum_error: Callable[[], None],
     ) -> None:
         self._db = db
-        self._bs = block_size
+        self._space = space
+        block_size = self._bs = space.block_size
         self._zeros = bytes(block_size)
         self._on_checksum_error = on_checksum_error
 
@@ -185,8 +197,7 @@ class ObjectRows:
         return obj.oid
 
     def _clear(self, oid: int) -> None:
-        base = oid << BLOCK_INDEX_BITS
-        self._db.execute(_BLOCK_DROP_RANGE, (base, base | _BLOCK_MASK))
+        self._drop_blocks(oid, 0, _BLOCK_MASK)
         self._db.execute(_XATTR_CLEAR, (oid,))
         self._db.execute(_OMAP_CLEAR, (oid,))
 
@@ -328,39 +339,74 @@ class ObjectRows:
 
     # --- data ------------------------------------------------------------------------
 
-    def _verified(self, obj: ObjectHeader, block_id: int, csum: int, data: bytes) -> bytes:
-        if block_checksum(data) != csum:
+    def _maps(self, oid: int, first: int, last: int) -> _BlockMaps:
+        return _BlockMaps(self._db, oid, first // CHUNK_BLOCKS, last // CHUNK_BLOCKS)
+
+    def _verified(self, obj: ObjectHeader, index: int, csum: int, data: bytes | memoryview) -> None:
+        if len(data) != self._bs or block_checksum(data) != csum:
             self._on_checksum_error()
-            index = block_id & _BLOCK_MASK
             raise ChecksumError(f"checksum mismatch in object {obj.name!r} block {index}")
+
+    def _load_block(self, obj: ObjectHeader, maps: _BlockMaps, index: int) -> bytes:
+        """Block ``index`` as ``block_size`` bytes (zeros for a hole), verified."""
+        found = maps.get(index)
+        if found is None:
+            return self._zeros
+        slot, csum = found
+        data = self._space.read_run(slot, 1)
+        self._verified(obj, index, csum, data)
         return data
 
-    def _load_block(self, obj: ObjectHeader, oid: int, index: int) -> bytes:
-        block_id = oid << BLOCK_INDEX_BITS | index
-        row = self._db.execute(_BLOCK_GET, (block_id,)).fetchone()
-        return b"" if row is None else self._verified(obj, block_id, row[0], row[1])
+    def _put_blocks(
+        self, maps: _BlockMaps, blocks: Sequence[tuple[int, bytes | bytearray | memoryview]]
+    ) -> None:
+        """Give each (index, content) a fresh slot; all-zero content becomes a hole."""
+        old = [found[0] for index, _ in blocks if (found := maps.get(index)) is not None]
+        self._space.free_later(old)
+        kept = [(index, content) for index, content in blocks if content != self._zeros]
+        slots = self._space.write_blocks([content for _, content in kept])
+        for index, _ in blocks:
+            maps.clear(index)
+        for (index, content), slot in zip(kept, slots, strict=True):
+            maps.set(index, slot, block_checksum(content))
+        maps.save()
 
-    def _store_block(self, oid: int, index: int, content: bytes | bytearray) -> None:
-        block_id = oid << BLOCK_INDEX_BITS | index
-        if content == self._zeros[: len(content)]:
-            self._db.execute(_BLOCK_DROP, (block_id,))
-        else:
-            self._db.execute(_BLOCK_PUT, (block_id, block_checksum(content), content))
+    def _drop_blocks(self, oid: int, first: int, last: int) -> None:
+        """Turn blocks ``first..last`` into holes."""
+        if first > last:
+            return
+        maps = self._maps(oid, first, last)
+        self._space.free_later(maps.drop(first, last))
+        maps.save()
 
     def read(self, obj: ObjectHeader, offset: int, length: int) -> bytes:
         end = min(offset + length, obj.size)
         if offset >= end or obj.oid is None:
             return b""
         bs = self._bs
-        base = obj.oid << BLOCK_INDEX_BITS
+        first, last = offset // bs, (end - 1) // bs
         out = bytearray(end - offset)
-        span = (base | offset // bs, base | (end - 1) // bs)
-        for block_id, csum, data in self._db.execute(_BLOCK_RANGE, span):
-            self._verified(obj, block_id, csum, data)
-            start = (block_id & _BLOCK_MASK) * bs
-            lo, hi = max(offset, start), min(end, start + len(data))
-            if hi > lo:
-                out[lo - offset : hi - offset] = data[lo - start : hi - start]
+        maps = self._maps(obj.oid, first, last)
+        present = maps.present(first, last)
+        i = 0
+        while i < len(present):
+            # A run: consecutive blocks in consecutive slots, read with one pread.
+            j = i + 1
+            while (
+                j < len(present)
+                and present[j][0] == present[j - 1][0] + 1
+                and present[j][1] == present[j - 1][1] + 1
+            ):
+                j += 1
+            data = memoryview(self._space.read_run(present[i][1], j - i))
+            for k in range(i, j):
+                index, _, csum = present[k]
+                block = data[(k - i) * bs : (k - i + 1) * bs]
+                self._verified(obj, index, csum, block)
+                start = index * bs
+                lo, hi = max(offset, start), min(end, start + bs)
+                out[lo - offset : hi - offset] = block[lo - start : hi - start]
+            i = j
         return bytes(out)
 
     def write(self, obj: ObjectHeader, offset: int, data: bytes) -> None:
@@ -371,34 +417,29 @@ class ObjectRows:
             return
         oid = self._materialize(obj)
         bs = self._bs
-        size = max(obj.size, end)
+        first, last = offset // bs, (end - 1) // bs
+        maps = self._maps(oid, first, last)
         view = memoryview(data)
-        puts: list[tuple[int, int, bytes]] = []
-        for index in range(offset // bs, (end - 1) // bs + 1):
+        blocks: list[tuple[int, bytes | bytearray | memoryview]] = []
+        for index in range(first, last + 1):
             start = index * bs
-            stop = min(start + bs, size)
-            lo, hi = max(offset, start), min(end, stop)
-            if lo == start and hi == stop:
-                content = bytes(view[lo - offset : hi - offset])
+            lo, hi = max(offset, start), min(end, start + bs)
+            if lo == start and hi == start + bs:
+                blocks.append((index, view[lo - offset : hi - offset]))
             else:
-                old = self._load_block(obj, oid, index)
-                block = bytearray(stop - start)
-                block[: len(old)] = old
+                # Bytes of the block outside the write keep their old content, and
+                # those past the object's end are zeros already (the invariant).
+                block = bytearray(self._load_block(obj, maps, index))
                 block[lo - start : hi - start] = view[lo - offset : hi - offset]
-                content = bytes(block)
-            block_id = oid << BLOCK_INDEX_BITS | index
-            if content == self._zeros[: len(content)]:
-                self._db.execute(_BLOCK_DROP, (block_id,))
-            else:
-                puts.append((block_id, block_checksum(content), content))
-        self._db.executemany(_BLOCK_PUT, puts)
-        obj.size = size
+                blocks.append((index, block))
+        self._put_blocks(maps, blocks)
+        obj.size = max(obj.size, end)
 
     def write_full(self, obj: ObjectHeader, data: bytes) -> None:
         if len(data) > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"{len(data)} B is more than {MAX_OBJECT_SIZE} B")
-        base = self._materialize(obj) << BLOCK_INDEX_BITS
-        self._db.execute(_BLOCK_DROP_RANGE, (base, base | _BLOCK_MASK))
+        oid = self._materialize(obj)
+        self._drop_blocks(oid, 0, _BLOCK_MASK)
         obj.size = 0
         self.write(obj, 0, data)
 
@@ -408,14 +449,14 @@ class ObjectRows:
         if size < obj.size:
             oid = self._materialize(obj)
             bs = self._bs
-            base = oid << BLOCK_INDEX_BITS
-            first_gone = -(-size // bs)
-            self._db.execute(_BLOCK_DROP_RANGE, (base | first_gone, base | _BLOCK_MASK))
+            self._drop_blocks(oid, -(-size // bs), _BLOCK_MASK)
             keep = size % bs
             if keep:
-                old = self._load_block(obj, oid, size // bs)
-                if len(old) > keep:
-                    self._store_block(oid, size // bs, old[:keep])
+                index = size // bs
+                maps = self._maps(oid, index, index)
+                block = bytearray(self._load_block(obj, maps, index))
+                block[keep:] = bytes(bs - keep)
+                self._put_blocks(maps, [(index, block)])
         obj.size = size
 
     def zero(self, obj: ObjectHeader, offset: int, length: int) -> None:
@@ -426,20 +467,112 @@ class ObjectRows:
         oid = self._materialize(obj)
         bs = self._bs
         first, last = offset // bs, (end - 1) // bs
-        # Blocks wholly inside the range are dropped (sparse); at most the two edge
-        # blocks are rewritten with their covered part zeroed.
+        # Blocks wholly inside the range (or whose rest lies past the end) become holes;
+        # at most the two edge blocks are rewritten with their covered part zeroed.
         whole_first = first if offset == first * bs else first + 1
         whole_last = last if end >= min(last * bs + bs, obj.size) else last - 1
-        if whole_first <= whole_last:
-            base = oid << BLOCK_INDEX_BITS
-            self._db.execute(_BLOCK_DROP_RANGE, (base | whole_first, base | whole_last))
-        for index in sorted({first, last}):
-            if whole_first <= index <= whole_last:
-                continue
-            old = self._load_block(obj, oid, index)
-            start = index * bs
-            lo, hi = max(offset, start) - start, min(end - start, len(old))
-            if hi > lo:
-                block = bytearray(old)
+        self._drop_blocks(oid, whole_first, whole_last)
+        edges = [i for i in sorted({first, last}) if not whole_first <= i <= whole_last]
+        if edges:
+            maps = self._maps(oid, edges[0], edges[-1])
+            blocks: list[tuple[int, bytes | bytearray | memoryview]] = []
+            for index in edges:
+                start = index * bs
+                block = bytearray(self._load_block(obj, maps, index))
+                lo, hi = max(offset, start) - start, min(end, start + bs) - start
                 block[lo:hi] = bytes(hi - lo)
-                self._store_block(oid, index, block)
+                blocks.append((index, block))
+            self._put_blocks(maps, blocks)
+
+
+def used_slots(db: sqlite3.Connection) -> Iterator[int]:
+    """Every slot the block maps reference (to rebuild the free space at start)."""
+    for (raw,) in db.execute("SELECT map FROM blockmap"):
+        entries = array("q")
+        entries.frombytes(raw)
+        if _BIG_ENDIAN:
+            entries.byteswap()
+        yield from (slot for slot in entries[::2] if slot >= 0)
+
+
+class _BlockMaps:
+    """The slot and checksum of an object's blocks ``CHUNK_BLOCKS`` at a time.
+
+    A ``blockmap`` row holds one chunk: an array of (slot, checksum) pairs as signed
+    64-bit little-endian integers, slot -1 for a hole, trailing holes left out. A chunk
+    of holes has no row. Rows are loaded for a span of chunks and written back by
+    :meth:`save`.
+    """
+
+    def __init__(self, db: sqlite3.Connection, oid: int, first_chunk: int, last_chunk: int) -> None:
+        self._db = db
+        self._base = oid << BLOCK_INDEX_BITS
+        last_chunk = min(last_chunk, _BLOCK_MASK)
+        span = (self._base | first_chunk, self._base | last_chunk)
+        self._chunks: dict[int, array[int]] = {}
+        for row_id, raw in db.execute(_MAP_RANGE, span).fetchall():
+            entries = array("q")
+            entries.frombytes(raw)
+            if _BIG_ENDIAN:
+                entries.byteswap()
+            self._chunks[row_id & _BLOCK_MASK] = entries
+        self._dirty: set[int] = set()
+
+    def get(self, index: int) -> tuple[int, int] | None:
+        entries = self._chunks.get(index // CHUNK_BLOCKS)
+        at = 2 * (index % CHUNK_BLOCKS)
+        if entries is None or at >= len(entries) or entries[at] < 0:
+            return None
+        return entries[at], entries[at + 1]
+
+    def set(self, index: int, slot: int, csum: int) -> None:
+        chunk = index // CHUNK_BLOCKS
+        entries = self._chunks.setdefault(chunk, array("q"))
+        at = 2 * (index % CHUNK_BLOCKS)
+        if at >= len(entries):
+            entries.extend([-1, 0] * ((at - len(entries)) // 2 + 1))
+        entries[at], entries[at + 1] = slot, csum
+        self._dirty.add(chunk)
+
+    def clear(self, index: int) -> None:
+        chunk = index // CHUNK_BLOCKS
+        entries = self._chunks.get(chunk)
+        at = 2 * (index % CHUNK_BLOCKS)
+        if entries is not None and at < len(entries) and entries[at] >= 0:
+            entries[at], entries[at + 1] = -1, 0
+            self._dirty.add(chunk)
+
+    def present(self, first: int, last: int) -> list[tuple[int, int, int]]:
+        """(index, slot, checksum) of the blocks in ``first..last`` that hold data."""
+        found = []
+        for chunk in sorted(self._chunks):
+            entries = self._chunks[chunk]
+            base = chunk * CHUNK_BLOCKS
+            lo, hi = max(first - base, 0), min(last - base, len(entries) // 2 - 1)
+            for j in range(lo, hi + 1):
+                if entries[2 * j] >= 0:
+                    found.append((base + j, entries[2 * j], entries[2 * j + 1]))
+        return found
+
+    def drop(self, first: int, last: int) -> list[int]:
+        """Make ``first..last`` holes; returns the slots they used."""
+        slots = []
+        for index, slot, _ in self.present(first, last):
+            slots.append(slot)
+            self.clear(index)
+        return slots
+
+    def save(self) -> None:
+        for chunk in sorted(self._dirty):
+            entries = self._chunks[chunk]
+            while entries and entries[-2] < 0:
+                del entries[-2:]
+            row_id = self._base | chunk
+            if not entries:
+                self._db.execute(_MAP_DROP, (row_id,))
+                continue
+            if _BIG_ENDIAN:
+                entries = array("q", entries)
+                entries.byteswap()
+            self._db.execute(_MAP_PUT, (row_id, entries.tobytes()))
+        self._dirty.clear()

@@ -2,11 +2,14 @@
 
 Theory of operation
 -------------------
-Everything lives in one SQLite database, ``DIR/store.db``, in WAL mode with
-``synchronous=FULL``: a change to an object's data, attributes, omap and version and
-the PG log entry that records it commit in the same transaction, and a commit is on
-disk (the WAL fsynced) before ``apply_batch`` returns. So an acknowledged write
-survives ``kill -9`` and power loss, and a crash never leaves half of one.
+Object data lives in slots of one data file, ``DIR/blocks.dat``, written copy-on-write
+(:mod:`store.osd.blockspace`); everything else — object headers, the map of blocks to
+slots with their checksums, attributes, omap, PG logs — lives in one SQLite database,
+``DIR/store.db``, in WAL mode with ``synchronous=FULL``. A change to an object's data,
+attributes, omap and version and the PG log entry that records it commit in the same
+transaction; the data file is fsynced before that commit, and the commit is on disk
+(the WAL fsynced) before ``apply_batch`` returns. So an acknowledged write survives
+``kill -9`` and power loss, and a crash never leaves half of one.
 
 Two connections: the daemon's single writer thread calls ``apply_batch`` (one
 transaction and one fsync for a whole batch, a savepoint per transaction so a
@@ -28,6 +31,7 @@ How one object is laid out in rows is in :mod:`store.osd.objectdata`.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sqlite3
@@ -38,6 +42,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from store.errors import ChecksumError, Code, ConfigError
+from store.osd.blockspace import BlockSpace
 from store.osd.objectdata import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
@@ -45,6 +50,7 @@ from store.osd.objectdata import (
     ObjectHeader,
     ObjectRows,
     OpFailed,
+    used_slots,
 )
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
@@ -61,7 +67,7 @@ from store.osd.ops import (
 from store.osd.pglog import PG_SCHEMA, LogEntry, PgInfo, PgLogs
 from store.osd.pgsplit import PgSplitTxn, split_pool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Measured: with 8 KiB pages a 4 KiB block and its row header
 # fit, but two do not, so half of every page is wasted; with 4 KiB pages a block
 # spills into one overflow page and its row header shares a leaf with others, using
@@ -244,8 +250,11 @@ class ObjectStore:
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only = ON")
         self._reader.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
-        self._write_rows = ObjectRows(self._writer, self.block_size, self._count_checksum_error)
-        self._read_rows = ObjectRows(self._reader, self.block_size, self._count_checksum_error)
+        self.space = BlockSpace(
+            os.path.join(path, "blocks.dat"), self.block_size, used_slots(self._reader)
+        )
+        self._write_rows = ObjectRows(self._writer, self.space, self._count_checksum_error)
+        self._read_rows = ObjectRows(self._reader, self.space, self._count_checksum_error)
         self._write_logs = PgLogs(self._writer)
         self._read_logs = PgLogs(self._reader)
 
@@ -295,6 +304,7 @@ class ObjectStore:
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
+        self.space.close()
 
     # --- writer side -----------------------------------------------------------------
 
@@ -311,27 +321,42 @@ class ObjectStore:
                     results.append(self._apply(txn))
                 except _Rollback as rollback:
                     db.execute("ROLLBACK TO txn")
+                    self.space.txn_done(committed=False)
                     results.append(rollback.result)
+                else:
+                    self.space.txn_done(committed=True)
                 db.execute("RELEASE txn")
                 if not isinstance(txn, PgSplitTxn):
                     touched.add((txn.pool, txn.pg))
             for pool, pg in sorted(touched):
                 self._write_logs.trim(pool, pg, self.max_log_entries)
+            self.space.sync_data()
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        except (sqlite3.Error, OSError) as exc:
+            self._abandon_batch()
+            if isinstance(exc, OSError):
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else:
+                full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             code, what = (Code.ENOSPC, "disk full") if full else (Code.EIO, "storage error")
             message = f"{what}, batch not applied: {exc}"
             return [TxnResult(code, [], (0, 0), message) for _ in txns]
         except BaseException:
-            with suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+            self._abandon_batch()
             raise
+        self.space.batch_done(committed=True)
         return results
+
+    def _abandon_batch(self) -> None:
+        db = self._writer
+        with suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        self.space.batch_done(committed=False)
+
+    def release_freed(self) -> None:
+        """Let the writer reuse slots that finished batches freed; call between reads."""
+        self.space.release()
 
     def _apply(self, txn: Txn) -> TxnResult:
         match txn:
@@ -512,4 +537,4 @@ class ObjectStore:
         for suffix in ("", "-wal"):
             with suppress(FileNotFoundError):
                 db_bytes += os.path.getsize(self.path + suffix)
-        return {"objects": objects, "bytes": int(size), "db_bytes": db_bytes}
+        return {"objects": objects, "bytes": int(size), "db_bytes": db_bytes, **self.space.stats()}

@@ -80,6 +80,8 @@ class WriteQueue:
                     log.exception("applying a batch of %d operations failed", len(txns))
                     failed = TxnResult(Code.EIO, [], (0, 0), "internal error writing to disk")
                     results = [failed] * len(txns)
+            # Back on the event loop, between reads: slots the batch freed may be reused.
+            self.store.release_freed()
             self.batches += 1
             self.applied += len(txns)
             done = iter(results)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from array import array
 
 from store.errors import Code
-from store.osd.objectdata import BLOCK_INDEX_BITS
+from store.osd.objectdata import BLOCK_INDEX_BITS, CHUNK_BLOCKS
 from store.osd.objectstore import (
     ObjectStore,
     PrimaryTxn,
@@ -58,16 +59,25 @@ def read_all(store: ObjectStore, name: str) -> bytes:
     return data
 
 
-def stored_blocks(store: ObjectStore, name: str) -> list[tuple[int, int]]:
-    """(index, stored length) of each block the object has a row for."""
+def stored_blocks(store: ObjectStore, name: str) -> list[tuple[int, bytes]]:
+    """(index, content read straight from the data file) of each block that has a slot."""
     with sqlite3.connect(store.path) as db:
         (oid,) = db.execute("SELECT oid FROM objects WHERE name = ?", (name,)).fetchone()
         base = oid << BLOCK_INDEX_BITS
         rows = db.execute(
-            "SELECT id, length(data) FROM blocks WHERE id BETWEEN ? AND ? ORDER BY id",
+            "SELECT id, map FROM blockmap WHERE id BETWEEN ? AND ? ORDER BY id",
             (base, base + (1 << BLOCK_INDEX_BITS) - 1),
-        )
-        return [(block_id - base, length) for block_id, length in rows]
+        ).fetchall()
+    found = []
+    for row_id, raw in rows:
+        entries = array("q")
+        entries.frombytes(raw)
+        for j in range(len(entries) // 2):
+            slot = entries[2 * j]
+            if slot >= 0:
+                index = (row_id - base) * CHUNK_BLOCKS + j
+                found.append((index, store.space.read_run(slot, 1)))
+    return found
 
 
 def block_rows(store: ObjectStore, name: str) -> list[int]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import sqlite3
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.errors import ChecksumError, Code, ConfigError
-from store.osd.objectdata import BLOCK_INDEX_BITS
+from store.osd.objectdata import BLOCK_INDEX_BITS, CHUNK_BLOCKS
 from store.osd.objectstore import (
     LogEntry,
     ObjectStore,
@@ -261,12 +264,19 @@ def test_one_failing_request_leaves_the_rest_of_its_batch(store: ObjectStore) ->
 
 
 def corrupt_block(store: ObjectStore, name: str, index: int) -> None:
+    """Flip a bit of the block in the data file, behind the store's back."""
     with sqlite3.connect(store.path) as db:
         (oid,) = db.execute("SELECT oid FROM objects WHERE name = ?", (name,)).fetchone()
-        block_id = oid << BLOCK_INDEX_BITS | index
-        (data,) = db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
-        flipped = bytes([data[0] ^ 1]) + data[1:]
-        db.execute("UPDATE blocks SET data = ? WHERE id = ?", (flipped, block_id))
+        row_id = oid << BLOCK_INDEX_BITS | index // CHUNK_BLOCKS
+        (raw,) = db.execute("SELECT map FROM blockmap WHERE id = ?", (row_id,)).fetchone()
+    entries = array("q")
+    entries.frombytes(raw)
+    slot = entries[2 * (index % CHUNK_BLOCKS)]
+    with open(store.space.path, "r+b") as f:
+        f.seek(slot * store.block_size)
+        first = f.read(1)
+        f.seek(slot * store.block_size)
+        f.write(bytes([first[0] ^ 1]))
 
 
 def test_a_damaged_block_is_never_served(store: ObjectStore) -> None:
@@ -287,14 +297,15 @@ def test_a_damaged_block_is_never_served(store: ObjectStore) -> None:
     assert read_all(store, "obj") == b"\x07" * 3 * BS
 
 
-def test_a_full_disk_fails_the_whole_batch(store: ObjectStore) -> None:
+def test_a_full_database_fails_the_whole_batch(store: ObjectStore) -> None:
     ok(primary(store, "obj", Write(0, b"small")))
     (pages,) = store._writer.execute("PRAGMA page_count").fetchone()
     store._writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+    values = {f"key{i}": bytes(1000) for i in range(100)}
     results = store.apply_batch(
         [
             PrimaryTxn(POOL, 0, "obj", [Write(0, b"x")], None, 1, "r1"),
-            PrimaryTxn(POOL, 0, "big", [Write(0, b"y" * 100 * BS)], None, 1, "r2"),
+            PrimaryTxn(POOL, 0, "big", [OmapSet(values)], None, 1, "r2"),
         ]
     )
     assert [r.code for r in results] == [Code.ENOSPC, Code.ENOSPC]
@@ -303,7 +314,42 @@ def test_a_full_disk_fails_the_whole_batch(store: ObjectStore) -> None:
     assert store.stat(POOL, "big") is None
     assert store.pg_info(POOL, 0).last_version == (1, 1)
     store._writer.execute("PRAGMA max_page_count = 1073741823")
+    assert ok(primary(store, "big", OmapSet(values))).version == (1, 2)
+
+
+def test_a_full_data_file_fails_the_whole_batch(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok(primary(store, "obj", Write(0, b"small")))
+    slots_before = store.space.stats()["data_slots"]
+    real_pwritev = os.pwritev
+    calls = 0
+
+    def pwritev_then_full(fd: int, buffers: Sequence[bytes], offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev_then_full)
+    results = store.apply_batch(
+        [
+            PrimaryTxn(POOL, 0, "obj", [Write(0, b"x")], None, 1, "r1"),
+            PrimaryTxn(POOL, 0, "big", [Write(0, b"y" * 100 * BS)], None, 1, "r2"),
+        ]
+    )
+    assert [r.code for r in results] == [Code.ENOSPC, Code.ENOSPC]
+    assert "disk full" in results[0].message
+    monkeypatch.setattr(os, "pwritev", real_pwritev)
+    store.release_freed()
+    assert read_all(store, "obj") == b"small"
+    assert store.stat(POOL, "big") is None
+    assert store.pg_info(POOL, 0).last_version == (1, 1)
+    # The slots the failed batch took are free again; the old block was never freed.
+    assert store.space.stats()["data_slots"] == slots_before
     assert ok(primary(store, "big", Write(0, b"y" * 100 * BS))).version == (1, 2)
+    assert read_all(store, "big") == b"y" * 100 * BS
 
 
 def test_reopening_keeps_everything(tmp_path: Path) -> None:
@@ -397,5 +443,6 @@ def test_data_operations_match_a_bytearray(model_store: ObjectStore, ops: list[O
         assert result.code == Code.OK
         assert result.results[1] == model, op
     assert read_all(model_store, name) == model
-    for index, length in stored_blocks(model_store, name):  # no stored byte past the end
-        assert 0 < length <= min(MODEL_BS, len(model) - index * MODEL_BS)
+    for index, content in stored_blocks(model_store, name):  # zeros past the end, no empty block
+        assert len(content) == MODEL_BS and any(content)
+        assert not any(content[max(0, len(model) - index * MODEL_BS) :])

@@ -222,7 +222,7 @@ def test_removing_a_pg(store: ObjectStore) -> None:
     assert store.pg_info(POOL, 4) == PgInfo((0, 0), 0)
     with sqlite3.connect(store.path) as db:
         assert db.execute("SELECT count(*) FROM omap").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM blocks").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM blockmap").fetchone() == (1,)
 
 
 def test_a_replica_refuses_a_different_write_at_a_seq_it_has(store: ObjectStore) -> None:

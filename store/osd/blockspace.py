@@ -1,0 +1,239 @@
+"""Where object data lives: fixed-size slots of one data file, handed out copy-on-write.
+
+Theory of operation
+-------------------
+The daemon's object data is kept in one file, ``DIR/blocks.dat``, cut into slots of the
+store's block size. SQLite (see :mod:`store.osd.objectdata`) maps each block of each
+object to a slot and the block's checksum; the data itself is written once, into the
+file, and never through SQLite's log.
+
+A slot that the last commit references is never written. Every write of a block goes to
+a free slot, and the slot the block used before is freed only once the commit that stops
+referencing it is durable. So a crash at any point leaves the last committed mapping
+pointing at the bytes it was committed with: data written for a transaction that never
+committed sits in slots that nothing references, and is free again after a restart,
+when the free space is rebuilt from the mapping.
+
+The order of one batch is: ``pwrite`` the new blocks, ``fdatasync`` the data file, then
+commit the SQLite transaction that references them (``sync_data`` then the caller's
+COMMIT).
+
+Readers run on the daemon's event loop, each read (mapping lookup and ``pread``) in one
+synchronous call; the writer runs in a thread. A slot freed by a commit could still be
+named by a mapping that a reader looked up just before that commit, so freed slots are
+handed back to the allocator only by :meth:`BlockSpace.release`, which the event loop
+calls between reads, after the batch has returned.
+
+Within a batch each transaction runs in a savepoint. Slots it allocates are returned at
+once if it rolls back (nothing can reference them); slots it frees are kept until the
+whole batch commits, because a later rollback in the same batch could still need them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import threading
+from collections.abc import Iterable, Sequence
+
+Run = tuple[int, int]  # (first slot, number of slots)
+
+
+class SlotAllocator:
+    """Free slots below ``end`` as sorted, disjoint, non-adjacent extents; past ``end`` all free.
+
+    Sans-I/O and not thread-safe: :class:`BlockSpace` holds the lock.
+    """
+
+    def __init__(self, end: int = 0, used: Iterable[int] = ()) -> None:
+        self.end = end
+        marks = bytearray(end)
+        for slot in used:
+            if 0 <= slot < end:
+                marks[slot] = 1
+        self._starts: list[int] = []
+        self._lengths: list[int] = []
+        start = marks.find(0)
+        while start != -1:
+            stop = marks.find(1, start)
+            if stop == -1:
+                stop = end
+            self._starts.append(start)
+            self._lengths.append(stop - start)
+            start = marks.find(0, stop)
+        self._trim_end()
+
+    @property
+    def free_slots(self) -> int:
+        """Free slots below ``end`` (the file's holes)."""
+        return sum(self._lengths)
+
+    def extents(self) -> list[Run]:
+        return list(zip(self._starts, self._lengths, strict=True))
+
+    def allocate(self, count: int) -> list[Run]:
+        """``count`` slots, as few runs as possible: the first free extent that holds them
+        all, else the end of the file (so a large write stays contiguous)."""
+        if count <= 0:
+            return []
+        for i, length in enumerate(self._lengths):
+            if length >= count:
+                start = self._starts[i]
+                if length == count:
+                    del self._starts[i], self._lengths[i]
+                else:
+                    self._starts[i] += count
+                    self._lengths[i] -= count
+                return [(start, count)]
+        start = self.end
+        self.end += count
+        return [(start, count)]
+
+    def free(self, runs: Iterable[Run]) -> None:
+        for start, count in runs:
+            if count > 0:
+                self._free_one(start, count)
+        self._trim_end()
+
+    def _free_one(self, start: int, count: int) -> None:
+        if start < 0 or start + count > self.end:
+            raise ValueError(f"slots {start}+{count} are outside the file ({self.end} slots)")
+        i = bisect.bisect_left(self._starts, start)
+        if i < len(self._starts) and self._starts[i] < start + count:
+            raise ValueError(f"slots {start}+{count} are already free")
+        if i > 0 and self._starts[i - 1] + self._lengths[i - 1] > start:
+            raise ValueError(f"slots {start}+{count} are already free")
+        merge_left = i > 0 and self._starts[i - 1] + self._lengths[i - 1] == start
+        merge_right = i < len(self._starts) and self._starts[i] == start + count
+        if merge_left and merge_right:
+            self._lengths[i - 1] += count + self._lengths[i]
+            del self._starts[i], self._lengths[i]
+        elif merge_left:
+            self._lengths[i - 1] += count
+        elif merge_right:
+            self._starts[i] = start
+            self._lengths[i] += count
+        else:
+            self._starts.insert(i, start)
+            self._lengths.insert(i, count)
+
+    def _trim_end(self) -> None:
+        # A free extent that reaches the end shrinks the file instead.
+        if self._starts and self._starts[-1] + self._lengths[-1] == self.end:
+            self.end = self._starts.pop()
+            self._lengths.pop()
+
+
+def runs_of(slots: Sequence[int]) -> list[Run]:
+    """Sorted slots as runs of consecutive slots."""
+    runs: list[Run] = []
+    for slot in sorted(slots):
+        if runs and runs[-1][0] + runs[-1][1] == slot:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((slot, 1))
+    return runs
+
+
+class BlockSpace:
+    """The data file, its allocator and the slot bookkeeping of the writer's transactions."""
+
+    def __init__(self, path: str, block_size: int, used: Iterable[int]) -> None:
+        self.path = path
+        self.block_size = block_size
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        end = -(-os.fstat(self._fd).st_size // block_size)
+        self._lock = threading.Lock()
+        self._alloc = SlotAllocator(end, used)
+        self._dirty = False
+        self._txn_allocated: list[Run] = []
+        self._txn_freed: list[int] = []
+        self._batch_allocated: list[Run] = []
+        self._batch_freed: list[int] = []
+        self._released_later: list[int] = []
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    # --- reading (any thread) -------------------------------------------------------
+
+    def read_run(self, start: int, count: int) -> bytes:
+        """The bytes of ``count`` slots from ``start``; short if the file is."""
+        bs = self.block_size
+        return os.pread(self._fd, count * bs, start * bs)
+
+    # --- the writer's transactions --------------------------------------------------
+
+    def write_blocks(self, blocks: Sequence[bytes | bytearray | memoryview]) -> list[int]:
+        """Write whole blocks to fresh slots; returns the slot of each, in order."""
+        if not blocks:
+            return []
+        with self._lock:
+            runs = self._alloc.allocate(len(blocks))
+        self._txn_allocated.extend(runs)
+        slots: list[int] = []
+        i = 0
+        bs = self.block_size
+        for start, count in runs:
+            part = blocks[i : i + count]
+            written = os.pwritev(self._fd, part, start * bs)
+            if written != sum(len(b) for b in part):
+                raise OSError(errno.ENOSPC, f"short write to {self.path}")
+            slots.extend(range(start, start + count))
+            i += count
+        self._dirty = True
+        return slots
+
+    def free_later(self, slots: Iterable[int]) -> None:
+        """These slots stop being referenced when the current transaction commits."""
+        self._txn_freed.extend(slots)
+
+    def txn_done(self, committed: bool) -> None:
+        """The current savepoint was released (``committed``) or rolled back."""
+        if committed:
+            self._batch_allocated.extend(self._txn_allocated)
+            self._batch_freed.extend(self._txn_freed)
+        else:
+            with self._lock:
+                self._alloc.free(self._txn_allocated)
+        self._txn_allocated = []
+        self._txn_freed = []
+
+    def sync_data(self) -> None:
+        """Make every block written in this batch durable; call before the COMMIT."""
+        if self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
+
+    def batch_done(self, committed: bool) -> None:
+        """The batch's transaction committed, or was rolled back as a whole."""
+        self.txn_done(committed)
+        if committed:
+            with self._lock:
+                self._released_later.extend(self._batch_freed)
+        else:
+            with self._lock:
+                self._alloc.free(self._batch_allocated)
+        self._batch_allocated = []
+        self._batch_freed = []
+
+    def release(self) -> None:
+        """Hand slots freed by finished batches back to the allocator.
+
+        Call from the thread that reads, between reads (see the module's docstring)."""
+        with self._lock:
+            freed, self._released_later = self._released_later, []
+            self._alloc.free(runs_of(freed))
+
+    # --- accounting -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            end, free = self._alloc.end, self._alloc.free_slots
+        allocated = os.fstat(self._fd).st_blocks * 512
+        return {
+            "data_slots": end - free,
+            "data_span_bytes": end * self.block_size,
+            "data_allocated_bytes": allocated,
+        }

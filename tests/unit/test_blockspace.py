@@ -1,0 +1,103 @@
+"""The data file's slots: the allocator, copy-on-write and what a crash leaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from store.osd.blockspace import SlotAllocator, runs_of
+from store.osd.objectstore import ObjectStore, PrimaryTxn
+from store.osd.ops import Cond, Write
+from tests.unit.objectstore_support import POOL, ok, primary, read_all
+
+BS = 4096
+
+
+def slots_in(runs: list[tuple[int, int]]) -> set[int]:
+    return {slot for start, count in runs for slot in range(start, start + count)}
+
+
+def test_the_allocator_rebuilds_free_extents_from_used_slots() -> None:
+    alloc = SlotAllocator(10, [0, 1, 4, 7])
+    assert alloc.extents() == [(2, 2), (5, 2)]  # the free tail shrinks the file instead
+    assert alloc.end == 8
+    assert alloc.allocate(2) == [(2, 2)]
+    assert alloc.allocate(3) == [(8, 3)]  # no hole is big enough: the end grows
+    alloc.free([(2, 2), (8, 3)])
+    assert alloc.extents() == [(2, 2), (5, 2)] and alloc.end == 8
+
+
+def test_freeing_twice_or_outside_the_file_is_refused() -> None:
+    alloc = SlotAllocator()
+    alloc.allocate(4)
+    alloc.free([(1, 1)])
+    with pytest.raises(ValueError, match="already free"):
+        alloc.free([(1, 1)])
+    with pytest.raises(ValueError, match="outside"):
+        alloc.free([(3, 5)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 20), st.integers(0, 1000)), max_size=60))
+def test_the_allocator_never_hands_out_a_slot_twice(steps: list[tuple[bool, int, int]]) -> None:
+    alloc = SlotAllocator()
+    held: list[set[int]] = []
+    for take, count, pick in steps:
+        if take or not held:
+            runs = alloc.allocate(count)
+            got = slots_in(runs)
+            assert len(got) == count
+            assert all(not got & other for other in held)
+            held.append(got)
+        else:
+            gone = held.pop(pick % len(held))
+            alloc.free(runs_of(sorted(gone)))
+        in_use = set().union(*held) if held else set()
+        free = slots_in(alloc.extents())
+        assert not free & in_use
+        assert free | in_use == set(range(alloc.end))  # nothing is lost either
+
+
+def test_an_overwrite_keeps_the_old_slot_until_the_batch_is_released(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"a" * BS)))
+    store.release_freed()
+    assert store.space.stats()["data_slots"] == 1
+    ok(primary(store, "obj", Write(0, b"b" * BS)))
+    # The first slot is no longer referenced but may still be under a reader: held.
+    assert store.space.stats()["data_slots"] == 2
+    store.release_freed()
+    assert store.space.stats()["data_slots"] == 1
+    ok(primary(store, "obj", Write(0, b"c" * BS)))
+    store.release_freed()
+    assert store.space.stats()["data_slots"] == 1
+    assert store.space.stats()["data_span_bytes"] <= 2 * BS  # freed slots were reused
+    assert read_all(store, "obj") == b"c" * BS
+
+
+def test_a_rolled_back_transaction_returns_its_slots_at_once(store: ObjectStore) -> None:
+    ok(primary(store, "obj", Write(0, b"a" * BS)))
+    failing = PrimaryTxn(POOL, 0, "obj", [Write(0, b"z" * 8 * BS)], Cond(False, None), 1, "r9")
+    [result] = store.apply_batch([failing])
+    assert result.code.name == "ECANCELED"
+    assert store.space.stats()["data_slots"] == 1
+    assert read_all(store, "obj") == b"a" * BS
+
+
+def test_blocks_written_but_never_committed_are_free_after_a_restart(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    ok(primary(store, "obj", Write(0, b"a" * 2 * BS)))
+    # A crash after the data reached the file but before the commit: the slots are
+    # written but nothing references them.
+    store.space.write_blocks([b"x" * BS] * 5)
+    store.close()
+    store = ObjectStore(str(tmp_path))
+    stats = store.space.stats()
+    assert stats["data_slots"] == 2
+    assert read_all(store, "obj") == b"a" * 2 * BS
+    ok(primary(store, "new", Write(0, b"n" * 3 * BS)))
+    assert store.space.stats()["data_span_bytes"] == 5 * BS  # their slots were reused
+    assert read_all(store, "new") == b"n" * 3 * BS
+    store.close()
