@@ -196,11 +196,13 @@ class ObjectStateTxn:
 
 @dataclass
 class PgResetLogTxn:
-    """After recovery: this PG's history now starts at ``last_version``."""
+    """After recovery: this PG's history now ends at ``last_version``, with ``entries`` (the
+    log of the peer it was copied from) as its log."""
 
     pool: int
     pg: int
     last_version: tuple[int, int]
+    entries: list[LogEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -445,7 +447,7 @@ class ObjectStore:
         return TxnResult(Code.OK, [True], state.version)
 
     def _reset_log(self, txn: PgResetLogTxn) -> TxnResult:
-        self._write_logs.reset(txn.pool, txn.pg, txn.last_version)
+        self._write_logs.reset(txn.pool, txn.pg, txn.last_version, txn.entries)
         return TxnResult(Code.OK, [], txn.last_version)
 
     def _remove_pg(self, txn: PgRemoveTxn) -> TxnResult:
@@ -520,6 +522,10 @@ class ObjectStore:
         """Entries after ``seq``, or None if they are no longer all in our log."""
         with self._snapshot():
             return self._read_logs.since(pool, pg, seq)
+
+    def pg_log_last(self, pool: int, pg: int, limit: int) -> list[LogEntry]:
+        """The newest ``limit`` entries of the PG's log, oldest first."""
+        return self._read_logs.last(pool, pg, limit)
 
     def pool_pg_num(self, pool: int) -> int | None:
         """The pg_num this store last split the pool to (None: never seen the pool)."""

@@ -20,8 +20,9 @@ import trio
 
 from store.errors import AuthError, Code, RemoteError
 from store.osd.objectstore import ObjectState, ObjectStateTxn, PgResetLogTxn
-from store.osd.ops import parse_ops_untrusted, parse_version_untrusted
-from store.osd.pg import replica_txn_from_wire
+from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
+from store.osd.pg import ADOPT_LOG_ENTRIES, replica_txn_from_wire
+from store.osd.pglog import entries_from_wire
 from store.placement import primary
 from store.rpc import RpcConnection, parse_hostport
 from store.tls import peer_identity
@@ -174,10 +175,14 @@ def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 def op_pg_log_since(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     pool, pg = _pool_pg(args)
+    if args.get("last") is not None:
+        # The newest entries, whatever the tail: a log to adopt with copied state.
+        limit = min(int(args["last"]), ADOPT_LOG_ENTRIES)
+        return {"entries": [e.to_wire() for e in daemon.store.pg_log_last(pool, pg, limit)]}
     entries = daemon.store.pg_log_since(pool, pg, int(args["seq"]))
     if entries is None:
         return {"entries": None}
-    return {"entries": [[e.version[0], e.version[1], e.name, e.kind] for e in entries]}
+    return {"entries": [e.to_wire() for e in entries]}
 
 
 def op_object_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
@@ -206,7 +211,12 @@ def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 def op_pg_mark(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     pool, pg = _pool_pg(args)
-    completion = daemon.writes.submit(PgResetLogTxn(pool, pg, parse_version_untrusted(args["v"])))
+    try:
+        entries = entries_from_wire(args.get("entries", []))
+    except InvalidRequest as exc:
+        raise RemoteError(Code.EINVAL, f"pg_mark: {exc.message}") from None
+    version = parse_version_untrusted(args["v"])
+    completion = daemon.writes.submit(PgResetLogTxn(pool, pg, version, entries))
     return _await_ok(completion)
 
 

@@ -52,6 +52,7 @@ from store.osd.objectstore import (
     TxnResult,
 )
 from store.osd.ops import Op, parse_version_untrusted
+from store.osd.pglog import entries_from_wire
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap, acting_set
 from store.rpc import ConnectionLost, PendingCall, RpcConnection
@@ -61,6 +62,9 @@ log = logging.getLogger("store.osd")
 Version = tuple[int, int]
 REPLICATION_TIMEOUT = 10.0
 PAUSE_BELOW = 32  # entries left to recover under which the last round holds writes back
+# How much of its log a daemon hands over with copied state: the request ids a member
+# that was recovered from scratch still recognises.
+ADOPT_LOG_ENTRIES = 1000
 
 
 class PgHost(Protocol):
@@ -234,7 +238,11 @@ class PlacementGroup:
             raw = await conn.call("object_state", {"pool": self.pool_id, "name": name})
             state = ObjectState.from_wire(raw)
             await self.host.writes.submit(ObjectStateTxn(self.pool_id, self.pg, state)).wait()
-        await self.host.writes.submit(PgResetLogTxn(self.pool_id, self.pg, until)).wait()
+        # Adopt the member's log with its state, request ids included, so that a client
+        # retransmitting a write we only know as copied state is answered, not re-applied.
+        result = await conn.call("pg_log_since", {**args, "seq": 0, "last": ADOPT_LOG_ENTRIES})
+        entries = entries_from_wire(result["entries"])
+        await self.host.writes.submit(PgResetLogTxn(self.pool_id, self.pg, until, entries)).wait()
 
     # --- client writes -------------------------------------------------------------------
 
@@ -382,7 +390,13 @@ class PlacementGroup:
             for name in names:
                 state = store.object_state(self.pool_id, name)
                 await conn.call("push", {**args, "state": state.to_wire()}, timeout=60)
-            await conn.call("pg_mark", {**args, "v": list(target)})
+            # Our log goes along (see _pull_from), up to the version the member now has.
+            history = [
+                e.to_wire()
+                for e in store.pg_log_last(self.pool_id, self.pg, ADOPT_LOG_ENTRIES + 64)
+                if e.version <= target
+            ][-ADOPT_LOG_ENTRIES:]
+            await conn.call("pg_mark", {**args, "v": list(target), "entries": history})
             if hold and target == self.last_forwarded:
                 self.active[member] = conn
                 log.info("pg %s: osd.%d recovered (%d objects)", self.name, member, len(names))

@@ -13,7 +13,10 @@ transaction.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from store.osd.ops import InvalidRequest, parse_version_untrusted, validate_object_name
 
 PG_SCHEMA = """
 CREATE TABLE pgs (
@@ -45,6 +48,10 @@ _LOG_SINCE = (
     "SELECT epoch, seq, name, kind, reqid FROM pglog"
     " WHERE pool = ? AND pg = ? AND seq > ? ORDER BY seq"
 )
+_LOG_LAST = (
+    "SELECT epoch, seq, name, kind, reqid FROM pglog"
+    " WHERE pool = ? AND pg = ? ORDER BY seq DESC LIMIT ?"
+)
 _LOG_TRIM = "DELETE FROM pglog WHERE pool = ? AND pg = ? AND seq <= ?"
 _LOG_DROP = "DELETE FROM pglog WHERE pool = ? AND pg = ?"
 _TOMBSTONES_PURGE = "DELETE FROM objects WHERE pool = ? AND pg = ? AND live = 0 AND seq <= ?"
@@ -56,6 +63,32 @@ class LogEntry:
     name: str
     kind: str  # "modify" | "delete"
     reqid: str | None
+
+    def to_wire(self) -> list[object]:
+        return [self.version[0], self.version[1], self.name, self.kind, self.reqid]
+
+
+MAX_REQID_BYTES = 256
+
+
+def entries_from_wire(raw: object) -> list[LogEntry]:
+    """A peer's log entries, checked: increasing seqs, sane types. Raises InvalidRequest."""
+    if not isinstance(raw, list | tuple):
+        raise InvalidRequest("log entries must be a list")
+    entries: list[LogEntry] = []
+    for item in raw:
+        if not isinstance(item, list | tuple) or len(item) != 5:
+            raise InvalidRequest("a log entry is [epoch, seq, name, kind, reqid]")
+        epoch, seq, name, kind, reqid = item
+        version = parse_version_untrusted([epoch, seq])
+        if kind not in ("modify", "delete"):
+            raise InvalidRequest(f"log entry kind must be modify or delete, not {kind!r}")
+        if reqid is not None and (type(reqid) is not str or len(reqid) > MAX_REQID_BYTES):
+            raise InvalidRequest("log entry reqid must be a short string or nil")
+        if entries and version[1] != entries[-1].version[1] + 1:
+            raise InvalidRequest("log entries must have consecutive seqs")
+        entries.append(LogEntry(version, validate_object_name(name), kind, reqid))
+    return entries
 
 
 @dataclass(frozen=True)
@@ -97,6 +130,11 @@ class PgLogs:
         rows = self._db.execute(_LOG_SINCE, (pool, pg, seq)).fetchall()
         return [LogEntry((e, s), name, kind, reqid) for e, s, name, kind, reqid in rows]
 
+    def last(self, pool: int, pg: int, limit: int) -> list[LogEntry]:
+        """The newest ``limit`` entries, oldest first."""
+        rows = self._db.execute(_LOG_LAST, (pool, pg, limit)).fetchall()
+        return [LogEntry((e, s), name, kind, reqid) for e, s, name, kind, reqid in reversed(rows)]
+
     def append(self, pool: int, pg: int, entry: LogEntry) -> None:
         """Log the PG's next operation; the caller made ``entry.version`` seq last + 1."""
         epoch, seq = entry.version
@@ -107,11 +145,27 @@ class PgLogs:
         """Make sure the PG has a row, so that ``all`` lists it."""
         self._db.execute(_PG_TOUCH, (pool, pg))
 
-    def reset(self, pool: int, pg: int, last_version: tuple[int, int]) -> None:
-        """The PG's history now starts at ``last_version``: no entry before or after it."""
+    def reset(
+        self, pool: int, pg: int, last_version: tuple[int, int], entries: Sequence[LogEntry] = ()
+    ) -> None:
+        """The PG's history now ends at ``last_version``, and its log is ``entries``.
+
+        ``entries`` (consecutive, from a peer whose state we copied) keep the request ids
+        of operations we did not apply ourselves, so a retransmission of one of them is
+        still recognised. Entries that do not end exactly at ``last_version`` are not a
+        log of it and are ignored: the log is then empty.
+        """
         epoch, seq = last_version
+        kept = [e for e in entries if e.version[1] <= seq]
+        if not kept or kept[-1].version != last_version:
+            kept = []
         self._db.execute(_LOG_DROP, (pool, pg))
-        self._db.execute(_PG_RESET, (pool, pg, epoch, seq, seq))
+        tail = kept[0].version[1] - 1 if kept else seq
+        self._db.execute(_PG_RESET, (pool, pg, epoch, seq, tail))
+        self._db.executemany(
+            _LOG_APPEND,
+            ((pool, pg, e.version[1], e.version[0], e.name, e.kind, e.reqid) for e in kept),
+        )
 
     def drop(self, pool: int, pg: int) -> None:
         self._db.execute(_LOG_DROP, (pool, pg))

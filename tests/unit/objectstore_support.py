@@ -41,9 +41,14 @@ def primary(
 
 
 def replica(
-    store: ObjectStore, name: str, version: tuple[int, int], *ops: Op, pg: int = 0
+    store: ObjectStore,
+    name: str,
+    version: tuple[int, int],
+    *ops: Op,
+    pg: int = 0,
+    reqid: str = "r",
 ) -> TxnResult:
-    [result] = store.apply_batch([ReplicaTxn(POOL, pg, name, list(ops), version, "r")])
+    [result] = store.apply_batch([ReplicaTxn(POOL, pg, name, list(ops), version, reqid)])
     return result
 
 

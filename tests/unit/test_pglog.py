@@ -31,6 +31,7 @@ from store.osd.ops import (
     Write,
     WriteFull,
 )
+from store.osd.pglog import entries_from_wire
 from tests.unit.objectstore_support import (
     BS,
     POOL,
@@ -153,6 +154,57 @@ def test_reset_log_after_recovery(store: ObjectStore) -> None:
     assert replica(store, "obj", (7, 40), Write(0, b"y")).message == "already applied"
     assert ok(primary(store, "obj", Write(0, b"z"), epoch=7)).version == (7, 41)
     assert [e.version for e in store.pg_log_since(POOL, 0, 40) or []] == [(7, 41)]
+
+
+def test_a_log_adopted_with_copied_state_still_recognises_its_requests(
+    store: ObjectStore,
+) -> None:
+    # State copied from a peer whose log says seqs 38..40 were requests c.1:8..c.1:10.
+    adopted = [LogEntry((7, s), "obj", "modify", f"c.1:{s - 30}") for s in (38, 39, 40)]
+    state = ObjectState("obj", True, (7, 40), 1, 1.0, data=b"p")
+    store.apply_batch([ObjectStateTxn(POOL, 0, state), PgResetLogTxn(POOL, 0, (7, 40), adopted)])
+    assert store.pg_info(POOL, 0) == PgInfo((7, 40), 37)
+    assert store.pg_log_since(POOL, 0, 37) == adopted
+    # A client retransmits c.1:9 to us, now its primary: answered, not applied again.
+    result = store.apply_batch(
+        [PrimaryTxn(POOL, 0, "obj", [Write(0, b"again")], None, 8, "c.1:9")]
+    )[0]
+    assert (result.code, result.version, result.message) == (Code.OK, (7, 39), "already applied")
+    assert read_all(store, "obj") == b"p"
+    # A replica in the same position can tell a repeat from a different write at a seq.
+    assert replica(store, "obj", (7, 40), Write(0, b"y"), reqid="c.1:10").message == (
+        "already applied"
+    )
+    assert replica(store, "obj", (7, 40), Write(0, b"y"), reqid="other").code == Code.EAGAIN
+
+
+def test_a_log_that_does_not_end_at_the_version_is_not_adopted(store: ObjectStore) -> None:
+    stale = [LogEntry((7, s), "obj", "modify", f"r{s}") for s in (38, 39)]
+    store.apply_batch([PgResetLogTxn(POOL, 0, (7, 40), stale)])
+    assert store.pg_info(POOL, 0) == PgInfo((7, 40), 40)
+    longer = [LogEntry((7, s), "obj", "modify", f"r{s}") for s in (39, 40, 41)]
+    store.apply_batch([PgResetLogTxn(POOL, 1, (7, 40), longer)])
+    assert store.pg_info(POOL, 1) == PgInfo((7, 40), 38)  # entries past it are cut off
+    assert [e.version for e in store.pg_log_since(POOL, 1, 38) or []] == [(7, 39), (7, 40)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "x",
+        [[1, 2, "o", "modify"]],
+        [[1, 2, "o", "rename", None]],
+        [[1, 2, "o", "modify", 5]],
+        [[1, 2, "", "modify", None]],
+        [[1, 2, "o", "modify", None], [1, 4, "o", "modify", None]],
+        [[-1, 2, "o", "modify", None]],
+    ],
+)
+def test_log_entries_from_a_peer_are_checked(raw: object) -> None:
+    with pytest.raises(InvalidRequest):
+        entries_from_wire(raw)
+    good = [LogEntry((1, 2), "o", "delete", None), LogEntry((1, 3), "o", "modify", "r")]
+    assert entries_from_wire([e.to_wire() for e in good]) == good
 
 
 def test_log_is_trimmed_and_takes_old_tombstones_along(tmp_path: Path) -> None:
