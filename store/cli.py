@@ -15,6 +15,7 @@ def _register() -> None:
     from store.bench import bench_command
     from store.client import cli as client_cli
     from store.cluster import cluster_group
+    from store.gateways.http.cli import http_group
     from store.master.cli import master_command
     from store.osd.cli import file_store_command, osd_group
     from store.status import status_command
@@ -35,6 +36,7 @@ def _register() -> None:
         cluster_group,
         status_command,
         bench_command,
+        http_group,
     ):
         main.add_command(command)
     for name, command in client_cli.osd_admin_group.commands.items():

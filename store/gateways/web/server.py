@@ -1,0 +1,101 @@
+"""The HTTP/1.1 server shared by the gateways: trio listeners, TLS, one task per connection.
+
+``serve(handler, host, port)`` answers every request with ``await handler(request)``.
+The protocol work is in ``connection.py`` (h11 driven by the socket); this module
+accepts connections, wraps them in TLS when asked, and makes sure that whatever happens
+on one connection ends with that connection and never with the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+
+import trio
+
+from store.gateways.web.connection import BodyReader, Connection
+from store.gateways.web.messages import (
+    BodyError,
+    BodyTooLarge,
+    ClientDisconnected,
+    Handler,
+    MalformedBody,
+    Request,
+    Response,
+    text_response,
+)
+
+__all__ = [
+    "BodyError",
+    "BodyReader",
+    "BodyTooLarge",
+    "ClientDisconnected",
+    "Handler",
+    "MalformedBody",
+    "Request",
+    "Response",
+    "serve",
+    "text_response",
+]
+
+log = logging.getLogger("store.web")
+
+
+async def serve(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_header_bytes: int = 64 * 1024,
+    idle_timeout: float = 60.0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HTTP/1.1 (HTTPS with `ssl_context`) on host:port until cancelled.
+
+    `task_status.started` receives the bound port (useful with port 0)."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = int(listeners[0].socket.getsockname()[1])
+    scheme = "https" if ssl_context is not None else "http"
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        peer = _peer_of(stream.socket)
+        try:
+            wrapped: trio.abc.Stream = stream
+            if ssl_context is not None:
+                tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+                with trio.move_on_after(idle_timeout) as scope:
+                    await tls.do_handshake()
+                if scope.cancelled_caught:
+                    raise trio.BrokenResourceError("TLS handshake timed out")
+                wrapped = tls
+            connection = Connection(
+                wrapped,
+                peer=peer,
+                scheme=scheme,
+                max_header_bytes=max_header_bytes,
+                idle_timeout=idle_timeout,
+            )
+            await connection.serve(handler)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("%s:%d: connection ended: %s", *peer, exc)
+            await trio.aclose_forcefully(stream)
+        except Exception:
+            log.exception("%s:%d: connection failed", *peer)
+            await trio.aclose_forcefully(stream)
+
+    log.info("serving %s on %s:%d", scheme, host, bound)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, on_connection, listeners)
+        task_status.started(bound)
+
+
+def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int]:
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return ("?", 0)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return (str(address[0]), int(address[1]))
+    return (str(address), 0)

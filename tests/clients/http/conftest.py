@@ -1,0 +1,146 @@
+"""A real cluster and real `store http serve` processes for the HTTP gateway's tests."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import Cluster, free_port
+
+TOKEN = "test-token-0123456789abcdef"
+PUBLIC_POOL = "pub"
+POOL = "default"
+
+
+class Gateway:
+    """One `store http serve` process; stopped (SIGKILL to its group) by `stop`."""
+
+    def __init__(self, cluster: Cluster, root: Path, name: str, *extra: str) -> None:
+        self.port = free_port()
+        self.log_path = root / f"{name}.log"
+        token_file = root / "tokens"
+        token_file.write_text(f"# tokens of the test gateways\n{TOKEN}\n")
+        self.args = [
+            sys.executable,
+            "-m",
+            "store",
+            "http",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--conf",
+            str(cluster.conf),
+            "--token-file",
+            str(token_file),
+            "--public",
+            PUBLIC_POOL,
+            "-v",
+            *extra,
+        ]
+        self.scheme = "https" if "--tls-cert" in extra else "http"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gateway:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.log()}")
+            if self.scheme == "http" and self._healthy():
+                return self
+            if self.scheme == "https" and "gateway ready" in self.log():
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"gateway did not start:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+    def peak_memory_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three daemons; pools `default` (size 2) and `pub` (public through the gateway)."""
+    c = Cluster(tmp_path_factory.mktemp("http-cluster"))
+    try:
+        c.start_master()
+        for i in range(3):
+            c.start_osd(i)
+            c.wait_registered(i)
+        c.cli("pool", "create", POOL, "--size", "2", "--pg-num", "16")
+        c.cli("pool", "create", PUBLIC_POOL, "--size", "2", "--pg-num", "8")
+        c.cli("pool", "create", "private", "--size", "1", "--pg-num", "8")
+        c.wait_healthy()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Start gateways against the module's cluster; every one is killed at the end."""
+    root = tmp_path_factory.mktemp("http-gateways")
+    made: list[Gateway] = []
+
+    def make(*extra: str) -> Gateway:
+        gateway = Gateway(cluster, root, f"gateway{len(made)}", *extra)
+        made.append(gateway)
+        return gateway.start()
+
+    try:
+        yield make
+    finally:
+        for gateway in made:
+            gateway.kill()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory("--max-object-size", str(256 * 1024 * 1024))
+
+
+@pytest.fixture(scope="session")
+def curl() -> str:
+    """The curl binary; the tests that use it fail (never skip) without it."""
+    path = shutil.which("curl")
+    assert path is not None, "curl is not installed (apt-get install curl)"
+    return path
