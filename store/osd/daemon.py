@@ -324,7 +324,13 @@ class OsdDaemon:
             for pg in range(pool.pg_num):
                 if self.osd_id in placement(new, pool.id, pg):
                     wanted.add((pool.id, pg))
-        for key in wanted | set(self.pgs):
+        # PGs we still hold data of but no longer serve: their stray copies retire.
+        held = {
+            (pool_id, pg)
+            for pool_id, pg in self.store.pgs()
+            if pool_id in new.pools and pg < new.pools[pool_id].pg_num
+        }
+        for key in wanted | set(self.pgs) | held:
             pgobj = self.pgs.get(key)
             if pgobj is None:
                 pgobj = self.pgs[key] = PlacementGroup(self, *key)

@@ -227,6 +227,15 @@ async def _await_ok(completion: Any) -> Any:
     return {}
 
 
+def op_pg_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    """How a PG stands here: its state where we are primary, and its acting set."""
+    pool, pg = _pool_pg(args)
+    pgobj = daemon.pgs.get((pool, pg))
+    if pgobj is None:
+        return {"state": None, "acting": []}
+    return {"state": pgobj.status(), "acting": list(pgobj.acting)}
+
+
 def op_ping(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     return {"osd_id": daemon.osd_id, "epoch": daemon.map.epoch}
 
@@ -239,5 +248,6 @@ PEER_OPS = {
     "list_pg": op_list_pg,
     "push": op_push,
     "pg_mark": op_pg_mark,
+    "pg_state": op_pg_state,
     "ping": op_ping,
 }

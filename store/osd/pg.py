@@ -46,6 +46,7 @@ from store.osd.objectstore import (
     ObjectState,
     ObjectStateTxn,
     ObjectStore,
+    PgRemoveTxn,
     PgResetLogTxn,
     PrimaryTxn,
     ReplicaTxn,
@@ -65,6 +66,8 @@ PAUSE_BELOW = 32  # entries left to recover under which the last round holds wri
 # How much of its log a daemon hands over with copied state: the request ids a member
 # that was recovered from scratch still recognises.
 ADOPT_LOG_ENTRIES = 1000
+RETIRE_FIRST_CHECK = 1.0  # seconds before a stray copy first asks whether it may go
+RETIRE_MAX_WAIT = 30.0
 
 
 class PgHost(Protocol):
@@ -132,6 +135,9 @@ class PlacementGroup:
             self.host.start_task(self._run_interval, self._scope)
         else:
             self.state = "replica" if self.host.osd_id in acting else "stray"
+            if self.state == "stray":
+                self._scope = trio.CancelScope()
+                self.host.start_task(self._retire, self._scope)
 
     def status(self) -> str | None:
         """The PG's state as `store status` shows it; None where we are not primary."""
@@ -176,6 +182,43 @@ class PlacementGroup:
                         self._start_recovery(member)
         if self._scope is scope:
             self._interval_nursery = None
+
+    async def _retire(self, scope: trio.CancelScope) -> None:
+        """A copy the acting set no longer includes goes once it is redundant: when the
+        PG's primary, in the same interval we see, reports every member complete
+        (active+clean at full size). Until then it stays, as a source for peering."""
+        key = (self.pool_id, self.pg)
+        delay = RETIRE_FIRST_CHECK
+        with scope:
+            while key in self.host.store.pgs():
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETIRE_MAX_WAIT)
+                target = self.acting[0] if self.acting else None
+                if target is None or target == self.host.osd_id:
+                    continue
+                try:
+                    conn = await self.host.peer(target)
+                    answer = await conn.call(
+                        "pg_state", {"pool": self.pool_id, "pg": self.pg}, timeout=15
+                    )
+                except (StoreError, OSError) as exc:
+                    log.debug(
+                        "pg %s: cannot ask osd.%d about our stray copy: %s", self.name, target, exc
+                    )
+                    continue
+                if not isinstance(answer, dict) or answer.get("state") != "active+clean":
+                    continue
+                if list(answer.get("acting") or []) != list(self.acting):
+                    continue  # the primary sees another interval than we do: ask again later
+                result = await self.host.writes.submit(PgRemoveTxn(self.pool_id, self.pg)).wait()
+                if result.code == Code.OK:
+                    log.info(
+                        "pg %s: removed our stray copy (%s objects); osd.%d has it clean",
+                        self.name,
+                        result.results[0] if result.results else 0,
+                        target,
+                    )
+                return
 
     def past_members(self) -> list[int]:
         """Up daemons that held this PG (or, before a split, its parent) in recent maps
