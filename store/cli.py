@@ -16,6 +16,8 @@ def _register() -> None:
     from store.client import cli as client_cli
     from store.cluster import cluster_group
     from store.gateways.http.cli import http_group
+    from store.gateways.nbd.cli import nbd_group
+    from store.image.cli import image_group
     from store.master.cli import master_command
     from store.osd.cli import file_store_command, osd_group
     from store.status import status_command
@@ -36,6 +38,8 @@ def _register() -> None:
         cluster_group,
         status_command,
         bench_command,
+        image_group,
+        nbd_group,
         http_group,
     ):
         main.add_command(command)
