@@ -54,20 +54,23 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(cls, config: ClientConfig) -> AsyncIterator[Client]:
-        async with trio.open_nursery() as nursery:
-            master = await MasterLink.open(config, nursery)
-            sock = open_udp_socket()
-            transport = Transport(
-                sock,  # type: ignore[arg-type]
-                credentials=lambda: _credentials(master),
-                epoch=lambda: master.map.epoch if master.map else 0,
-            )
-            nursery.start_soon(transport.run)
-            try:
-                yield cls(config, master, transport)
-            finally:
-                nursery.cancel_scope.cancel()
-                sock.close()
+        sock = open_udp_socket()
+        try:
+            async with trio.open_nursery() as nursery:
+                master = await MasterLink.open(config, nursery)
+                transport = Transport(
+                    sock,  # type: ignore[arg-type]
+                    credentials=lambda: _credentials(master),
+                    epoch=lambda: master.map.epoch if master.map else 0,
+                )
+                nursery.start_soon(transport.run)
+                try:
+                    yield cls(config, master, transport)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            # Only once the receive task is gone: closing under it would fail it with EBADF.
+            sock.close()
 
     @property
     def map(self) -> ClusterMap:

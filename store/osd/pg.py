@@ -180,6 +180,9 @@ class PlacementGroup:
                 for member in self.acting[1:]:
                     if member not in self.active:
                         self._start_recovery(member)
+                # The nursery lives as long as the interval: a member dropped later (a
+                # replica that stops answering without being marked down) is recovered in it.
+                await trio.sleep_forever()
         if self._scope is scope:
             self._interval_nursery = None
 
