@@ -15,12 +15,13 @@ def _register() -> None:
     from store.bench import bench_command
     from store.client import cli as client_cli
     from store.cluster import cluster_group
+    from store.configfile import config_group
     from store.gateways.http.cli import http_group
     from store.gateways.nbd.cli import nbd_group
     from store.image.cli import image_group
     from store.master.cli import master_command
     from store.osd.cli import file_store_command, osd_group
-    from store.status import status_command
+    from store.status import health_command, status_command
     from store.tls import tls_group
 
     for command in (
@@ -37,6 +38,8 @@ def _register() -> None:
         tls_group,
         cluster_group,
         status_command,
+        health_command,
+        config_group,
         bench_command,
         image_group,
         nbd_group,

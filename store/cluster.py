@@ -66,6 +66,8 @@ def cluster_up(
     port: int | None = None,
     osd_grace: float = 20.0,
     wait: float = 60.0,
+    metrics: int | None = None,
+    dashboard: int | None = None,
 ) -> Path:
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,8 +81,17 @@ def cluster_up(
     if port is None:
         port = meta.get("port") or free_port()
     meta.update(port=port, osds=max(osds, meta.get("osds", 0)))
+    if metrics is not None:
+        meta["metrics"] = metrics
+    if dashboard is not None:
+        meta["dashboard"] = dashboard
     meta_file.write_text(json.dumps(meta))
     master_addr = f"127.0.0.1:{port}"
+    http: list[str] = []
+    if meta.get("metrics"):
+        http += ["--metrics", f"127.0.0.1:{meta['metrics']}"]
+    if meta.get("dashboard"):
+        http += ["--dashboard", f"127.0.0.1:{meta['dashboard']}"]
     _spawn(
         directory,
         "master",
@@ -94,6 +105,7 @@ def cluster_up(
             str(tls_dir),
             "--osd-grace",
             str(osd_grace),
+            *http,
         ],
     )
     admin_key = directory / "master" / "admin.key"
@@ -106,6 +118,8 @@ def cluster_up(
         osd_dir = directory / f"osd.{i}"
         fresh = not osd_dir.exists()
         args = ["osd", "--dir", str(osd_dir), "--master", master_addr]
+        if meta.get("metrics"):  # the master on the base port, osd.N on base + 1 + N
+            args += ["--metrics", f"127.0.0.1:{meta['metrics'] + 1 + i}"]
         _spawn(directory, f"osd.{i}", [*args, "--listen", "127.0.0.1:0", "--tls-dir", str(tls_dir)])
         if fresh:  # one at a time, so that osd.N/ holds daemon N
             _wait_registered(osd_dir, directory / f"osd.{i}.log", deadline)
@@ -206,14 +220,44 @@ def cluster_group() -> None:
     help="Seconds of silence before a daemon is marked down.",
 )
 @click.option(
+    "--metrics",
+    default=None,
+    type=click.IntRange(1, 65000),
+    metavar="PORT",
+    help="Serve /metrics: the master on PORT, osd.N on PORT+1+N (kept across restarts).",
+)
+@click.option(
+    "--dashboard",
+    default=None,
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve the dashboard on https://127.0.0.1:PORT/ (kept across restarts).",
+)
+@click.option(
     "--foreground", is_flag=True, help="Stay in the foreground; Ctrl-C stops the cluster."
 )
 def up_command(
-    directory: Path, osds: int, port: int | None, osd_grace: float, foreground: bool
+    directory: Path,
+    osds: int,
+    port: int | None,
+    osd_grace: float,
+    metrics: int | None,
+    dashboard: int | None,
+    foreground: bool,
 ) -> None:
     """Start (or restart) a local cluster: CA, master, daemons, admin key, pool `default`."""
-    conf = cluster_up(directory, osds, port, osd_grace)
+    conf = cluster_up(directory, osds, port, osd_grace, metrics=metrics, dashboard=dashboard)
     click.echo(f"cluster running in {directory.resolve()}: master and {osds} daemons")
+    meta = json.loads((directory.resolve() / "cluster.json").read_text())
+    if meta.get("metrics"):
+        click.echo(
+            f"  metrics: http://127.0.0.1:{meta['metrics']}/metrics (master), next ports: daemons"
+        )
+    if meta.get("dashboard"):
+        click.echo(
+            f"  dashboard: https://127.0.0.1:{meta['dashboard']}/ (CA {directory}/tls/ca.crt; "
+            f"log in as admin with the key in {directory}/master/admin.key)"
+        )
     click.echo(f"  export STORE_CONF={conf}")
     click.echo(
         "  store status; store write --pool default hello --data-literal hi; "

@@ -1,51 +1,35 @@
-"""`store status`: the cluster on one screen, like `ceph -s`."""
+"""`store status` (the cluster on one screen, like `ceph -s`) and `store health`."""
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+import textwrap
 from typing import Any
 
 import click
 
 from store.client.cli import client_options, emit, with_master
 from store.client.config import ClientConfig
-from store.placement import ClusterMap, acting_set
+from store.health import (
+    OK,
+    WARN,
+    ClusterView,
+    HealthCheck,
+    evaluate,
+    overall,
+    render_detail,
+    render_summary,
+)
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    m = ClusterMap.from_wire(result["map"])
-    reports: dict[int, dict[str, Any]] = {int(k): v for k, v in result.get("reports", {}).items()}
-    states: Counter[str] = Counter()
-    for report in reports.values():
-        states.update(report.get("pgs", {}))
-    total_pgs = sum(p.pg_num for p in m.pools.values())
-    down = sum(1 for p in m.pools.values() for pg in range(p.pg_num) if not acting_set(m, p.id, pg))
-    if down:
-        states["down"] += down
-    unknown = total_pgs - sum(states.values())
-    if unknown > 0:
-        states["unknown"] += unknown
-    used = sum(r.get("usage", {}).get("bytes", 0) for r in reports.values())
-    objects = sum(r.get("usage", {}).get("objects", 0) for r in reports.values())
-    warnings = []
-    n_down = [o.id for o in m.osds.values() if not o.up]
-    n_out = [o.id for o in m.osds.values() if not o.in_]
-    if n_down:
-        warnings.append(f"{len(n_down)} daemons down: {', '.join(f'osd.{i}' for i in n_down)}")
-    if n_out:
-        warnings.append(f"{len(n_out)} daemons out: {', '.join(f'osd.{i}' for i in n_out)}")
-    unclean = total_pgs - states.get("active+clean", 0)
-    if unclean:
-        warnings.append(f"{unclean} of {total_pgs} pgs not active+clean")
-    full = [i for i, r in reports.items() if r.get("full")]
-    if full:
-        warnings.append(f"daemons full, writes refused: {', '.join(f'osd.{i}' for i in full)}")
-    bad = {i: r.get("checksum_errors", 0) for i, r in reports.items() if r.get("checksum_errors")}
-    if bad:
-        warnings.append("checksum errors on " + ", ".join(f"osd.{i} ({n})" for i, n in bad.items()))
+    view = ClusterView.from_status(result)
+    m = view.map
+    checks = evaluate(view)
     return {
-        "health": "HEALTH_OK" if not warnings else "HEALTH_WARN",
-        "warnings": warnings,
+        "health": overall(checks),
+        "warnings": [c.summary for c in checks],
+        "checks": [c.to_wire() for c in checks],
         "fsid": m.fsid,
         "epoch": m.epoch,
         "osds": {
@@ -54,16 +38,27 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "in": sum(o.in_ for o in m.osds.values()),
         },
         "pools": len(m.pools),
-        "pgs": {"total": total_pgs, "states": dict(sorted(states.items()))},
-        "usage": {"objects": objects, "bytes": used},
+        "pgs": {"total": view.total_pgs, "states": dict(sorted(view.pg_states.items()))},
+        "usage": view.usage(),
     }
 
 
 def render(s: dict[str, Any]) -> str:
+    problems: list[str] = []
+    for check in s["checks"]:
+        problems.append(f"          {check['code']}: {check['summary']}")
+        problems.extend(
+            textwrap.wrap(
+                f"what to do: {check['advice']}",
+                width=96,
+                initial_indent="            ",
+                subsequent_indent="              ",
+            )
+        )
     lines = [
         f"cluster {s['fsid']}",
         f"  health: {s['health']}",
-        *[f"          {w}" for w in s["warnings"]],
+        *problems,
         f"  map:    epoch {s['epoch']}",
         f"  osds:   {s['osds']['total']} daemons: {s['osds']['up']} up, {s['osds']['in']} in",
         f"  pools:  {s['pools']} pools, {s['pgs']['total']} pgs",
@@ -71,6 +66,8 @@ def render(s: dict[str, Any]) -> str:
         "  pgs:    "
         + ("\n          ".join(f"{n} {st}" for st, n in s["pgs"]["states"].items()) or "none"),
     ]
+    if s["checks"]:
+        lines.append("  (`store health detail` lists what each problem affects)")
     return "\n".join(lines)
 
 
@@ -89,5 +86,28 @@ def status_command(config: ClientConfig, as_json: bool) -> None:
     """Cluster health, daemons, pools and PG states. Exit code 0 when healthy."""
     summary = summarize(with_master(config, "status"))
     emit(summary, as_json, render)
-    if summary["health"] != "HEALTH_OK":
+    if summary["health"] != OK:
         raise SystemExit(1)
+
+
+def _exit_code(checks: list[HealthCheck]) -> int:
+    health = overall(checks)
+    return 0 if health == OK else 1 if health == WARN else 2
+
+
+@click.command("health")
+@click.argument("what", required=False, type=click.Choice(["detail"]))
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def health_command(config: ClientConfig, what: str | None, as_json: bool) -> None:
+    """Cluster health; `store health detail` lists each problem, what it affects and what
+    to do. Exit code 0 when healthy, 1 on warnings, 2 on errors."""
+    checks = evaluate(ClusterView.from_status(with_master(config, "status")))
+    if as_json:
+        doc = {"health": overall(checks), "checks": [c.to_wire() for c in checks]}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(render_detail(checks) if what == "detail" else render_summary(checks))
+    code = _exit_code(checks)
+    if code:
+        raise SystemExit(code)

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,12 +37,15 @@ import trio
 from store import auth
 from store.errors import (
     AuthError,
+    BadMAC,
     ClientTimeout,
     Code,
+    MalformedDatagram,
     ProtocolError,
     RemoteError,
     code_of,
 )
+from store.metrics.stats import LatencyHistogram
 from store.wire import body as wire_body
 from store.wire.datagram import (
     DatagramCipher,
@@ -142,11 +146,20 @@ class DaemonLink:
 
 @dataclass
 class TransportStats:
+    """Plain counters (read by ``store.metrics.client`` at scrape time)."""
+
     requests: int = 0
     retransmits: int = 0
     timeouts: int = 0
     dropped: int = 0
     resets: int = 0
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    dropped_by: Counter[str] = field(default_factory=Counter)  # reason -> datagrams
+    replies: Counter[int] = field(default_factory=Counter)  # result code -> replies
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class Transport:
@@ -182,10 +195,13 @@ class Transport:
         """Receive loop; run it in a nursery for the life of the transport."""
         while True:
             data, _ = await self.sock.recvfrom(65535)
+            self.stats.datagrams_received += 1
+            self.stats.bytes_received += len(data)
             try:
                 self._on_datagram(data)
             except (ProtocolError, AuthError) as exc:
                 self.stats.dropped += 1
+                self.stats.dropped_by[_drop_reason(exc)] += 1
                 log.debug("dropped a datagram: %s", exc)
 
     def _on_datagram(self, data: bytes) -> None:
@@ -303,7 +319,10 @@ class Transport:
         while True:
             if send:
                 sent = trio.current_time()
-                await self.sock.sendto(make(), link.address)
+                datagram = make()
+                self.stats.datagrams_sent += 1
+                self.stats.bytes_sent += len(datagram)
+                await self.sock.sendto(datagram, link.address)
             with trio.move_on_at(min(deadline, trio.current_time() + link.rtt.rto())):
                 await waiter.event.wait()
             if waiter.reset:
@@ -352,6 +371,7 @@ class Transport:
         if request_id is None:
             request_id = self.new_request_id()
         self.stats.requests += 1
+        started = trio.current_time()
         packed = wire_body.pack(body)
         async with link.window:
             while True:
@@ -373,6 +393,9 @@ class Transport:
 
                 try:
                     reply = await self._exchange(link, waiter, make, deadline)
+                    self.stats.latency.observe(trio.current_time() - started)
+                    code = reply.get("r")
+                    self.stats.replies[code if isinstance(code, int) else -1] += 1
                     return reply, waiter.epoch
                 except _SessionReset:
                     continue
@@ -382,3 +405,13 @@ class Transport:
 
 class _SessionReset(Exception):
     pass
+
+
+def _drop_reason(exc: Exception) -> str:
+    if isinstance(exc, BadMAC):
+        return "bad_mac"
+    if isinstance(exc, MalformedDatagram):
+        return "malformed"
+    if isinstance(exc, AuthError):
+        return "auth_failed"
+    return "unexpected"  # a reply for a session or request we do not know

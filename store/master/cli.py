@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from store import logs
+from store import configfile, logs
 from store.master.server import MasterConfig, run_master
 
 
 @click.command("master")
+@configfile.config_option
 @click.option(
     "--data-dir",
     required=True,
@@ -36,7 +37,20 @@ from store.master.server import MasterConfig, run_master
     show_default=True,
     help="Seconds between service key rotations.",
 )
-@click.option("-v", "--verbose", count=True)
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
+)
+@click.option(
+    "--dashboard",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the web dashboard here (HTTPS with the master's certificate; admin login).",
+)
+@click.option("-v", "--verbose", count=True, help="-v: INFO (the default), -vv: DEBUG.")
+@logs.format_option
 def master_command(
     data_dir: Path,
     listen: str,
@@ -44,10 +58,14 @@ def master_command(
     osd_grace: float,
     ticket_ttl: float,
     key_rotation: float,
+    metrics: str | None,
+    dashboard: str | None,
     verbose: int,
+    log_format: str,
 ) -> None:
     """Run the master: maps, pools, keys."""
-    logs.setup(max(verbose, 1), "master")
+    logs.setup(max(verbose, 1), "master", log_format)
+    running = configfile.document(click.get_current_context(), "master")
     run_master(
         MasterConfig(
             data_dir=data_dir,
@@ -56,5 +74,8 @@ def master_command(
             osd_grace=osd_grace,
             ticket_ttl=ticket_ttl,
             key_rotation=key_rotation,
+            metrics=metrics,
+            dashboard=dashboard,
+            running_config=running,
         )
     )

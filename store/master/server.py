@@ -8,9 +8,12 @@ Background tasks mark silent daemons down and rotate the service keys.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import trio
 
-from store import auth
+from store import auth, configfile, health, logs
 from store.errors import Code, RemoteError
 from store.master.state import MasterState
 from store.placement import ClusterMap
@@ -38,6 +41,9 @@ class MasterConfig:
     osd_grace: float = 20.0  # seconds without heartbeat before a daemon is marked down
     ticket_ttl: float = 3600.0
     key_rotation: float = 3600.0
+    metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
+    dashboard: str | None = None  # HOST:PORT for the web dashboard (HTTPS)
+    running_config: dict[str, Any] | None = None  # the effective settings, masked
 
 
 class MasterServer:
@@ -46,6 +52,7 @@ class MasterServer:
         self.state = MasterState(config.data_dir)
         admin_secret = self.state.ensure_admin()
         if admin_secret is not None:
+            logs.register_secret(admin_secret)
             keyfile = config.data_dir / "admin.key"
             auth.write_keyfile(keyfile, "admin", admin_secret)
             log.info("new cluster %s: admin key written to %s", self.state.map.fsid, keyfile)
@@ -57,6 +64,15 @@ class MasterServer:
         self.last_heartbeat: dict[int, float] = {}
         self.bound_port: int | None = None
         self.reports: dict[int, dict[str, Any]] = {}  # latest heartbeat report per daemon
+        self.previous_reports: dict[int, dict[str, Any]] = {}  # the one before (for rates)
+        self.full_osds: frozenset[int] = frozenset()  # up daemons refusing writes
+        # Plain counters, read by store.metrics.master at scrape time.
+        self.requests: Counter[str] = Counter()
+        self.authentications: Counter[tuple[str, str]] = Counter()  # (kind, result)
+        self.heartbeats = 0
+        self.connections: Counter[str] = Counter()  # open, by role
+        self.ready = False
+        self.dashboard_port: int | None = None
 
     # --- serving ---------------------------------------------------------------------
 
@@ -76,12 +92,49 @@ class MasterServer:
             self.bound_port,
             self.state.map.epoch,
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_heartbeats)
-            nursery.start_soon(self._rotate_keys)
-            ssl_listeners = [trio.SSLListener(lst, context) for lst in listeners]
-            await nursery.start(trio.serve_listeners, self._handle_stream, ssl_listeners)
-            task_status.started(self.bound_port)
+        if self.config.running_config is not None:
+            configfile.write_running(self.config.data_dir, self.config.running_config)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_heartbeats)
+                nursery.start_soon(self._rotate_keys)
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                ssl_listeners = [trio.SSLListener(lst, context) for lst in listeners]
+                await nursery.start(trio.serve_listeners, self._handle_stream, ssl_listeners)
+                await self._start_http(nursery, paths)
+                self.ready = True
+                task_status.started(self.bound_port)
+        finally:
+            log.info("master of cluster %s stopped", self.state.map.fsid)
+
+    async def _start_http(self, nursery: trio.Nursery, paths: TlsPaths) -> None:
+        from store.metrics.endpoint import start_metrics
+        from store.metrics.master import master_collector
+
+        await start_metrics(
+            nursery,
+            self.config.metrics,
+            "master",
+            collectors=[master_collector(self)],
+            ready=lambda: None if self.ready else "starting",
+            config=self.config.running_config,
+        )
+        if self.config.dashboard:
+            from store.master.dashboard.handler import Dashboard, tls_context
+
+            host, port = parse_hostport(self.config.dashboard)
+            context = tls_context(paths.cert, paths.key)
+            dashboard = Dashboard(self)
+            self.dashboard_port = await nursery.start(
+                functools.partial(dashboard.serve, host, port, context)
+            )
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("master stopping (signal %d)", signum)
+                scope.cancel()
+                return
 
     async def _handle_stream(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         try:
@@ -100,12 +153,15 @@ class MasterServer:
         identity = peer_identity(stream)  # type: ignore[arg-type]
         # Maps and key lists are small; nothing a client sends the master needs more.
         conn = RpcConnection(stream, name="peer", max_frame=MAX_MASTER_FRAME)
-        conn.context["role"] = identity.role if identity else "client"
+        role = identity.role if identity else "client"
+        conn.context["role"] = role
         conn.context["cert_name"] = identity.name if identity else None
         conn._handler = self._handler_for(conn)
+        self.connections[role] += 1
         try:
             await conn.run()
         finally:
+            self.connections[role] -= 1
             self.subscribers.discard(conn)
             for osd_id, c in list(self.daemons.items()):
                 if c is conn:
@@ -114,17 +170,26 @@ class MasterServer:
     def _handler_for(self, conn: RpcConnection) -> Callable[[str, dict[str, Any]], Any]:
         def handle(op: str, args: dict[str, Any]) -> Any:
             role = conn.context["role"]
+            self.requests[op if op in KNOWN_OPS else "unknown"] += 1
             if role == "osd" and op in DAEMON_OPS:
                 return DAEMON_OPS[op](self, conn, args)
             if op in OPEN_OPS:
                 return OPEN_OPS[op](self, conn, args)
             caps: auth.Caps | None = conn.context.get("caps")
             if caps is None:
+                if not conn.context.get("refusal_logged"):  # once a connection, not a flood
+                    conn.context["refusal_logged"] = True
+                    log.warning(
+                        "refused %s from an unauthenticated %s connection: authenticate first",
+                        _printable(op),
+                        role,
+                    )
                 raise RemoteError(Code.EAUTH, "authenticate first (auth_challenge, auth_prove)")
             if op in CLIENT_OPS:
                 return CLIENT_OPS[op](self, conn, args)
             if op in ADMIN_OPS:
                 if not caps.admin:
+                    log.warning("refused %s to %s: not an admin key", op, conn.name)
                     raise RemoteError(Code.EPERM, f"{op} needs an admin key")
                 return ADMIN_OPS[op](self, conn, args)
             raise RemoteError(Code.EINVAL, f"unknown operation {op!r}")
@@ -144,6 +209,53 @@ class MasterServer:
     def _changed(self, changed: bool) -> None:
         if changed:
             self.publish()
+            self._update_full()
+
+    def _update_full(self) -> None:
+        """Tell the daemons which daemons refuse writes, whenever that changes: a primary
+        refuses writes to PGs with a copy on a full daemon (as Ceph's full flag does)."""
+        m = self.state.map
+        full = frozenset(
+            i
+            for i, r in self.reports.items()
+            if r.get("full") is True and i in m.osds and m.osds[i].up
+        )
+        if full == self.full_osds:
+            return
+        self.full_osds = full
+        log.warning(
+            "daemons refusing writes (full): %s",
+            ", ".join(f"osd.{i}" for i in sorted(full)) or "none",
+        )
+        for conn in list(self.daemons.values()):
+            conn.send_event("full", {"osds": sorted(full)})
+
+    def status_result(self) -> dict[str, Any]:
+        """What `store status` is made from: the map, up daemons' reports, the master's
+        own figures."""
+        m = self.state.map
+        return {
+            "fsid": m.fsid,
+            "epoch": m.epoch,
+            "map": m.to_wire(),
+            "reports": self._up_reports(),
+            "master": self._master_figures(),
+        }
+
+    def cluster_view(self) -> health.ClusterView:
+        """The same, for the dashboard and the metrics, without copying the map."""
+        return health.ClusterView.build(self.state.map, self._up_reports(), self._master_figures())
+
+    def _up_reports(self) -> dict[int, dict[str, Any]]:
+        m = self.state.map
+        return {i: r for i, r in self.reports.items() if i in m.osds and m.osds[i].up}
+
+    def _master_figures(self) -> dict[str, Any]:
+        return {
+            "time": time.time(),
+            "service_key_gen": self.state.service_keys().current().gen,
+            "osd_grace": self.config.osd_grace,
+        }
 
     async def _watch_heartbeats(self) -> None:
         while True:
@@ -216,6 +328,7 @@ def op_osd_boot(server: MasterServer, conn: RpcConnection, args: dict[str, Any])
         "osd_id": osd_id,
         "map": server.state.map.to_wire(),
         "service_keys": server.state.service_keys().to_wire(),
+        "full": sorted(server.full_osds),
     }
 
 
@@ -224,12 +337,23 @@ def op_osd_heartbeat(server: MasterServer, conn: RpcConnection, args: dict[str, 
     if osd_id is None:
         raise RemoteError(Code.EINVAL, "boot first")
     server.last_heartbeat[osd_id] = trio.current_time()
-    server.reports[osd_id] = args
+    server.heartbeats += 1
+    now = time.time()
+    report = dict(args)
+    report["received"] = now
+    sent = args.get("time")
+    if isinstance(sent, int | float) and not isinstance(sent, bool):
+        report["clock_skew"] = float(sent) - now  # network delay is noise here
+    if osd_id in server.reports:
+        server.previous_reports[osd_id] = server.reports[osd_id]
+    server.reports[osd_id] = report
     info = server.state.map.osds.get(osd_id)
     if info is not None and not info.up:
         # It was marked down while it was merely slow: it is alive, so up again.
         log.info("osd.%d is back", osd_id)
         server._changed(server.state.osds_set_up([osd_id], True))
+    if (report.get("full") is True) != (osd_id in server.full_osds):
+        server._update_full()
     return {"epoch": server.state.map.epoch}
 
 
@@ -262,6 +386,7 @@ def op_auth_prove(server: MasterServer, conn: RpcConnection, args: dict[str, Any
     if pending is None or pending[0] != name:
         raise RemoteError(Code.EAUTH, "ask for a challenge first")
     if record is None or not auth.verify_proof(record.secret, name, pending[1], nonce, proof):
+        server.authentications[("client", "refused")] += 1
         # One message for both: do not tell a stranger which client names exist.
         log.warning(
             "refused authentication of client %r: %s",
@@ -271,6 +396,7 @@ def op_auth_prove(server: MasterServer, conn: RpcConnection, args: dict[str, Any
         raise RemoteError(
             Code.EAUTH, f"authentication of {name!r} failed: unknown client or wrong key"
         )
+    server.authentications[("client", "ok")] += 1
     now = time.time()
     ticket = auth.issue_ticket(name, record.caps, now, server.config.ticket_ttl)
     conn.context["caps"] = record.caps
@@ -309,17 +435,7 @@ def op_subscribe(server: MasterServer, conn: RpcConnection, args: dict[str, Any]
 
 
 def op_status(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
-    m = server.state.map
-    return {
-        "fsid": m.fsid,
-        "epoch": m.epoch,
-        "map": m.to_wire(),
-        "reports": {
-            osd_id: report
-            for osd_id, report in server.reports.items()
-            if osd_id in m.osds and m.osds[osd_id].up
-        },
-    }
+    return server.status_result()
 
 
 def op_pool_ls(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
@@ -382,6 +498,7 @@ def op_auth_add(server: MasterServer, conn: RpcConnection, args: dict[str, Any])
     name = _arg(args, "name", str)
     caps = auth.Caps.from_wire(_arg(args, "caps", dict))
     secret = server.state.client_add(name, caps)
+    logs.register_secret(secret)
     log.info("client %r created (%s)", name, caps.describe())
     return {"name": name, "key": secret, "caps": caps.to_wire()}
 
@@ -432,6 +549,16 @@ ADMIN_OPS: dict[str, Op] = {
     "auth_ls": op_auth_ls,
     "auth_rm": op_auth_rm,
 }
+
+
+KNOWN_OPS = (
+    frozenset(DAEMON_OPS) | frozenset(OPEN_OPS) | frozenset(CLIENT_OPS) | frozenset(ADMIN_OPS)
+)
+
+
+def _printable(op: object) -> str:
+    # The name of an operation comes from the peer: bound its length before logging it.
+    return repr(op)[:64]
 
 
 def _summary(m: ClusterMap) -> str:

@@ -3,21 +3,66 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from store import logs
+from store import configfile, logs
 from store.osd.daemon import OsdConfig, run_osd
 from store.tls import TlsPaths
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _run(config: OsdConfig, verbose: int) -> None:
-    logs.setup(max(verbose, 1), f"osd:{config.dir.name}")
+
+def _run(config: OsdConfig, verbose: int, log_format: str) -> None:
+    logs.setup(max(verbose, 1), f"osd:{config.dir.name}", log_format)
+    config.running_config = configfile.document(click.get_current_context(), "osd")
     run_osd(config)
 
 
+def _operations(fn: F) -> F:
+    """The settings both spellings of the daemon share."""
+    for option in reversed(
+        [
+            click.option(
+                "--metrics",
+                default=None,
+                metavar="HOST:PORT",
+                help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
+            ),
+            click.option(
+                "--full-ratio",
+                default=0.95,
+                show_default=True,
+                type=click.FloatRange(0.0, 1.0, min_open=True),
+                help="Refuse writes above this fraction of the disk in use.",
+            ),
+            click.option(
+                "--nearfull-ratio",
+                default=0.85,
+                show_default=True,
+                type=click.FloatRange(0.0, 1.0, min_open=True),
+                help="Warn (store status) above this fraction of the disk in use.",
+            ),
+            click.option("-v", "--verbose", count=True, help="-v: INFO (the default), -vv: DEBUG."),
+            logs.format_option,
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _check_ratios(full_ratio: float, nearfull_ratio: float) -> None:
+    if nearfull_ratio > full_ratio:
+        raise click.UsageError(
+            f"--nearfull-ratio ({nearfull_ratio}) must not be above --full-ratio ({full_ratio})"
+        )
+
+
 @click.group("osd", invoke_without_command=True)
+@configfile.config_option
 @click.option(
     "--dir",
     "directory",
@@ -49,7 +94,7 @@ def _run(config: OsdConfig, verbose: int) -> None:
 @click.option(
     "--heartbeat", default=2.0, show_default=True, help="Seconds between heartbeats to the master."
 )
-@click.option("-v", "--verbose", count=True)
+@_operations
 @click.pass_context
 def osd_group(
     ctx: click.Context,
@@ -63,7 +108,11 @@ def osd_group(
     tls_dir: Path,
     cert_name: str,
     heartbeat: float,
+    metrics: str | None,
+    full_ratio: float,
+    nearfull_ratio: float,
     verbose: int,
+    log_format: str,
 ) -> None:
     """Run a storage daemon for one disk (`store osd --dir D --master M`), or manage
     daemons (`store osd ls|out|in|reweight`)."""
@@ -71,6 +120,7 @@ def osd_group(
         return
     if directory is None or master is None:
         raise click.UsageError("running a daemon needs --dir DIR and --master HOST:PORT")
+    _check_ratios(full_ratio, nearfull_ratio)
     _run(
         OsdConfig(
             dir=directory,
@@ -82,12 +132,17 @@ def osd_group(
             host=host,
             tls=TlsPaths.in_dir(tls_dir, cert_name),
             heartbeat_interval=heartbeat,
+            full_ratio=full_ratio,
+            nearfull_ratio=nearfull_ratio,
+            metrics=metrics,
         ),
         verbose,
+        log_format,
     )
 
 
 @click.command("file-store")
+@configfile.config_option
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
 @click.option("--master", required=True, help="HOST:PORT of the master.")
 @click.option("--listen-address", required=True, help="UDP HOST:PORT for clients.")
@@ -97,7 +152,7 @@ def osd_group(
 @click.option("--peer-ca-cert", required=True, type=click.Path(path_type=Path))
 @click.option("--advertise", default=None)
 @click.option("--host", default=socket.gethostname(), show_default=True)
-@click.option("-v", "--verbose", count=True)
+@_operations
 def file_store_command(
     directory: Path,
     master: str,
@@ -108,9 +163,14 @@ def file_store_command(
     peer_ca_cert: Path,
     advertise: str | None,
     host: str,
+    metrics: str | None,
+    full_ratio: float,
+    nearfull_ratio: float,
     verbose: int,
+    log_format: str,
 ) -> None:
     """Run a storage daemon (same as `store osd`, older flag names)."""
+    _check_ratios(full_ratio, nearfull_ratio)
     _run(
         OsdConfig(
             dir=directory,
@@ -120,6 +180,10 @@ def file_store_command(
             advertise=advertise,
             host=host,
             tls=TlsPaths(ca=peer_ca_cert, cert=peer_cert, key=peer_key),
+            full_ratio=full_ratio,
+            nearfull_ratio=nearfull_ratio,
+            metrics=metrics,
         ),
         verbose,
+        log_format,
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from store import auth
+from store import auth, configfile
 from store.client.transport import tune_buffers
 from store.errors import ConfigError, StoreError
 from store.osd import identity as identity_mod
@@ -41,6 +41,17 @@ log = logging.getLogger("store.osd")
 
 RECENT_MAPS = 32
 USAGE_REFRESH = 30.0  # seconds between object counts in the heartbeat report
+DISK_CHECK_INTERVAL = 1.0  # seconds between looks at the disk's free space
+
+
+@dataclass(frozen=True)
+class DiskState:
+    total: int  # bytes of the filesystem
+    avail: int  # bytes this daemon may still use
+
+    @property
+    def used_ratio(self) -> float:
+        return 1 - self.avail / self.total if self.total else 0.0
 
 
 @dataclass
@@ -54,7 +65,10 @@ class OsdConfig:
     host: str = field(default_factory=socket.gethostname)
     tls: TlsPaths | None = None
     heartbeat_interval: float = 2.0
-    full_ratio: float = 0.95
+    full_ratio: float = 0.95  # above this fraction of the disk, writes are refused
+    nearfull_ratio: float = 0.85  # above this, `store status` warns
+    metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
+    running_config: dict[str, Any] | None = None  # the effective settings, masked
 
 
 class OsdDaemon:
@@ -70,6 +84,9 @@ class OsdDaemon:
         # Maps of recent epochs: a new primary asks who held its PGs in them.
         self.recent_maps: deque[ClusterMap] = deque(maxlen=RECENT_MAPS)
         self.full = False
+        self.nearfull = False
+        self.disk: DiskState | None = None
+        self.full_osds: frozenset[int] = frozenset()  # daemons the master says are full
         self._early_map: ClusterMap | None = None
         self._pg_nums: dict[int, int] = {}  # pool -> pg_num our store is split to
         self._pool_ready: dict[int, Completion] = {}
@@ -99,6 +116,9 @@ class OsdDaemon:
                 "the daemon needs TLS files (--tls-dir or --peer-cert/--peer-key/--peer-ca-cert)"
             )
         tls.check()
+        self._check_disk()
+        if self.config.running_config is not None:
+            configfile.write_running(self.config.dir, self.config.running_config)
         udp, listeners = await self._bind()
         self.peers = PeerLinks(
             self,
@@ -111,6 +131,8 @@ class OsdDaemon:
                 self._nursery = nursery
                 nursery.start_soon(self.writes.run)
                 nursery.start_soon(self.peers.serve, listeners)
+                nursery.start_soon(self._watch_disk)
+                await self._start_metrics(nursery)
                 await self._boot()
                 sessions = SessionTable(self.osd_id, lambda: self.service_keys, time.time)
                 nursery.start_soon(self.front.run, sessions)
@@ -130,6 +152,27 @@ class OsdDaemon:
                 await self._say_goodbye()
             self.store.close()
             udp.close()
+            log.info("osd.%d stopped", self.osd_id)
+
+    async def _start_metrics(self, nursery: trio.Nursery) -> None:
+        from store.metrics.endpoint import start_metrics
+        from store.metrics.osd import osd_collector
+
+        def ready() -> str | None:
+            if self.osd_id < 0 or self.map.epoch == 0:
+                return "not booted with the master yet"
+            if self.master is None or self.master.closed.is_set():
+                return "reconnecting to the master"
+            return None
+
+        await start_metrics(
+            nursery,
+            self.config.metrics,
+            "osd",
+            collectors=[osd_collector(self)],
+            ready=ready,
+            config=self.config.running_config,
+        )
 
     async def _bind(self) -> tuple[socket.socket, list[trio.SocketListener]]:
         host, port = parse_hostport(self.config.listen)
@@ -219,6 +262,7 @@ class OsdDaemon:
             self.identity.osd_id, self.identity.fsid = self.osd_id, new_map.fsid
             identity_mod.save(self.config.dir, self.identity)
         self.service_keys = auth.ServiceKeys.from_wire(result["service_keys"])
+        self._set_full_osds(result.get("full", []))
         self.apply_map(new_map)
         if self._early_map is not None:
             self.apply_map(self._early_map)
@@ -234,6 +278,12 @@ class OsdDaemon:
             self.apply_map(new)
         elif name == "service_keys":
             self.service_keys = auth.ServiceKeys.from_wire(args["keys"])
+        elif name == "full":
+            self._set_full_osds(args.get("osds", []))
+
+    def _set_full_osds(self, raw: object) -> None:
+        if isinstance(raw, list) and all(isinstance(i, int) for i in raw):
+            self.full_osds = frozenset(raw)
 
     async def _master_loop(self) -> None:
         """Reconnect and boot again whenever the master link drops."""
@@ -247,49 +297,139 @@ class OsdDaemon:
     async def _heartbeats(self) -> None:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
-            disk = self._check_disk()
+            self._check_disk()
             if self.master is None or self.master.closed.is_set():
                 continue
             try:
                 await self.master.call(
-                    "osd_heartbeat", self.report(disk), timeout=self.config.heartbeat_interval * 2
+                    "osd_heartbeat", self.report(), timeout=self.config.heartbeat_interval * 2
                 )
             except (StoreError, ConnectionLost) as exc:
                 log.debug("heartbeat failed: %s", exc)
 
-    def report(self, disk: os.statvfs_result) -> dict[str, Any]:
-        """What the master shows in `store status`: states of the PGs we lead, usage."""
-        states: dict[str, int] = {}
-        for pgobj in self.pgs.values():
-            state = pgobj.status()
-            if state is not None:
-                states[state] = states.get(state, 0) + 1
+    @property
+    def usage(self) -> dict[str, int]:
+        """Objects and bytes stored, counted at most every USAGE_REFRESH seconds."""
         now = trio.current_time()
         if now - self._usage_at >= USAGE_REFRESH:
             # Counting objects scans a table: not on every heartbeat of a big disk.
             self._usage, self._usage_at = self.store.usage(), now
+        return self._usage
+
+    def report(self) -> dict[str, Any]:
+        """What the master shows in `store status` and the dashboard: states of the PGs we
+        lead, usage, fullness, counters (cumulative; the master makes rates of them)."""
+        from store.metrics.osd import PEER_TRAFFIC
+
+        states: dict[str, int] = {}
+        pool_states: dict[str, dict[str, int]] = {}
+        recovering = 0
+        for (pool_id, _), pgobj in self.pgs.items():
+            recovering += len(pgobj.recovering)
+            state = pgobj.status()
+            if state is not None:
+                states[state] = states.get(state, 0) + 1
+                per_pool = pool_states.setdefault(str(pool_id), {})
+                per_pool[state] = per_pool.get(state, 0) + 1
+        disk = self.disk
+        stats = self.front.stats
+        ops = {"read": 0, "write": 0}
+        for (kind, _code), n in stats.ops.items():
+            if kind in ops:
+                ops[kind] += n
+        traffic = PEER_TRAFFIC
         return {
             "pgs": states,
+            "pool_pgs": pool_states,
             "usage": {
-                **self._usage,
-                "disk_total": disk.f_blocks * disk.f_frsize,
-                "disk_avail": disk.f_bavail * disk.f_frsize,
+                **self.usage,
+                "disk_total": disk.total if disk else 0,
+                "disk_avail": disk.avail if disk else 0,
             },
             "full": self.full,
+            "nearfull": self.nearfull,
+            "full_ratio": self.config.full_ratio,
+            "nearfull_ratio": self.config.nearfull_ratio,
             "dropped": dict(self.front.dropped),
             "checksum_errors": self.store.checksum_errors,
+            "time": time.time(),
+            "service_key_gen": self._service_key_gen(),
+            "sessions": len(self.front.sessions.sessions) if self.front.sessions else 0,
+            "ops": ops,
+            "data_bytes": dict(stats.data_bytes),
+            "recovery": {
+                "objects": traffic.ops["recovery_pushed"] + traffic.ops["recovery_pulled"],
+                "bytes": traffic.bytes["recovery_pushed"] + traffic.bytes["recovery_pulled"],
+                "members": recovering,
+            },
         }
 
-    def _check_disk(self) -> os.statvfs_result:
-        """Refuse writes above full_ratio (and say so when that changes)."""
-        disk = os.statvfs(self.config.dir)
-        used = 1 - disk.f_bavail / disk.f_blocks if disk.f_blocks else 0.0
+    def _service_key_gen(self) -> int:
+        generations = self.service_keys.generations()
+        return generations[-1].gen if generations else 0
+
+    async def _watch_disk(self) -> None:
+        while True:
+            await trio.sleep(DISK_CHECK_INTERVAL)
+            self._check_disk()
+
+    def _check_disk(self) -> None:
+        """Refuse writes above full_ratio, warn above nearfull_ratio (and log each change)."""
+        try:
+            st = os.statvfs(self.config.dir)
+        except OSError as exc:
+            log.warning("cannot see the free space of %s: %s", self.config.dir, exc)
+            return
+        # The data file never shrinks: its free slots are free space too (they are reused
+        # before the file grows), or a full daemon would stay full after deletes.
+        space = self.store.space.stats()
+        reusable = max(0, space["data_span_bytes"] - space["data_slots"] * self.store.block_size)
+        total = st.f_blocks * st.f_frsize
+        self.disk = disk = DiskState(total, min(total, st.f_bavail * st.f_frsize + reusable))
+        used = disk.used_ratio
         full = used >= self.config.full_ratio
+        nearfull = not full and used >= self.config.nearfull_ratio
         if full != self.full:
-            state = "full: refusing writes" if full else "no longer full"
-            log.warning("osd.%d is %s (%.0f%% used)", self.osd_id, state, used * 100)
-        self.full = full
-        return disk
+            if full:
+                log.warning(
+                    "osd.%d is full: %.0f%% of its disk used (full_ratio %.0f%%): refusing writes",
+                    self.osd_id,
+                    used * 100,
+                    self.config.full_ratio * 100,
+                )
+            else:
+                log.warning(
+                    "osd.%d is no longer full (%.0f%% used): accepting writes",
+                    self.osd_id,
+                    used * 100,
+                )
+        elif nearfull and not self.nearfull:
+            log.warning(
+                "osd.%d is nearly full: %.0f%% of its disk used (nearfull_ratio %.0f%%)",
+                self.osd_id,
+                used * 100,
+                self.config.nearfull_ratio * 100,
+            )
+        elif self.nearfull and not nearfull and not full:
+            log.info("osd.%d is no longer nearly full (%.0f%% used)", self.osd_id, used * 100)
+        self.full, self.nearfull = full, nearfull
+
+    def full_reason(self, acting: tuple[int, ...]) -> str | None:
+        """Why a write to a PG with this acting set is refused for space, or None."""
+        if self.full and self.disk is not None:
+            return (
+                f"osd.{self.osd_id} is full ({self.disk.used_ratio:.0%} of its disk used, "
+                f"full_ratio {self.config.full_ratio:.0%}): writes are refused until data is "
+                "deleted or capacity added; reads and deletes still work"
+            )
+        for member in acting:
+            if member in self.full_osds:
+                return (
+                    f"osd.{member}, which holds a copy of this object's PG, is full: writes "
+                    "are refused until data is deleted or capacity added; reads and deletes "
+                    "still work"
+                )
+        return None
 
     async def _say_goodbye(self) -> None:
         if self.master is not None and not self.master.closed.is_set():
@@ -311,12 +451,15 @@ class OsdDaemon:
     def apply_map(self, new: ClusterMap) -> None:
         if new.epoch <= self.map.epoch:
             return
+        old = self.map
         if self.map.epoch:
             self.recent_maps.append(self.map)
         self.map = new
         self._map_changed.set()
         self._map_changed = trio.Event()
         log.info("osd.%d now at epoch %d", self.osd_id, new.epoch)
+        if old.epoch:
+            self._log_peer_changes(old, new)
         for pool in new.pools.values():
             self._split_if_grown(pool.id, pool.seed, pool.pg_num)
         wanted: set[tuple[int, int]] = set()
@@ -339,6 +482,20 @@ class OsdDaemon:
                 del self.pgs[key]
                 continue
             pgobj.on_map(new)
+
+    def _log_peer_changes(self, old: ClusterMap, new: ClusterMap) -> None:
+        for osd_id, info in sorted(new.osds.items()):
+            if osd_id == self.osd_id:
+                continue
+            before = old.osds.get(osd_id)
+            if before is not None and before.up and not info.up:
+                log.warning("peer osd.%d lost: down in epoch %d", osd_id, new.epoch)
+            elif before is not None and not before.up and info.up:
+                log.info("peer osd.%d regained: up in epoch %d", osd_id, new.epoch)
+            elif before is None and info.up:
+                log.info("peer osd.%d joined in epoch %d", osd_id, new.epoch)
+        for osd_id in sorted(set(old.osds) - set(new.osds)):
+            log.info("peer osd.%d left the map in epoch %d", osd_id, new.epoch)
 
     def _split_if_grown(self, pool_id: int, seed: int, pg_num: int) -> None:
         known = self._pg_nums.get(pool_id)

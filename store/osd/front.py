@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
+from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
 from store.osd.objectstore import PrimaryTxn
 from store.osd.ops import (
+    Delete,
     InvalidRequest,
+    OmapClear,
+    OmapRm,
+    Op,
+    RmXattr,
     is_mutating,
     parse_cond_untrusted,
     parse_ops_untrusted,
@@ -41,6 +49,12 @@ log = logging.getLogger("store.osd")
 # Replies that describe a passing condition; a retry of the same request must run again.
 TRANSIENT = {Code.EAGAIN, Code.ESTALE, Code.EDEGRADED, Code.ETIMEDOUT, Code.EBADSESSION}
 LIST_REPLY_BUDGET = 60000  # bytes of names per listing reply, well inside one datagram
+# What a full daemon still accepts: operations that only free space.
+FREEING_OPS = (Delete, RmXattr, OmapRm, OmapClear)
+
+
+def frees_space_only(ops: Sequence[Op]) -> bool:
+    return all(isinstance(op, FREEING_OPS) for op in ops if op.MUTATING)
 
 
 class UdpFront:
@@ -50,7 +64,7 @@ class UdpFront:
         sock.setblocking(False)
         self.sessions: SessionTable | None = None
         self.dropped: Counter[str] = Counter()
-        self.served: Counter[str] = Counter()
+        self.stats = FrontStats()  # plain counters, read at scrape time
         self._nursery: trio.Nursery | None = None
         self._last_refusal_log = -1e9
         self._refusals_unlogged = 0
@@ -70,6 +84,8 @@ class UdpFront:
                         self.dropped["socket_error"] += 1
                         log.debug("recvfrom: %s", exc)
                         continue
+                    self.stats.received += 1
+                    self.stats.received_bytes += len(data)
                     try:
                         self.on_datagram(data, address)
                     except Exception:
@@ -84,6 +100,9 @@ class UdpFront:
             self.sock.sendto(data, address)
         except (BlockingIOError, OSError):
             self.dropped["send_failed"] += 1
+            return
+        self.stats.sent += 1
+        self.stats.sent_bytes += len(data)
 
     # --- datagrams ---------------------------------------------------------------------
 
@@ -99,7 +118,7 @@ class UdpFront:
         if header.type == DatagramType.HELLO:
             try:
                 self.send(sessions.handle_hello_untrusted(data, epoch), address)
-                self.served["hello"] += 1
+                self.stats.sessions_opened += 1
             except AuthError as exc:
                 self.dropped["auth_failed"] += 1
                 self._warn_refused(address, exc)
@@ -143,7 +162,13 @@ class UdpFront:
             self._last_refusal_log, self._refusals_unlogged = now, 0
 
     def reply(
-        self, session: Session, header: Header, address: Any, body: dict[str, Any]
+        self,
+        session: Session,
+        header: Header,
+        address: Any,
+        body: dict[str, Any],
+        kind: str,
+        started: float,
     ) -> bytes | None:
         assert self.sessions is not None
         try:
@@ -152,22 +177,30 @@ class UdpFront:
             body = {"r": int(Code.EFBIG), "m": "reply too large for one datagram: ask for less"}
             datagram = self.sessions.seal_reply(session, header, self.daemon.map.epoch, body)
         self.send(datagram, address)
+        self.stats.answered(kind, body["r"], time.perf_counter() - started)
         return datagram
 
     def on_request(
         self, session: Session, header: Header, body: dict[Any, Any], address: Any
     ) -> None:
+        started = time.perf_counter()
+        kind = "invalid"
         try:
             if "ls" in body:
-                self.reply(session, header, address, self._list(session, header, body))
-                return
-            self._object_request(session, header, body, address)
+                kind = "list"
+                answer = self._list(session, header, body)
+            else:
+                ops = parse_ops_untrusted(body.get("ops"))
+                kind = "write" if is_mutating(ops) else "read"
+                found = self._object_request(session, header, body, address, ops, started)
+                if found is None:
+                    return  # a write under way, or answered from the reply cache
+                answer = found
         except RemoteError as exc:
-            self.served[f"error_{exc.code.name}"] += 1
-            self.reply(session, header, address, {"r": int(exc.code), "m": exc.message})
+            answer = {"r": int(exc.code), "m": exc.message}
         except InvalidRequest as exc:
-            self.served["error_EINVAL"] += 1
-            self.reply(session, header, address, {"r": int(Code.EINVAL), "m": str(exc)})
+            answer = {"r": int(Code.EINVAL), "m": str(exc)}
+        self.reply(session, header, address, answer, kind, started)
 
     def _route(
         self, session: Session, header: Header, body: dict[Any, Any], write: bool
@@ -195,6 +228,8 @@ class UdpFront:
         if primary(daemon.map, pool_id, pg) != daemon.osd_id:
             if header.epoch > daemon.map.epoch:
                 raise RemoteError(Code.EAGAIN, "this daemon has not seen your map yet")
+            # Not served: the client routed by an old map (it is told so, and refreshes).
+            self.dropped["stale_epoch"] += 1
             raise RemoteError(
                 Code.ESTALE, f"osd.{daemon.osd_id} is not the primary of pg {pool_id}.{pg:x}"
             )
@@ -222,14 +257,19 @@ class UdpFront:
                 next_cursor = str(kept[-1][0]) if kept else cursor
                 break
             kept.append([name, size, list(version)])
-        self.served["list"] += 1
         return {"r": 0, "objs": kept, "next": next_cursor}
 
     def _object_request(
-        self, session: Session, header: Header, body: dict[Any, Any], address: Any
-    ) -> None:
+        self,
+        session: Session,
+        header: Header,
+        body: dict[Any, Any],
+        address: Any,
+        ops: list[Op],
+        started: float,
+    ) -> dict[str, Any] | None:
+        """The answer to a read; None for a write (answered when it is done)."""
         raw_ops = body.get("ops")
-        ops = parse_ops_untrusted(raw_ops)
         assert isinstance(raw_ops, list)  # parse_ops_untrusted accepted it
         write = is_mutating(ops)
         pool, pool_id = self._route(session, header, body, write)
@@ -239,21 +279,22 @@ class UdpFront:
         pgobj = self._check_primary(pool_id, pg, header)
         if not write:
             result = self.daemon.store.execute_read(pool_id, name, ops)
-            self.served["read"] += 1
-            self.reply(session, header, address, _result_body(result))
-            return
+            if result.code == Code.OK:
+                self.stats.data_bytes["read"] += data_bytes_of_results(result.results)
+            return _result_body(result)
         cached = session.replies.get(header.request_id)
         if cached is not None:
-            self.served["write_cached"] += 1
             self.send(cached, address)
-            return
+            self.stats.repeats["answered_again"] += 1
+            return None
         if header.request_id in session.in_progress:
             # Tell the client we have it, so it waits instead of sending it again.
-            self.served["write_in_progress"] += 1
-            self.reply(session, header, address, {"r": int(Code.INPROGRESS)})
-            return
-        if self.daemon.full:
-            raise RemoteError(Code.ENOSPC, f"osd.{self.daemon.osd_id} is full")
+            return {"r": int(Code.INPROGRESS)}
+        daemon = self.daemon
+        if daemon.full or daemon.full_osds:
+            why = daemon.full_reason(pgobj.acting)
+            if why is not None and not frees_space_only(ops):
+                raise RemoteError(Code.ENOSPC, why)
         session.in_progress.add(header.request_id)
         txn = PrimaryTxn(
             pool=pool_id,
@@ -266,8 +307,9 @@ class UdpFront:
         )
         assert self._nursery is not None
         self._nursery.start_soon(
-            self._write, session, header, address, pgobj, txn, raw_ops, pool.min_size
+            self._write, session, header, address, pgobj, txn, raw_ops, pool.min_size, started
         )
+        return None
 
     async def _write(
         self,
@@ -278,16 +320,18 @@ class UdpFront:
         txn: PrimaryTxn,
         raw_ops: list[Any],
         min_size: int,
+        started: float,
     ) -> None:
         try:
             result = await pgobj.client_write(txn, raw_ops, min_size)
             body = _result_body(result)
+            if result.code == Code.OK:
+                self.stats.data_bytes["written"] += data_bytes_of(txn.ops)
         except RemoteError as exc:
             body = {"r": int(exc.code), "m": exc.message}
         finally:
             session.in_progress.discard(header.request_id)
-        self.served["write"] += 1
-        datagram = self.reply(session, header, address, body)
+        datagram = self.reply(session, header, address, body, "write", started)
         if datagram is not None and body["r"] not in TRANSIENT:
             session.remember_reply(header.request_id, datagram)
 

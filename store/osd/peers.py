@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from store.errors import AuthError, Code, RemoteError
+from store.metrics.osd import PEER_TRAFFIC
 from store.osd.objectstore import ObjectState, ObjectStateTxn, PgResetLogTxn
 from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
 from store.osd.pg import ADOPT_LOG_ENTRIES, replica_txn_from_wire
@@ -145,6 +146,7 @@ def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     ):
         raise RemoteError(Code.ESTALE, "sender is not the primary of this pg any more")
     txn = replica_txn_from_wire(args, parse_ops_untrusted(args["ops"]))
+    PEER_TRAFFIC.repop_received(txn.ops)
     completion = daemon.writes.submit(txn)
 
     async def done() -> Any:
@@ -203,6 +205,7 @@ def op_list_pg(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     pool, pg = _pool_pg(args)
+    PEER_TRAFFIC.push_received(args.get("state"))
     completion = daemon.writes.submit(
         ObjectStateTxn(pool, pg, ObjectState.from_wire(args["state"]))
     )

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import trio
 
 from store.errors import Code, RemoteError, StoreError
+from store.metrics.osd import PEER_TRAFFIC
 from store.osd.objectstore import (
     ObjectState,
     ObjectStateTxn,
@@ -283,6 +284,7 @@ class PlacementGroup:
         for name in sorted(names):
             raw = await conn.call("object_state", {"pool": self.pool_id, "name": name})
             state = ObjectState.from_wire(raw)
+            PEER_TRAFFIC.pulled(state)
             await self.host.writes.submit(ObjectStateTxn(self.pool_id, self.pg, state)).wait()
         # Adopt the member's log with its state, request ids included, so that a client
         # retransmitting a write we only know as copied state is answered, not re-applied.
@@ -343,6 +345,7 @@ class PlacementGroup:
                 forward.calls[member] = (conn, conn.start_call("repop", args))
             except ConnectionLost:
                 self._drop(member, "connection lost")
+        PEER_TRAFFIC.forwarded(len(forward.calls), txn.ops)
         self.last_forwarded = version
         return forward
 
@@ -383,6 +386,7 @@ class PlacementGroup:
         if member not in self.acting:
             return
         self.recovering.add(member)
+        PEER_TRAFFIC.recovery_started(self.name, member)
         self._interval_nursery.start_soon(self._recover, member)
 
     async def _recover(self, member: int) -> None:
@@ -406,6 +410,7 @@ class PlacementGroup:
                     await trio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
+            PEER_TRAFFIC.recovery_finished(self.name, member, member in self.active)
             self.recovering.discard(member)
 
     async def _recover_round(self, member: int) -> None:
@@ -436,6 +441,7 @@ class PlacementGroup:
             for name in names:
                 state = store.object_state(self.pool_id, name)
                 await conn.call("push", {**args, "state": state.to_wire()}, timeout=60)
+                PEER_TRAFFIC.pushed(state)
             # Our log goes along (see _pull_from), up to the version the member now has.
             history = [
                 e.to_wire()

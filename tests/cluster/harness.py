@@ -52,6 +52,8 @@ class Cluster:
         self.master_listen = self.master_addr  # what the master binds
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.osd_ports: dict[int, int] = {}
+        self.metrics_ports: dict[str, int] = {}  # process name -> its --metrics port
+        self.dashboard_port: int | None = None
         tls.init_ca(self.tls_dir)
         tls.issue(self.tls_dir, "osd", role="osd")
 
@@ -70,7 +72,16 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_master(self, extra: list[str] | None = None) -> None:
+    def start_master(
+        self, extra: list[str] | None = None, *, metrics: bool = False, dashboard: bool = False
+    ) -> None:
+        http: list[str] = []
+        if metrics:
+            port = self.metrics_ports.setdefault("master", free_port())
+            http += ["--metrics", f"127.0.0.1:{port}"]
+        if dashboard:
+            self.dashboard_port = self.dashboard_port or free_port()
+            http += ["--dashboard", f"127.0.0.1:{self.dashboard_port}"]
         self._spawn(
             "master",
             [
@@ -84,6 +95,7 @@ class Cluster:
                 "--osd-grace",
                 str(self.grace),
                 "-vv",
+                *http,
                 *(extra or self.master_extra),
             ],
         )
@@ -95,8 +107,18 @@ class Cluster:
         )
         self.conf = conf
 
-    def start_osd(self, i: int, *, host: str | None = None, extra: list[str] | None = None) -> None:
+    def start_osd(
+        self,
+        i: int,
+        *,
+        host: str | None = None,
+        extra: list[str] | None = None,
+        metrics: bool = False,
+    ) -> None:
         port = self.osd_ports.setdefault(i, free_dual_port())
+        if metrics:
+            metrics_port = self.metrics_ports.setdefault(f"osd.{i}", free_port())
+            extra = [*(extra or []), "--metrics", f"127.0.0.1:{metrics_port}"]
         self._spawn(
             f"osd.{i}",
             [
@@ -143,6 +165,10 @@ class Cluster:
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def metrics_url(self, name: str, path: str = "/metrics") -> str:
+        """URL on the --metrics port of a process started with metrics=True."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}{path}"
 
     # --- helpers -----------------------------------------------------------------------
 

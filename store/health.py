@@ -1,0 +1,332 @@
+"""Cluster health: what is wrong, how badly, and what to do about it.
+
+The master's ``status`` answer (the map, each up daemon's latest heartbeat report and the
+master's own figures) is turned into a :class:`ClusterView`, and :func:`evaluate` derives
+the health checks from it — pure functions, used alike by ``store status``,
+``store health detail``, the master's dashboard and its metrics. Each check has a code
+(as Ceph's ``OSD_DOWN``, ``PG_DEGRADED``), a severity, a one-line summary, one line per
+affected thing, and advice an operator can act on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from store.placement import ClusterMap, acting_set
+
+OK, WARN, ERR = "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"
+_RANK = {OK: 0, WARN: 1, ERR: 2}
+
+CLOCK_SKEW_WARN = 1.0  # seconds between a daemon's clock and the master's
+DEFAULT_NEARFULL_RATIO = 0.85
+DEFAULT_FULL_RATIO = 0.95
+INACTIVE_STATES = ("down", "peering", "unknown")
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    code: str
+    severity: str
+    summary: str
+    detail: tuple[str, ...]
+    advice: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "summary": self.summary,
+            "detail": list(self.detail),
+            "advice": self.advice,
+        }
+
+
+@dataclass
+class ClusterView:
+    """The master's ``status`` answer, decoded once."""
+
+    map: ClusterMap
+    reports: dict[int, dict[str, Any]]  # up daemons' latest heartbeat reports
+    master: dict[str, Any] = field(default_factory=dict)
+    pg_states: Counter[str] = field(default_factory=Counter)
+    total_pgs: int = 0
+
+    @classmethod
+    def from_status(cls, result: dict[str, Any]) -> ClusterView:
+        reports = {int(k): _dict(v) for k, v in result.get("reports", {}).items()}
+        master = _dict(result.get("master"))
+        return cls.build(ClusterMap.from_wire(result["map"]), reports, master)
+
+    @classmethod
+    def build(
+        cls, m: ClusterMap, reports: dict[int, dict[str, Any]], master: dict[str, Any]
+    ) -> ClusterView:
+        """From a map object (whose placement is computed once and cached on it)."""
+        view = cls(map=m, reports=reports, master=dict(master))
+        states: Counter[str] = Counter()
+        for report in reports.values():
+            states.update(_int_counts(report.get("pgs")))
+        view.total_pgs = sum(p.pg_num for p in m.pools.values())
+        down = sum(
+            1 for p in m.pools.values() for pg in range(p.pg_num) if not acting_set(m, p.id, pg)
+        )
+        if down:
+            states["down"] += down
+        unknown = view.total_pgs - sum(states.values())
+        if unknown > 0:
+            states["unknown"] += unknown
+        view.pg_states = states
+        return view
+
+    def usage(self) -> dict[str, int]:
+        used = sum(_num(_dict(r.get("usage")).get("bytes")) for r in self.reports.values())
+        objects = sum(_num(_dict(r.get("usage")).get("objects")) for r in self.reports.values())
+        return {"objects": int(objects), "bytes": int(used)}
+
+    def disk(self, osd_id: int) -> tuple[float, float] | None:
+        """(total, available) bytes of a daemon's disk, from its report."""
+        usage = _dict(self.reports.get(osd_id, {}).get("usage"))
+        total, avail = _num(usage.get("disk_total")), _num(usage.get("disk_avail"))
+        return (total, min(total, max(0.0, avail))) if total > 0 else None
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _dict(value: object) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int_counts(raw: object) -> Counter[str]:
+    out: Counter[str] = Counter()
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if isinstance(k, str) and isinstance(v, int):
+                out[k] += v
+    return out
+
+
+def _osds(ids: list[int]) -> str:
+    return ", ".join(f"osd.{i}" for i in ids)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --- the checks --------------------------------------------------------------------------
+
+
+def _osd_down(v: ClusterView) -> Iterator[HealthCheck]:
+    down = sorted(o.id for o in v.map.osds.values() if not o.up and o.in_)
+    if not down:
+        return
+    all_down = len(down) == sum(1 for o in v.map.osds.values() if o.in_)
+    yield HealthCheck(
+        "OSD_DOWN",
+        ERR if all_down else WARN,
+        f"{_plural(len(down), 'daemon')} down: {_osds(down)}",
+        tuple(f"osd.{i} on host {v.map.osds[i].host} ({v.map.osds[i].addr}) is down" for i in down),
+        "Start it again (`systemctl start store-osd@DISK` on its host; its log says why it "
+        "stopped). Its PGs run degraded meanwhile. If its disk is lost, run "
+        "`store osd out ID` so that its data is copied to other daemons.",
+    )
+
+
+def _osd_out(v: ClusterView) -> Iterator[HealthCheck]:
+    out = sorted(o.id for o in v.map.osds.values() if not o.in_)
+    if out:
+        yield HealthCheck(
+            "OSD_OUT",
+            WARN,
+            f"{_plural(len(out), 'daemon')} out: {_osds(out)}",
+            tuple(f"osd.{i} is out{' and down' if not v.map.osds[i].up else ''}" for i in out),
+            "An out daemon holds no data. Once it is sound again, `store osd in ID`; a daemon "
+            "being retired stays out until its disk is wiped.",
+        )
+
+
+def _pgs(v: ClusterView) -> Iterator[HealthCheck]:
+    inactive = {s: n for s, n in v.pg_states.items() if s in INACTIVE_STATES and n}
+    if inactive:
+        n = sum(inactive.values())
+        yield HealthCheck(
+            "PG_AVAILABILITY",
+            ERR if "down" in inactive else WARN,
+            f"{_plural(n, 'pg')} inactive ("
+            + ", ".join(f"{c} {s}" for s, c in sorted(inactive.items()))
+            + ")",
+            tuple(f"{c} pgs {s}" for s, c in sorted(inactive.items())),
+            "Clients wait on these PGs. `down`: no daemon of the PG is up; start its daemons. "
+            "`peering` and `unknown` settle within seconds after a change; if they stay, "
+            "read the logs of the daemons involved.",
+        )
+    degraded = sum(n for s, n in v.pg_states.items() if "degraded" in s.split("+"))
+    recovering = sum(n for s, n in v.pg_states.items() if "recovering" in s.split("+"))
+    affected = sum(
+        n for s, n in v.pg_states.items() if {"degraded", "recovering"} & set(s.split("+"))
+    )
+    if affected:
+        parts = [f"{degraded} degraded"] if degraded else []
+        if recovering:
+            parts.append(f"{recovering} recovering")
+        yield HealthCheck(
+            "PG_DEGRADED",
+            WARN,
+            f"{_plural(affected, 'pg')} with too few up-to-date copies ({', '.join(parts)})",
+            tuple(
+                f"{n} pgs {s}"
+                for s, n in sorted(v.pg_states.items())
+                if {"degraded", "recovering"} & set(s.split("+"))
+            ),
+            "Recovery runs by itself: watch it finish with `store status`. Degraded PGs "
+            "lack a copy because a daemon is down: bring it back, or mark it out "
+            "(`store osd out ID`) so the copies are made elsewhere.",
+        )
+
+
+def _checksums(v: ClusterView) -> Iterator[HealthCheck]:
+    bad = {i: int(_num(r.get("checksum_errors"))) for i, r in v.reports.items()}
+    bad = {i: n for i, n in bad.items() if n}
+    if bad:
+        yield HealthCheck(
+            "OSD_CHECKSUM_ERRORS",
+            ERR,
+            f"{_plural(len(bad), 'daemon')} read damaged data: {_osds(sorted(bad))}",
+            tuple(f"osd.{i}: {n} blocks failed their checksum" for i, n in sorted(bad.items())),
+            "The disk returned bytes that do not match their checksum (clients got EIO, "
+            "never wrong data). Check the disk (`smartctl -a`, `dmesg`); if it is failing, "
+            "`store osd out ID`, wait for HEALTH_OK, then replace it.",
+        )
+
+
+def _fullness(v: ClusterView) -> Iterator[HealthCheck]:
+    full: list[str] = []
+    near: list[str] = []
+    full_ids: list[int] = []
+    near_ids: list[int] = []
+    for i, report in sorted(v.reports.items()):
+        disk = v.disk(i)
+        if disk is None:
+            continue
+        total, avail = disk
+        used = 1 - avail / total
+        full_ratio = _num(report.get("full_ratio")) or DEFAULT_FULL_RATIO
+        near_ratio = _num(report.get("nearfull_ratio")) or DEFAULT_NEARFULL_RATIO
+        line = f"osd.{i} is {used:.0%} full"
+        if report.get("full") is True:
+            full.append(f"{line} (full_ratio {full_ratio:.0%}): writes refused")
+            full_ids.append(i)
+        elif report.get("nearfull") is True or used >= near_ratio:
+            near.append(f"{line} (nearfull_ratio {near_ratio:.0%}, full at {full_ratio:.0%})")
+            near_ids.append(i)
+    if full:
+        yield HealthCheck(
+            "OSD_FULL",
+            ERR,
+            f"{_plural(len(full), 'daemon')} full, writes refused: {_osds(full_ids)}",
+            tuple(full),
+            "Writes to PGs with a copy on a full daemon fail with ENOSPC; reads and deletes "
+            "still work. Delete data, add daemons, or lower the full daemon's weight "
+            "(`store osd reweight ID 0.8`) so that data moves off it.",
+        )
+    if near:
+        yield HealthCheck(
+            "OSD_NEARFULL",
+            WARN,
+            f"{_plural(len(near), 'daemon')} nearly full: {_osds(near_ids)}",
+            tuple(near),
+            "Add capacity (new daemons or disks) or delete data before these reach "
+            "full_ratio, when writes stop.",
+        )
+
+
+def _clock_skew(v: ClusterView) -> Iterator[HealthCheck]:
+    skewed = {
+        i: _num(r.get("clock_skew"))
+        for i, r in v.reports.items()
+        if abs(_num(r.get("clock_skew"))) > CLOCK_SKEW_WARN
+    }
+    if skewed:
+        yield HealthCheck(
+            "CLOCK_SKEW",
+            WARN,
+            f"clock skew on {_osds(sorted(skewed))}",
+            tuple(
+                f"osd.{i}'s clock is {abs(s):.1f} s {'ahead of' if s > 0 else 'behind'} the master's"
+                for i, s in sorted(skewed.items())
+            ),
+            "Run NTP on every machine (chrony or systemd-timesyncd). Past 300 s of skew, "
+            "daemons refuse clients' tickets.",
+        )
+
+
+def _ticket_keys(v: ClusterView) -> Iterator[HealthCheck]:
+    current = v.master.get("service_key_gen")
+    if not isinstance(current, int):
+        return
+    stale = {
+        i: int(_num(r.get("service_key_gen")))
+        for i, r in v.reports.items()
+        if isinstance(r.get("service_key_gen"), int) and r["service_key_gen"] < current
+    }
+    if stale:
+        yield HealthCheck(
+            "AUTH_KEYS_STALE",
+            WARN,
+            f"{_plural(len(stale), 'daemon')} cannot open new tickets: {_osds(sorted(stale))}",
+            tuple(
+                f"osd.{i} has service keys up to generation {g}; the master seals tickets "
+                f"with generation {current}"
+                for i, g in sorted(stale.items())
+            ),
+            "These daemons missed a key rotation, so clients with fresh tickets are refused "
+            "there and the tickets they still accept are about to expire. Check the daemon's "
+            "link to the master (its log, the network); restarting it fetches the keys.",
+        )
+
+
+CHECKS: tuple[Callable[[ClusterView], Iterator[HealthCheck]], ...] = (
+    _osd_down,
+    _osd_out,
+    _pgs,
+    _checksums,
+    _fullness,
+    _clock_skew,
+    _ticket_keys,
+)
+
+
+def evaluate(view: ClusterView) -> list[HealthCheck]:
+    """Every health check that fails, most severe first."""
+    checks = [check for fn in CHECKS for check in fn(view)]
+    return sorted(checks, key=lambda c: -_RANK[c.severity])
+
+
+def overall(checks: list[HealthCheck]) -> str:
+    return max((c.severity for c in checks), key=_RANK.__getitem__, default=OK)
+
+
+def severity_value(severity: str) -> int:
+    """0, 1, 2 for OK, WARN, ERR (the value of the health metric)."""
+    return _RANK[severity]
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def render_detail(checks: list[HealthCheck]) -> str:
+    lines = [overall(checks)]
+    for c in checks:
+        lines.append(f"[{c.severity.removeprefix('HEALTH_')}] {c.code}: {c.summary}")
+        lines.extend(f"    {d}" for d in c.detail)
+        lines.append(f"    what to do: {c.advice}")
+    return "\n".join(lines)
+
+
+def render_summary(checks: list[HealthCheck]) -> str:
+    return "\n".join([overall(checks), *(f"{c.code}: {c.summary}" for c in checks)])

@@ -1,0 +1,158 @@
+"""Health checks from a master's status answer: which fire, how badly, and what they say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from store import health
+from store.health import ClusterView, evaluate, overall, render_detail, render_summary
+from store.placement import ClusterMap, OsdInfo, PoolSpec
+from store.status import render, summarize
+
+GiB = 1024**3
+
+
+def cluster_map(up: tuple[bool, ...] = (True, True, True), out: tuple[int, ...] = ()) -> ClusterMap:
+    osds = {
+        i: OsdInfo(
+            id=i,
+            uuid=f"u{i}",
+            host=f"host{i}",
+            addr=f"10.0.0.{i}:6800",
+            peer_addr=f"10.0.0.{i}:6800",
+            cert_name="osd",
+            weight=1.0,
+            up=is_up,
+            in_=i not in out,
+        )
+        for i, is_up in enumerate(up)
+    }
+    pools = {1: PoolSpec(id=1, name="default", size=3, min_size=2, pg_num=8, seed=7)}
+    return ClusterMap(epoch=9, fsid="f", created=0.0, osds=osds, pools=pools)
+
+
+def report(pgs: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "pgs": pgs if pgs is not None else {},
+        "usage": {"objects": 10, "bytes": 1000, "disk_total": 100 * GiB, "disk_avail": 60 * GiB},
+        "full": False,
+        "nearfull": False,
+        "full_ratio": 0.95,
+        "nearfull_ratio": 0.85,
+        "checksum_errors": 0,
+        "clock_skew": 0.01,
+        "service_key_gen": 3,
+    }
+    r.update(extra)
+    return r
+
+
+def status(m: ClusterMap, reports: dict[int, dict[str, Any]], key_gen: int = 3) -> dict[str, Any]:
+    return {
+        "map": m.to_wire(),
+        "reports": {str(k): v for k, v in reports.items()},
+        "master": {"time": 1.0, "service_key_gen": key_gen},
+    }
+
+
+def healthy_reports() -> dict[int, dict[str, Any]]:
+    return {
+        0: report({"active+clean": 3}),
+        1: report({"active+clean": 3}),
+        2: report({"active+clean": 2}),
+    }
+
+
+def codes(result: dict[str, Any]) -> dict[str, str]:
+    return {c.code: c.severity for c in evaluate(ClusterView.from_status(result))}
+
+
+def test_a_healthy_cluster_has_no_checks() -> None:
+    result = status(cluster_map(), healthy_reports())
+    assert evaluate(ClusterView.from_status(result)) == []
+    s = summarize(result)
+    assert s["health"] == "HEALTH_OK" and s["warnings"] == []
+    assert s["pgs"] == {"total": 8, "states": {"active+clean": 8}}
+    assert s["usage"] == {"objects": 30, "bytes": 3000}
+    assert "health: HEALTH_OK" in render(s)
+    assert render_summary([]) == "HEALTH_OK"
+
+
+def test_a_daemon_down_degrades_pgs() -> None:
+    reports = {0: report({"active+degraded": 4}), 1: report({"active+degraded": 4})}
+    result = status(cluster_map(up=(True, True, False)), reports)
+    found = codes(result)
+    assert found == {"OSD_DOWN": "HEALTH_WARN", "PG_DEGRADED": "HEALTH_WARN"}
+    checks = evaluate(ClusterView.from_status(result))
+    down = next(c for c in checks if c.code == "OSD_DOWN")
+    assert down.summary == "1 daemon down: osd.2"
+    assert down.detail == ("osd.2 on host host2 (10.0.0.2:6800) is down",)
+    assert "store osd out" in down.advice
+    text = render(summarize(result))
+    assert "OSD_DOWN: 1 daemon down: osd.2" in text
+    assert "what to do: Start it again" in text
+    detail = render_detail(checks)
+    assert detail.startswith("HEALTH_WARN\n[WARN] OSD_DOWN")
+    assert "    what to do:" in detail
+
+
+def test_every_daemon_down_is_an_error_and_pgs_are_down() -> None:
+    result = status(cluster_map(up=(False, False, False)), {})
+    found = codes(result)
+    assert found["OSD_DOWN"] == "HEALTH_ERR"
+    assert found["PG_AVAILABILITY"] == "HEALTH_ERR"
+    view = ClusterView.from_status(result)
+    assert view.pg_states == {"down": 8}
+    assert overall(evaluate(view)) == "HEALTH_ERR"
+
+
+def test_missing_reports_are_unknown_pgs() -> None:
+    result = status(cluster_map(), {0: report({"active+clean": 3})})
+    assert codes(result) == {"PG_AVAILABILITY": "HEALTH_WARN"}
+    assert ClusterView.from_status(result).pg_states["unknown"] == 5
+
+
+def test_out_daemons_warn() -> None:
+    result = status(cluster_map(up=(True, True, False), out=(2,)), healthy_reports())
+    found = codes(result)
+    assert "OSD_OUT" in found and "OSD_DOWN" not in found  # down and out: only out
+
+
+def test_full_and_nearfull() -> None:
+    reports = healthy_reports()
+    reports[0].update(full=True)
+    reports[0]["usage"]["disk_avail"] = 4 * GiB
+    reports[1]["usage"]["disk_avail"] = 10 * GiB  # 90% used: above nearfull_ratio
+    found = codes(status(cluster_map(), reports))
+    assert found == {"OSD_FULL": "HEALTH_ERR", "OSD_NEARFULL": "HEALTH_WARN"}
+    checks = evaluate(ClusterView.from_status(status(cluster_map(), reports)))
+    full = next(c for c in checks if c.code == "OSD_FULL")
+    assert full.detail == ("osd.0 is 96% full (full_ratio 95%): writes refused",)
+    assert checks[0].code == "OSD_FULL"  # errors first
+
+
+def test_clock_skew_checksums_and_stale_keys() -> None:
+    reports = healthy_reports()
+    reports[1]["clock_skew"] = -2.5
+    reports[2]["checksum_errors"] = 4
+    reports[0]["service_key_gen"] = 2
+    checks = evaluate(ClusterView.from_status(status(cluster_map(), reports)))
+    by_code = {c.code: c for c in checks}
+    assert set(by_code) == {"CLOCK_SKEW", "OSD_CHECKSUM_ERRORS", "AUTH_KEYS_STALE"}
+    assert by_code["CLOCK_SKEW"].detail == ("osd.1's clock is 2.5 s behind the master's",)
+    assert "NTP" in by_code["CLOCK_SKEW"].advice
+    assert by_code["OSD_CHECKSUM_ERRORS"].severity == health.ERR
+    assert "generation 2" in by_code["AUTH_KEYS_STALE"].detail[0]
+
+
+def test_hostile_report_values_do_not_break_health() -> None:
+    reports: dict[int, dict[str, Any]] = {
+        0: {"pgs": {"active+clean": "x", 3: 1}, "usage": "nonsense", "clock_skew": "far"},
+        1: {"pgs": ["active+clean"], "usage": {"disk_total": True, "disk_avail": None}},
+        2: report({"active+clean": 2}),
+    }
+    view = ClusterView.from_status(status(cluster_map(), reports))
+    checks = evaluate(view)
+    assert {c.code for c in checks} == {"PG_AVAILABILITY"}
+    assert view.usage() == {"objects": 10, "bytes": 1000}
+    assert [c.to_wire()["code"] for c in checks] == ["PG_AVAILABILITY"]
