@@ -59,6 +59,9 @@ from store.wire.datagram import (
 log = logging.getLogger("store.client")
 
 Address = tuple[str, int]
+# Sends in a row to one daemon that meet no answer at all before the session is given up
+# and a new one begun (each waits one retransmission timeout, with backoff).
+REHELLO_AFTER = 6
 
 
 class DatagramSocket(Protocol):
@@ -140,6 +143,7 @@ class DaemonLink:
     window: trio.Semaphore
     rtt: RttEstimator = field(default_factory=RttEstimator)
     session: _ClientSession | None = None
+    unanswered: int = 0  # sends in a row that met no answer at all
     hello_lock: trio.Lock = field(default_factory=trio.Lock)
     hello_waiter: _Waiter | None = None
 
@@ -153,6 +157,7 @@ class TransportStats:
     timeouts: int = 0
     dropped: int = 0
     resets: int = 0
+    rehellos: int = 0  # new sessions begun after a run of unanswered sends
     datagrams_sent: int = 0
     datagrams_received: int = 0
     bytes_sent: int = 0
@@ -304,7 +309,12 @@ class Transport:
             return link.session
 
     async def _exchange(
-        self, link: DaemonLink, waiter: _Waiter, make: Callable[[], bytes], deadline: float
+        self,
+        link: DaemonLink,
+        waiter: _Waiter,
+        make: Callable[[], bytes],
+        deadline: float,
+        session: _ClientSession | None = None,
     ) -> dict[Any, Any]:
         """Send, wait one RTO, resend with backoff until answered or the deadline passes.
 
@@ -328,6 +338,7 @@ class Transport:
             if waiter.reset:
                 raise _SessionReset()
             if waiter.reply is not None:
+                link.unanswered = 0
                 if waiter.reply.get("r") == Code.INPROGRESS:
                     waiter.reply, waiter.event = None, trio.Event()
                     first, send, acknowledged = False, False, True
@@ -347,6 +358,19 @@ class Transport:
             first, send = False, True
             self.stats.retransmits += 1
             link.rtt.timed_out()
+            if session is not None:
+                if link.session is not session:
+                    raise _SessionReset()  # another request already started a new session
+                link.unanswered += 1
+                if link.unanswered >= REHELLO_AFTER:
+                    # Not a word back for many sends: the daemon may have lost our session
+                    # without a RESET reaching us (restarted, and our session id now names
+                    # another client's session), so it drops everything we send. Start a
+                    # new session; the request keeps its id, so a write it already applied
+                    # is recognised.
+                    link.session, link.unanswered = None, 0
+                    self.stats.rehellos += 1
+                    raise _SessionReset()
 
     def new_request_id(self) -> int:
         self._next_request += 1
@@ -392,7 +416,7 @@ class Transport:
                     )
 
                 try:
-                    reply = await self._exchange(link, waiter, make, deadline)
+                    reply = await self._exchange(link, waiter, make, deadline, session)
                     self.stats.latency.observe(trio.current_time() - started)
                     code = reply.get("r")
                     self.stats.replies[code if isinstance(code, int) else -1] += 1

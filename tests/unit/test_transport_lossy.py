@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from store import auth
-from store.client.transport import Address, RttEstimator, Transport
+from store.client.transport import REHELLO_AFTER, Address, RttEstimator, Transport
 from store.errors import ClientTimeout, Code, MalformedDatagram, ProtocolError
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
 from store.wire.datagram import DatagramType, Header, parse_header_untrusted
@@ -128,6 +128,9 @@ class CounterDaemon:
         self.dropped: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
         self.answer_requests = True
+        self.reset_unknown = True  # False: drop unknown sessions silently, no RESET
+        self.results: dict[int, int] = {}  # request id -> value, across sessions
+        self.working: set[int] = set()
         self.sessions = self._new_table()
         self._nursery: trio.Nursery | None = None
 
@@ -161,7 +164,8 @@ class CounterDaemon:
             session, header, body = sessions.open_request_untrusted(data, header)
         except (UnknownSession, ExpiredSession):
             self.dropped["unknown_session"] += 1
-            await self.sock.sendto(sessions.reset_for(header, EPOCH), address)
+            if self.reset_unknown:
+                await self.sock.sendto(sessions.reset_for(header, EPOCH), address)
             return
         except Replayed:
             self.dropped["replay"] += 1
@@ -184,12 +188,19 @@ class CounterDaemon:
             self.served["incr_cached"] += 1
             await self.sock.sendto(cached, address)
             return
-        if header.request_id in session.in_progress:
+        if header.request_id in self.results:
+            # A repeat on a new session: recognised by its id, as the PG log does.
+            self.served["incr_logged"] += 1
+            value = self.results[header.request_id]
+            await self._reply(session, header, address, {"r": 0, "v": value})
+            return
+        if header.request_id in session.in_progress or header.request_id in self.working:
             # As the real daemon does: "still working on it", so the client waits.
             self.served["incr_in_progress"] += 1
             await self._reply(session, header, address, {"r": int(Code.INPROGRESS)})
             return
         session.in_progress.add(header.request_id)
+        self.working.add(header.request_id)
         assert self._nursery is not None
         self._nursery.start_soon(self._increment, session, header, address, key)
 
@@ -200,6 +211,8 @@ class CounterDaemon:
         await trio.sleep(self.rng.uniform(2.5, 4.0) if slow else self.rng.uniform(0, 0.2))
         self.counters[key] += 1
         self.applied += 1
+        self.results[header.request_id] = self.counters[key]
+        self.working.discard(header.request_id)
         session.in_progress.discard(header.request_id)
         self.served["incr"] += 1
         datagram = await self._reply(session, header, address, {"r": 0, "v": self.counters[key]})
@@ -385,6 +398,28 @@ async def test_requests_in_flight_during_a_restart_all_recover(
         nursery.cancel_scope.cancel()
     assert got == [1] * 10
     assert rig.transport.stats.timeouts == 0
+
+
+async def test_client_starts_a_new_session_when_a_daemon_goes_silent_on_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The daemon restarted and no RESET reaches the client (here: none is sent, as when
+    # our session id now names another client's session and our datagrams fail its MAC).
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=5, drop=0.0, duplicate=0.0)
+        assert await rig.call({"op": "incr", "key": "a"}) == 1
+        hellos = rig.daemon.served["hello"]
+        rig.daemon.restart()
+        rig.daemon.reset_unknown = False
+        start = trio.current_time()
+        assert await rig.call({"op": "incr", "key": "a"}, timeout=120.0) == 2
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert rig.transport.stats.rehellos == 1
+    assert rig.daemon.served["hello"] == hellos + 1
+    assert rig.daemon.dropped["unknown_session"] == REHELLO_AFTER
+    assert took < 60.0  # long before the deadline
+    assert rig.daemon.counters["a"] == 2
 
 
 def test_rtt_estimator_backs_off_to_the_maximum_and_a_sample_resets_it() -> None:
