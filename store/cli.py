@@ -18,6 +18,7 @@ def _register() -> None:
     from store.configfile import config_group
     from store.gateways.http.cli import http_group
     from store.gateways.nbd.cli import nbd_group
+    from store.gateways.s3.cli import s3_group
     from store.image.cli import image_group
     from store.master.cli import master_command
     from store.osd.cli import file_store_command, osd_group
@@ -44,6 +45,7 @@ def _register() -> None:
         image_group,
         nbd_group,
         http_group,
+        s3_group,
     ):
         main.add_command(command)
     for name, command in client_cli.osd_admin_group.commands.items():

@@ -1,0 +1,169 @@
+"""Buckets: the directory (omap of ``s3.buckets``) and the life of a bucket's index.
+
+A bucket is born with its index shards: the shards are created first, under a fresh
+bucket id, and the name is claimed in the directory afterwards by compare-and-set, so a
+name is taken once cluster-wide and a bucket in the directory always had its shards. A
+bucket dies the other way round: each shard is deleted on condition that its version is
+the one at which it was seen empty (a PUT that lands in between changes the version and
+the delete is refused: BucketNotEmpty, with the shards already deleted re-created), and
+only then is the name released. Writers publish into a shard on condition that it exists,
+so nothing can be published into a bucket being deleted.
+
+Gateways remember bucket records for ``BUCKET_TTL`` seconds. A stale record is harmless:
+its shards are gone, which every index operation notices (:class:`Gone`), and the caller
+then asks again.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from store.errors import Code, RemoteError
+from store.gateways.s3 import errors
+from store.gateways.s3.backend import Backend, Gone, cluster_error
+from store.gateways.s3.layout import BUCKETS, Bucket, User
+
+BUCKET_TTL = 5.0
+
+
+class Buckets:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._cache: dict[str, tuple[float, Bucket | None]] = {}
+
+    async def get(self, name: str, *, fresh: bool = False) -> Bucket | None:
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if not fresh and cached is not None and now - cached[0] < BUCKET_TTL:
+            return cached[1]
+        try:
+            raw = (await self.backend.omap_get(BUCKETS, [f"b.{name}"])).get(f"b.{name}")
+        except Gone:
+            raw = None
+        bucket = Bucket.from_bytes(raw) if raw is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[name] = (now, bucket)
+        return bucket
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+
+    async def require(self, name: str) -> Bucket:
+        bucket = await self.get(name)
+        if bucket is None:
+            raise errors.no_such_bucket(name)
+        return bucket
+
+    async def all(self) -> list[Bucket]:
+        found: list[Bucket] = []
+        after: str | None = None
+        while True:
+            try:
+                page, more = await self.backend.omap_page(BUCKETS, after, 1000, "b.")
+            except Gone:
+                return []
+            found.extend(Bucket.from_bytes(raw) for _, raw in page)
+            if not more or not page:
+                return found
+            after = page[-1][0]
+
+    async def create(self, name: str, owner: User, *, region: str, acl: str, shards: int) -> Bucket:
+        bucket = Bucket(
+            name=name,
+            id=secrets.token_hex(8),
+            owner=owner.name,
+            owner_id=owner.id,
+            created=time.time(),
+            region=region,
+            shards=shards,
+            acl=acl,
+        )
+        existing = await self.get(name, fresh=True)
+        if existing is not None:
+            raise self._taken(existing, owner)
+        await self._create_shards(bucket)
+
+        def claim(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], Bucket | None]:
+            raw = current.get(f"b.{name}")
+            if raw is not None:
+                return {}, Bucket.from_bytes(raw)
+            return {f"b.{name}": bucket.to_bytes()}, None
+
+        taken = await self.backend.compare_and_set(BUCKETS, [f"b.{name}"], claim)
+        if taken is not None:
+            await self._delete_shards(bucket.shard_names())
+            raise self._taken(taken, owner)
+        self._cache[name] = (time.monotonic(), bucket)
+        return bucket
+
+    @staticmethod
+    def _taken(existing: Bucket, owner: User) -> errors.S3Error:
+        if existing.owner_id == owner.id:
+            return errors.bucket_already_owned_by_you(existing.name)
+        return errors.bucket_already_exists(existing.name)
+
+    async def _create_shards(self, bucket: Bucket) -> None:
+        async with trio.open_nursery() as nursery:
+            for shard in bucket.shard_names():
+                nursery.start_soon(self.backend.create, shard)
+
+    async def _delete_shards(self, names: list[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            for shard in names:
+                nursery.start_soon(self.backend.delete, shard)
+
+    async def set_acl(self, bucket: Bucket, acl: str) -> None:
+        await self._change(bucket, acl=acl)
+
+    async def set_tags(self, bucket: Bucket, tags: dict[str, str]) -> None:
+        await self._change(bucket, tags=tags)
+
+    async def _change(self, bucket: Bucket, **changes: Any) -> None:
+        def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
+            raw = current.get(f"b.{bucket.name}")
+            if raw is None or Bucket.from_bytes(raw).id != bucket.id:
+                raise errors.no_such_bucket(bucket.name)
+            changed = replace(Bucket.from_bytes(raw), **changes)
+            return {f"b.{bucket.name}": changed.to_bytes()}, None
+
+        await self.backend.compare_and_set(BUCKETS, [f"b.{bucket.name}"], update)
+        self.forget(bucket.name)
+
+    async def delete(self, bucket: Bucket) -> None:
+        """Delete an empty bucket; raises BucketNotEmpty (changing nothing) otherwise."""
+        deleted: list[str] = []
+        try:
+            for shard in bucket.shard_names():
+                try:
+                    reply = await self.backend.execute(shard, [["omap_list", None, 1, ""]])
+                except RemoteError as exc:
+                    if exc.code == Code.ENOENT:
+                        continue  # an earlier, interrupted deletion got this far
+                    raise cluster_error(exc) from None
+                if reply["res"][0]["entries"]:
+                    raise errors.bucket_not_empty(bucket.name)
+                try:
+                    await self.backend.delete(shard, {"version": list(reply["v"])})
+                except RemoteError:  # ECANCELED: written to since it was seen empty
+                    raise errors.bucket_not_empty(bucket.name) from None
+                deleted.append(shard)
+        except errors.S3Error:
+            for shard in deleted:
+                await self.backend.create(shard)
+            raise
+
+        def release(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
+            raw = current.get(f"b.{bucket.name}")
+            if raw is not None and Bucket.from_bytes(raw).id == bucket.id:
+                return {f"b.{bucket.name}": None}, None
+            return {}, None
+
+        await self.backend.compare_and_set(BUCKETS, [f"b.{bucket.name}"], release)
+        self.forget(bucket.name)

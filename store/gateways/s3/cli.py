@@ -1,0 +1,383 @@
+"""``store s3 ...``: run the gateway, manage S3 users and keys, collect garbage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from store.client.api import Client
+from store.client.cli import client_options, with_client
+from store.client.config import ClientConfig
+from store.errors import Code, RemoteError
+from store.gateways.s3.backend import Backend
+from store.gateways.s3.gateway import Gateway, Settings
+from store.gateways.s3.handler import make_handler
+from store.gateways.s3.layout import DEFAULT_INDEX_SHARDS
+from store.gateways.s3.users import UserError, Users
+from store.placement import UnknownPool
+from store.rpc import parse_hostport
+
+log = logging.getLogger("store.s3")
+T = TypeVar("T")
+
+
+def pool_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--pool-pg-num",
+        default=64,
+        show_default=True,
+        help="Placement groups of the pool, when it has to be created.",
+    )(fn)
+    fn = click.option(
+        "--pool-size",
+        default=None,
+        type=int,
+        help="Replicas of the pool, when it has to be created (default: 3, or fewer daemons).",
+    )(fn)
+    return click.option(
+        "--pool",
+        default="s3",
+        show_default=True,
+        help="The pool that holds users, buckets and objects (created if missing).",
+    )(fn)
+
+
+async def ensure_pool(client: Client, pool: str, size: int | None, pg_num: int) -> None:
+    """Create the gateway's pool when the cluster has none of that name."""
+    try:
+        client.pool(pool)
+        return
+    except UnknownPool:
+        pass
+    if size is None:
+        size = max(1, min(3, sum(1 for osd in client.map.osds.values() if osd.up)))
+    try:
+        result = await client.master.call(
+            "pool_create", {"name": pool, "size": size, "pg_num": pg_num}
+        )
+    except RemoteError as exc:
+        if exc.code != Code.EEXIST:
+            raise click.ClickException(
+                f"pool {pool!r} does not exist and could not be created ({exc}): create it "
+                f"with `store pool create {pool}` or use a key with admin rights"
+            ) from None
+        result = {"epoch": 0}
+    await client.master.refresh_map(int(result.get("epoch", 0)))
+    while True:
+        try:
+            client.pool(pool)
+            return
+        except UnknownPool:
+            await client.master.wait_for_map_change(1.0)
+
+
+def run_with_pool(
+    config: ClientConfig,
+    pool: str,
+    size: int | None,
+    pg_num: int,
+    fn: Callable[[Backend], Awaitable[T]],
+) -> T:
+    async def main(client: Client) -> T:
+        await ensure_pool(client, pool, size, pg_num)
+        return await fn(Backend(client, pool))
+
+    try:
+        return with_client(config, main)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("s3")
+def s3_group() -> None:
+    """The S3 gateway and its users."""
+
+
+@s3_group.command("serve")
+@click.option(
+    "--listen", default="127.0.0.1:7480", show_default=True, help="HOST:PORT to serve on."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="Serve HTTPS with this certificate (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, path_type=Path),
+    help="The certificate's private key (PEM).",
+)
+@click.option(
+    "--region", default="us-east-1", show_default=True, help="The region clients sign for."
+)
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    help="Serve virtual-host-style requests for BUCKET.DOMAIN (repeatable).",
+)
+@click.option(
+    "--index-shards",
+    default=DEFAULT_INDEX_SHARDS,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Index shards of new buckets.",
+)
+@click.option(
+    "--gc-delay",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds before overwritten or deleted data is freed.",
+)
+@pool_option
+@client_options
+def serve_command(
+    config: ClientConfig,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    region: str,
+    domains: tuple[str, ...],
+    index_shards: int,
+    gc_delay: float,
+    pool: str,
+    pool_size: int | None,
+    pool_pg_num: int,
+) -> None:
+    """Serve the S3 API on HOST:PORT."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    host, port = parse_hostport(listen)
+    context = None
+    if tls_cert is not None and tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(tls_cert), str(tls_key))
+    settings = Settings(
+        region=region,
+        domains=tuple(d.lower().strip(".") for d in domains),
+        index_shards=index_shards,
+        gc_delay=gc_delay,
+    )
+
+    async def main(client: Client) -> None:
+        from store.gateways.web.server import serve
+
+        await ensure_pool(client, pool, pool_size, pool_pg_num)
+        async with trio.open_nursery() as nursery:
+            gateway = Gateway(Backend(client, pool), settings, nursery)
+            nursery.start_soon(gateway.collector.run)
+            bound = await nursery.start(
+                lambda task_status: serve(
+                    make_handler(gateway), host, port, ssl_context=context, task_status=task_status
+                )
+            )
+            log.warning(
+                "S3 gateway on %s://%s:%d (pool %s, region %s)",
+                "https" if context else "http",
+                host,
+                bound,
+                pool,
+                region,
+            )
+
+    with_client(config, main)
+
+
+# --- users and keys -------------------------------------------------------------------------
+
+
+@s3_group.group("user")
+def user_group() -> None:
+    """S3 users (they live in the cluster)."""
+
+
+@user_group.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pool_option
+@client_options
+def user_create(
+    config: ClientConfig,
+    name: str,
+    as_json: bool,
+    pool: str,
+    pool_size: int | None,
+    pool_pg_num: int,
+) -> None:
+    """Create user NAME and print its first access key and secret."""
+
+    async def create(backend: Backend) -> Any:
+        return await Users(backend).create(name)
+
+    user, key = run_with_pool(config, pool, pool_size, pool_pg_num, create)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "user": user.name,
+                    "id": user.id,
+                    "access_key": key.access_key,
+                    "secret_key": key.secret,
+                }
+            )
+        )
+    else:
+        click.echo(f"user:       {user.name}\nid:         {user.id}")
+        click.echo(f"access key: {key.access_key}\nsecret key: {key.secret}")
+
+
+@user_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pool_option
+@client_options
+def user_ls(
+    config: ClientConfig, as_json: bool, pool: str, pool_size: int | None, pool_pg_num: int
+) -> None:
+    """List users and their access keys (not their secrets)."""
+
+    async def listing(backend: Backend) -> Any:
+        return await Users(backend).all()
+
+    users = run_with_pool(config, pool, pool_size, pool_pg_num, listing)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "user": u.name,
+                        "id": u.id,
+                        "created": u.created,
+                        "access_keys": [k.access_key for k in keys],
+                    }
+                    for u, keys in users
+                ]
+            )
+        )
+        return
+    for user, keys in users:
+        click.echo(f"{user.name}\t{' '.join(k.access_key for k in keys)}")
+
+
+@user_group.command("rm")
+@click.argument("name")
+@pool_option
+@client_options
+def user_rm(
+    config: ClientConfig, name: str, pool: str, pool_size: int | None, pool_pg_num: int
+) -> None:
+    """Remove user NAME and its keys (it must own no bucket)."""
+    from store.gateways.s3.buckets import Buckets
+
+    async def remove(backend: Backend) -> None:
+        owned = [b.name for b in await Buckets(backend).all() if b.owner == name]
+        await Users(backend).remove(name, owned)
+
+    run_with_pool(config, pool, pool_size, pool_pg_num, remove)
+    click.echo(f"user {name} removed")
+
+
+@s3_group.group("key")
+def key_group() -> None:
+    """Access keys of S3 users."""
+
+
+@key_group.command("add")
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pool_option
+@client_options
+def key_add(
+    config: ClientConfig,
+    user: str,
+    as_json: bool,
+    pool: str,
+    pool_size: int | None,
+    pool_pg_num: int,
+) -> None:
+    """Give USER another access key."""
+
+    async def add(backend: Backend) -> Any:
+        return await Users(backend).add_key(user)
+
+    key = run_with_pool(config, pool, pool_size, pool_pg_num, add)
+    if as_json:
+        click.echo(
+            json.dumps({"user": user, "access_key": key.access_key, "secret_key": key.secret})
+        )
+    else:
+        click.echo(f"access key: {key.access_key}\nsecret key: {key.secret}")
+
+
+@key_group.command("rm")
+@click.argument("access_key")
+@pool_option
+@client_options
+def key_rm(
+    config: ClientConfig, access_key: str, pool: str, pool_size: int | None, pool_pg_num: int
+) -> None:
+    """Remove an access key (running gateways stop accepting it within seconds)."""
+
+    async def remove(backend: Backend) -> str:
+        return await Users(backend).remove_key(access_key)
+
+    owner = run_with_pool(config, pool, pool_size, pool_pg_num, remove)
+    click.echo(f"access key {access_key} of user {owner} removed")
+
+
+# --- garbage --------------------------------------------------------------------------------
+
+
+@s3_group.command("gc")
+@click.option("--now", "everything", is_flag=True, help="Free queued data even before its delay.")
+@click.option("--orphans", is_flag=True, help="Also find and delete unreferenced data objects.")
+@click.option(
+    "--min-age",
+    default=86400.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Orphans younger than this many seconds are kept (uploads may be in progress).",
+)
+@click.option("--dry-run", is_flag=True, help="With --orphans: list them, delete nothing.")
+@pool_option
+@client_options
+def gc_command(
+    config: ClientConfig,
+    everything: bool,
+    orphans: bool,
+    min_age: float,
+    dry_run: bool,
+    pool: str,
+    pool_size: int | None,
+    pool_pg_num: int,
+) -> None:
+    """Free the data of overwritten and deleted objects now (and orphans)."""
+    from store.gateways.s3.gc import Collector
+    from store.gateways.s3.sweep import find_orphans
+
+    async def collect(backend: Backend) -> tuple[int, list[tuple[str, int]]]:
+        collector = Collector(backend)
+        done = await collector.collect_once(now=time.time() + 1e9 if everything else None)
+        found: list[tuple[str, int]] = []
+        if orphans:
+            found = await find_orphans(backend, min_age)
+            if not dry_run:
+                for name, _ in found:
+                    await backend.delete(name)
+        return done, found
+
+    done, found = run_with_pool(config, pool, pool_size, pool_pg_num, collect)
+    click.echo(f"{done} queued entries freed")
+    if orphans:
+        verb = "found" if dry_run else "deleted"
+        click.echo(f"{len(found)} orphan data objects {verb} ({sum(s for _, s in found)} bytes)")
+        for name, size in found:
+            click.echo(f"  {name}\t{size}")

@@ -1,0 +1,203 @@
+"""The S3 request handler: route, authenticate, dispatch, and turn failures into S3 errors.
+
+``make_handler(gateway)`` returns the ``async def handle(request) -> Response`` the HTTP
+server calls. Every response carries ``x-amz-request-id`` (the ``RequestId`` of an error
+document) and ``x-amz-id-2``. Anonymous requests are refused; a request signed with a key
+the cluster does not know is ``InvalidAccessKeyId``; only a bucket's owner may use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+
+from store.errors import ClientTimeout, RemoteError, single_error
+from store.gateways.s3 import (
+    completion,
+    errors,
+    multipart,
+    ops_buckets,
+    ops_copy,
+    ops_object_meta,
+    ops_objects,
+    responses,
+    routing,
+    sigv2,
+    sigv4,
+)
+from store.gateways.s3.backend import cluster_error
+from store.gateways.s3.chunked import ChunkSigning
+from store.gateways.s3.errors import S3Error
+from store.gateways.s3.gateway import Call, Gateway
+from store.gateways.s3.layout import CorruptRecord, User
+from store.gateways.s3.routing import Route
+from store.gateways.web.server import ClientDisconnected, Request, Response
+
+log = logging.getLogger("store.s3")
+
+Operation = Callable[[Call], Awaitable[Response]]
+
+OPERATIONS: dict[str, Operation] = {
+    "ListBuckets": ops_buckets.list_buckets,
+    "CreateBucket": ops_buckets.create_bucket,
+    "HeadBucket": ops_buckets.head_bucket,
+    "DeleteBucket": ops_buckets.delete_bucket,
+    "GetBucketLocation": ops_buckets.get_bucket_location,
+    "GetBucketVersioning": ops_buckets.get_bucket_versioning,
+    "GetBucketAcl": ops_buckets.get_bucket_acl,
+    "PutBucketAcl": ops_buckets.put_bucket_acl,
+    "GetBucketTagging": ops_buckets.get_bucket_tagging,
+    "PutBucketTagging": ops_buckets.put_bucket_tagging,
+    "DeleteBucketTagging": ops_buckets.delete_bucket_tagging,
+    "ListObjects": ops_buckets.list_objects,
+    "ListObjectsV2": ops_buckets.list_objects_v2,
+    "ListObjectVersions": ops_buckets.list_object_versions,
+    "PutObject": ops_objects.put_object,
+    "CopyObject": ops_copy.copy_object,
+    "GetObject": ops_objects.get_object,
+    "HeadObject": ops_objects.head_object,
+    "DeleteObject": ops_objects.delete_object,
+    "DeleteObjects": ops_objects.delete_objects,
+    "GetObjectAcl": ops_object_meta.get_object_acl,
+    "GetObjectAttributes": ops_object_meta.get_object_attributes,
+    "PutObjectAcl": ops_object_meta.put_object_acl,
+    "GetObjectTagging": ops_object_meta.get_object_tagging,
+    "PutObjectTagging": ops_object_meta.put_object_tagging,
+    "DeleteObjectTagging": ops_object_meta.delete_object_tagging,
+    "CreateMultipartUpload": multipart.create_multipart_upload,
+    "UploadPart": multipart.upload_part,
+    "UploadPartCopy": multipart.upload_part_copy,
+    "CompleteMultipartUpload": completion.complete_multipart_upload,
+    "AbortMultipartUpload": multipart.abort_multipart_upload,
+    "ListParts": multipart.list_parts,
+    "ListMultipartUploads": multipart.list_multipart_uploads,
+}
+for _operation in routing.UNCONFIGURED_BUCKET_GETS.values():
+    OPERATIONS[_operation] = ops_buckets.get_unconfigured
+for _operation in routing.UNCONFIGURED_BUCKET_DELETES.values():
+    OPERATIONS[_operation] = ops_buckets.delete_unconfigured
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+async def authenticate(
+    gateway: Gateway, request: Request, route: Route, now: datetime
+) -> tuple[User, str | None, ChunkSigning | None]:
+    """The user a request is signed by, its declared payload hash and chunk signing."""
+    headers = request.headers
+    region = gateway.settings.region
+    v4 = sigv4.parse_request(request.method, request.query, headers, region=region, now=now)
+    if v4 is not None:
+        found = await gateway.users.lookup_key(v4.access_key)
+        if found is None:
+            raise errors.invalid_access_key_id(v4.access_key)
+        key, user = found
+        verified = sigv4.verify(
+            v4, key.secret, request.method, request.path, request.query, headers
+        )
+        signing = ChunkSigning(
+            verified.key, verified.amz_date, verified.scope, verified.seed_signature
+        )
+        return user, v4.payload_hash, signing
+    v2 = sigv2.parse_request(request.query, headers, now=now)
+    if v2 is not None:
+        found = await gateway.users.lookup_key(v2.access_key)
+        if found is None:
+            raise errors.invalid_access_key_id(v2.access_key)
+        key, user = found
+        resource = request.path
+        if route.virtual_host and route.bucket is not None:
+            resource = f"/{route.bucket}{request.path}"
+        sigv2.verify(v2, key.secret, request.method, resource, request.query, headers)
+        return user, None, None
+    if request.header("authorization") is not None:
+        raise sigv4.unsupported_mechanism()
+    # Anonymous: refused, but like S3 a bucket that does not exist is named as such.
+    if route.bucket is not None and await gateway.buckets.get(route.bucket) is None:
+        raise errors.no_such_bucket(route.bucket)
+    raise errors.access_denied()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            yield from _leaves(inner)
+        else:
+            yield inner
+
+
+def failure_of(exc: BaseException, request: Request) -> S3Error:
+    """The S3 error to answer for what an operation raised (re-raises a disconnect)."""
+    # Errors raised inside nurseries arrive wrapped in groups: answer for the first.
+    exc = single_error(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        for kind in (ClientDisconnected, S3Error, RemoteError, ClientTimeout):
+            for leaf in leaves:
+                if isinstance(leaf, kind):
+                    return failure_of(leaf, request)
+        raise exc
+    if isinstance(exc, S3Error):
+        if exc.status >= 500 and exc.code != "NotImplemented":
+            log.warning("%s %s: %s", request.method, request.target, exc)
+        return exc
+    if isinstance(exc, ClientDisconnected):
+        raise exc
+    if isinstance(exc, RemoteError | ClientTimeout):
+        return cluster_error(exc)
+    if isinstance(exc, CorruptRecord):
+        log.error("%s %s: %s", request.method, request.target, exc)
+        return errors.internal_error()
+    if not isinstance(exc, Exception):
+        raise exc
+    log.error("%s %s failed", request.method, request.target, exc_info=exc)
+    return errors.internal_error()
+
+
+def make_handler(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
+    settings = gateway.settings
+
+    async def handle(request: Request) -> Response:
+        request_id = new_request_id()
+        if request.path == "/healthz" and request.method in ("GET", "HEAD"):
+            return responses.stamp(
+                Response(200, [("Content-Type", "text/plain")], b"ok\n"),
+                request_id,
+                settings.host_id,
+            )
+        resource = request.path
+        try:
+            route = routing.route(
+                request.method,
+                request.path,
+                request.query,
+                request.header("host"),
+                settings.domains,
+            )
+            resource = route.resource
+            user, payload_hash, signing = await authenticate(
+                gateway, request, route, datetime.now(UTC)
+            )
+            if request.header("x-amz-copy-source") is not None:
+                # PUT with a copy source is a copy, of an object or into a part.
+                copies = {"PutObject": "CopyObject", "UploadPart": "UploadPartCopy"}
+                route.operation = copies.get(route.operation, route.operation)
+            operation = OPERATIONS.get(route.operation)
+            if operation is None:
+                if route.operation == "MethodNotAllowed":
+                    kind = "OBJECT" if route.key else "BUCKET" if route.bucket else "SERVICE"
+                    raise errors.method_not_allowed(request.method, kind)
+                raise errors.not_implemented()
+            call = Call(gateway, request, route, user, request_id, payload_hash, signing)
+            response = await operation(call)
+        except Exception as exc:
+            failure = failure_of(exc, request)
+            response = responses.error(failure, resource, request_id, settings.host_id)
+        log.debug("%s %s -> %d", request.method, request.target, response.status)
+        return responses.stamp(response, request_id, settings.host_id)
+
+    return handle

@@ -1,0 +1,368 @@
+"""Service and bucket operations: ListBuckets, CreateBucket ... GetBucketAcl."""
+
+from __future__ import annotations
+
+from store.gateways.s3 import acl, errors, xmldoc
+from store.gateways.s3.gateway import Call
+from store.gateways.s3.layout import Entry
+from store.gateways.s3.listing_params import (
+    decode_token,
+    enc,
+    encode_token,
+    int_param,
+    requested_max_keys,
+    url_encoding,
+)
+from store.gateways.s3.multipart import abort_all_uploads
+from store.gateways.s3.ops_object_meta import read_tag_set
+from store.gateways.s3.responses import empty, xml
+from store.gateways.s3.routing import valid_bucket_name
+from store.gateways.web.server import Response
+
+MAX_CONFIG_BODY = 64 * 1024
+
+
+async def list_buckets(call: Call) -> Response:
+    params = call.params
+    prefix = params.get("prefix", "")
+    max_buckets = int_param(params, "max-buckets", 1, 10_000, default=10_000)
+    after = params.get("continuation-token")
+    if after is not None:
+        after = decode_token(after, "continuation-token")
+    region_filter = params.get("bucket-region")
+    mine = sorted(
+        (
+            b
+            for b in await call.gateway.buckets.all()
+            if b.owner_id == call.user.id
+            and b.name.startswith(prefix)
+            and (after is None or b.name > after)
+            and (region_filter is None or b.region == region_filter)
+        ),
+        key=lambda b: b.name,
+    )
+    page, more = mine[:max_buckets], len(mine) > max_buckets
+    doc = xmldoc.Doc("ListAllMyBucketsResult")
+    doc.owner("Owner", call.user.id, call.user.name)
+    doc.open("Buckets")
+    for bucket in page:
+        doc.open("Bucket")
+        doc.leaf("Name", bucket.name)
+        doc.leaf("CreationDate", xmldoc.iso_time(bucket.created))
+        doc.leaf("BucketRegion", bucket.region)
+        doc.close()
+    doc.close()
+    if more and page:
+        doc.leaf("ContinuationToken", encode_token(page[-1].name))
+    if "prefix" in params:
+        doc.leaf("Prefix", prefix)
+    return xml(200, doc.to_bytes())
+
+
+async def create_bucket(call: Call) -> Response:
+    name = call.bucket_name
+    if not valid_bucket_name(name):
+        raise errors.invalid_bucket_name(name)
+    canned = acl.canned_from_headers(call.headers, bucket=True)
+    if (call.header("x-amz-bucket-object-lock-enabled") or "").lower() == "true":
+        raise errors.not_implemented("x-amz-bucket-object-lock-enabled")
+    body = await call.payload().read_all(MAX_CONFIG_BODY)
+    region = call.gateway.settings.region
+    if body.strip():
+        root = xmldoc.parse(body, "CreateBucketConfiguration")
+        constraint = xmldoc.child_text(root, "LocationConstraint")
+        for unsupported in ("Location", "Bucket"):
+            if xmldoc.child_text(root, unsupported) is not None:
+                raise errors.not_implemented(unsupported)
+        if constraint is not None and constraint != region:
+            if (
+                constraint
+                and constraint != "us-east-1"
+                and not constraint.replace("-", "").isalnum()
+            ):
+                raise errors.S3Error(
+                    "InvalidLocationConstraint",
+                    400,
+                    "The specified location-constraint is not valid",
+                    {"LocationConstraint": constraint},
+                )
+            raise errors.S3Error(
+                "IllegalLocationConstraintException",
+                400,
+                f"The {constraint or 'unspecified'} location constraint is incompatible for "
+                "the region specific endpoint this request was sent to.",
+            )
+    try:
+        await call.gateway.buckets.create(
+            name,
+            call.user,
+            region=region,
+            acl=canned,
+            shards=call.gateway.settings.index_shards,
+        )
+    except errors.S3Error as exc:
+        # S3's legacy rule in us-east-1: creating a bucket you own again succeeds (and
+        # sets its ACL); every other region answers BucketAlreadyOwnedByYou.
+        if exc.code != "BucketAlreadyOwnedByYou" or region != "us-east-1":
+            raise
+        bucket = await call.owned_bucket(name)
+        if bucket.acl != canned:
+            await call.gateway.buckets.set_acl(bucket, canned)
+    return empty(200, [("Location", f"/{name}")])
+
+
+async def head_bucket(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    return empty(200, [("x-amz-bucket-region", bucket.region)])
+
+
+async def delete_bucket(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    if not await call.gateway.index.is_empty(bucket):
+        raise errors.bucket_not_empty(bucket.name)
+    await abort_all_uploads(call.gateway, bucket)
+    await call.gateway.buckets.delete(bucket)
+    return empty(204)
+
+
+async def get_bucket_location(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    region = "" if bucket.region == "us-east-1" else bucket.region
+    body = (
+        f'{xmldoc.DECLARATION}<LocationConstraint xmlns="{xmldoc.NAMESPACE}">'
+        f"{xmldoc.escape(region)}</LocationConstraint>"
+    )
+    return xml(200, body.encode())
+
+
+async def get_bucket_versioning(call: Call) -> Response:
+    await call.owned_bucket()
+    return xml(200, xmldoc.Doc("VersioningConfiguration").to_bytes())
+
+
+async def get_bucket_acl(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    return xml(200, acl.policy_document(bucket.owner_id, bucket.owner, bucket.acl))
+
+
+async def put_bucket_acl(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    canned = await acl.canned_for_put(call, bucket.owner_id)
+    await call.gateway.buckets.set_acl(bucket, canned)
+    return empty(200)
+
+
+async def get_bucket_tagging(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    if not bucket.tags:
+        raise errors.S3Error(
+            "NoSuchTagSet", 404, "The TagSet does not exist", {"BucketName": bucket.name}
+        )
+    doc = xmldoc.Doc("Tagging").open("TagSet")
+    for key, value in sorted(bucket.tags.items()):
+        doc.open("Tag").leaf("Key", key).leaf("Value", value).close()
+    return xml(200, doc.to_bytes())
+
+
+async def put_bucket_tagging(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    tags = await read_tag_set(call, limit=50)
+    await call.gateway.buckets.set_tags(bucket, tags)
+    return empty(204)
+
+
+async def delete_bucket_tagging(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    await call.gateway.buckets.set_tags(bucket, {})
+    return empty(204)
+
+
+_NOT_CONFIGURED = {
+    "GetBucketCors": ("NoSuchCORSConfiguration", "The CORS configuration does not exist"),
+    "GetBucketEncryption": (
+        "ServerSideEncryptionConfigurationNotFoundError",
+        "The server side encryption configuration was not found",
+    ),
+    "GetBucketLifecycleConfiguration": (
+        "NoSuchLifecycleConfiguration",
+        "The lifecycle configuration does not exist",
+    ),
+    "GetObjectLockConfiguration": (
+        "ObjectLockConfigurationNotFoundError",
+        "Object Lock configuration does not exist for this bucket",
+    ),
+    "GetBucketOwnershipControls": (
+        "OwnershipControlsNotFoundError",
+        "The bucket ownership controls were not found",
+    ),
+    "GetBucketPolicy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
+    "GetBucketPolicyStatus": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
+    "GetPublicAccessBlock": (
+        "NoSuchPublicAccessBlockConfiguration",
+        "The public access block configuration was not found",
+    ),
+    "GetBucketReplication": (
+        "ReplicationConfigurationNotFoundError",
+        "The replication configuration was not found",
+    ),
+    "GetBucketWebsite": (
+        "NoSuchWebsiteConfiguration",
+        "The specified bucket does not have a website configuration",
+    ),
+}
+_EMPTY_CONFIG = {
+    "GetBucketLogging": "BucketLoggingStatus",
+    "GetBucketNotificationConfiguration": "NotificationConfiguration",
+    "GetBucketAccelerateConfiguration": "AccelerateConfiguration",
+}
+
+
+async def get_unconfigured(call: Call) -> Response:
+    """A bucket configuration this gateway cannot hold: S3's answer for "none set"."""
+    bucket = await call.owned_bucket()
+    operation = call.route.operation
+    if operation in _NOT_CONFIGURED:
+        code, message = _NOT_CONFIGURED[operation]
+        raise errors.S3Error(code, 404, message, {"BucketName": bucket.name})
+    if operation == "GetBucketRequestPayment":
+        doc = xmldoc.Doc("RequestPaymentConfiguration").leaf("Payer", "BucketOwner")
+        return xml(200, doc.to_bytes())
+    return xml(200, xmldoc.Doc(_EMPTY_CONFIG[operation]).to_bytes())
+
+
+async def delete_unconfigured(call: Call) -> Response:
+    """Deleting a configuration that cannot exist: done, as S3 answers for "none set"."""
+    await call.owned_bucket()
+    return empty(204)
+
+
+# --- listings -------------------------------------------------------------------------------
+
+
+def _contents(doc: xmldoc.Doc, key: str, raw: bytes, url: bool, owner: bool, version: bool) -> None:
+    entry = Entry.from_bytes(raw)
+    doc.open("Version" if version else "Contents")
+    doc.leaf("Key", enc(key, url))
+    if version:
+        doc.leaf("VersionId", "null").leaf("IsLatest", True)
+    doc.leaf("LastModified", xmldoc.iso_time(entry.mtime))
+    doc.leaf("ETag", entry.quoted_etag)
+    if entry.checksum and not version:
+        doc.leaf("ChecksumAlgorithm", entry.checksum[0].upper())
+    doc.leaf("Size", entry.size)
+    if owner:
+        doc.owner("Owner", entry.owner_id, entry.owner)
+    doc.leaf("StorageClass", "STANDARD")
+    doc.close()
+
+
+async def list_objects(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    params = call.params
+    url = url_encoding(params)
+    requested = requested_max_keys(params)
+    max_keys = min(requested, 1000)
+    prefix = params.get("prefix", "")
+    delimiter = params.get("delimiter", "")
+    marker = params.get("marker", "")
+    page = await call.gateway.index.page(
+        bucket, prefix=prefix, delimiter=delimiter, marker=marker or None, max_keys=max_keys
+    )
+    doc = xmldoc.Doc("ListBucketResult")
+    # ListObjects (v1) encodes keys, markers and the delimiter, but not the prefix.
+    doc.leaf("Name", bucket.name).leaf("Prefix", prefix).leaf("Marker", enc(marker, url))
+    if page.truncated and delimiter and page.last is not None:
+        doc.leaf("NextMarker", enc(page.last, url))
+    doc.leaf("MaxKeys", requested)
+    if delimiter:
+        doc.leaf("Delimiter", enc(delimiter, url))
+    doc.leaf("IsTruncated", page.truncated)
+    if url:
+        doc.leaf("EncodingType", "url")
+    for key, raw in page.contents:
+        _contents(doc, key, raw, url, owner=True, version=False)
+    for common in page.prefixes:
+        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
+    return xml(200, doc.to_bytes())
+
+
+async def list_objects_v2(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    params = call.params
+    url = url_encoding(params)
+    requested = requested_max_keys(params)
+    max_keys = min(requested, 1000)
+    prefix = params.get("prefix", "")
+    delimiter = params.get("delimiter", "")
+    start_after = params.get("start-after")
+    token = params.get("continuation-token")
+    marker = start_after or None
+    if token:  # an empty token is no token
+        marker = decode_token(token, "continuation-token")
+    fetch_owner = params.get("fetch-owner", "").lower() == "true"
+    page = await call.gateway.index.page(
+        bucket, prefix=prefix, delimiter=delimiter, marker=marker, max_keys=max_keys
+    )
+    doc = xmldoc.Doc("ListBucketResult")
+    doc.leaf("Name", bucket.name).leaf("Prefix", enc(prefix, url))
+    if delimiter:
+        doc.leaf("Delimiter", enc(delimiter, url))
+    doc.leaf("MaxKeys", requested)
+    doc.leaf("KeyCount", len(page.contents) + len(page.prefixes))
+    doc.leaf("IsTruncated", page.truncated)
+    if token is not None:
+        doc.leaf("ContinuationToken", token)
+    if page.truncated and page.last is not None:
+        doc.leaf("NextContinuationToken", encode_token(page.last))
+    if start_after is not None:
+        doc.leaf("StartAfter", enc(start_after, url))
+    if url:
+        doc.leaf("EncodingType", "url")
+    for key, raw in page.contents:
+        _contents(doc, key, raw, url, owner=fetch_owner, version=False)
+    for common in page.prefixes:
+        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
+    return xml(200, doc.to_bytes())
+
+
+async def list_object_versions(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    params = call.params
+    url = url_encoding(params)
+    requested = requested_max_keys(params)
+    max_keys = min(requested, 1000)
+    prefix = params.get("prefix", "")
+    delimiter = params.get("delimiter", "")
+    key_marker = params.get("key-marker", "")
+    version_marker = params.get("version-id-marker")
+    if version_marker and not key_marker:
+        raise errors.invalid_argument(
+            "A version-id marker cannot be specified without a key marker.",
+            "version-id-marker",
+            version_marker,
+        )
+    if version_marker not in (None, "", "null"):
+        raise errors.invalid_argument(
+            "Invalid version id specified", "version-id-marker", version_marker
+        )
+    page = await call.gateway.index.page(
+        bucket, prefix=prefix, delimiter=delimiter, marker=key_marker or None, max_keys=max_keys
+    )
+    doc = xmldoc.Doc("ListVersionsResult")
+    doc.leaf("Name", bucket.name).leaf("Prefix", enc(prefix, url))
+    doc.leaf("KeyMarker", enc(key_marker, url)).leaf("VersionIdMarker", version_marker or "")
+    if page.truncated and page.last is not None:
+        doc.leaf("NextKeyMarker", enc(page.last, url))
+        if page.contents and page.contents[-1][0] == page.last:
+            doc.leaf("NextVersionIdMarker", "null")
+    doc.leaf("MaxKeys", requested)
+    if delimiter:
+        doc.leaf("Delimiter", enc(delimiter, url))
+    doc.leaf("IsTruncated", page.truncated)
+    if url:
+        doc.leaf("EncodingType", "url")
+    for key, raw in page.contents:
+        _contents(doc, key, raw, url, owner=True, version=True)
+    for common in page.prefixes:
+        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
+    return xml(200, doc.to_bytes())

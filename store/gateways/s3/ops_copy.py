@@ -1,0 +1,153 @@
+"""CopyObject, and the copying of data it shares with UploadPartCopy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+from store.gateways.s3 import (
+    acl,
+    attributes,
+    checksums,
+    conditions,
+    errors,
+    layout,
+    objects,
+    xmldoc,
+)
+from store.gateways.s3.gateway import Call
+from store.gateways.s3.layout import Bucket, Entry
+from store.gateways.s3.ops_objects import publish
+from store.gateways.s3.responses import xml
+from store.gateways.s3.sigv4 import decode_component
+from store.gateways.web.server import Response
+
+MAX_COPY_SIZE = 5 * 1024**3
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """x-amz-copy-source: [/]bucket/key[?versionId=...], URL-encoded."""
+    source, _, query = value.partition("?")
+    version = None
+    if query:
+        name, _, raw = query.partition("=")
+        if name != "versionId":
+            raise errors.invalid_argument(
+                "Invalid copy source object key", "x-amz-copy-source", value
+            )
+        version = decode_component(raw)
+    source = decode_component(source.lstrip("/"))
+    bucket, slash, key = source.partition("/")
+    if not bucket or not slash or not key:
+        raise errors.invalid_argument("Invalid copy source object key", "x-amz-copy-source", value)
+    return bucket, key, version
+
+
+async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry]:
+    bucket_name, key, version = parse_copy_source(call.header("x-amz-copy-source") or "")
+    source_bucket = await call.owned_bucket(bucket_name)
+    entry = await call.gateway.index.get(source_bucket, key)
+    if version is not None and version != "null":
+        raise errors.no_such_version(key, version) if entry else errors.no_such_key(key)
+    if entry is None:
+        raise errors.no_such_key(key)
+    conditions.check_copy_source(call.header, entry.etag, entry.mtime)
+    return source_bucket, key, entry
+
+
+async def copy_data(
+    call: Call, entry: Entry, start: int, end: int, head: str, algorithm: str | None = None
+) -> tuple[int, str, tuple[str, str] | None]:
+    """Copy bytes [start, end) of an object into a new data object: (size, hex MD5,
+    checksum of ``algorithm`` if one is asked for)."""
+    gateway = call.gateway
+    md5 = hashlib.md5()
+    hasher = checksums.new_hasher(algorithm) if algorithm else None
+    segments = await objects.plan(gateway.backend, entry, start, end)
+    async with objects.DataWriter(gateway.backend, head, gateway.budget) as writer:
+        chunks = objects.stream_segments(gateway.backend, segments, gateway.budget, gateway.nursery)
+        try:
+            async for chunk in chunks:
+                md5.update(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                await writer.write(chunk)
+        except objects.DataLost:
+            raise errors.no_such_key("source changed during the copy") from None
+        finally:
+            await chunks.aclose()
+        size = await writer.finish()
+    checksum = None
+    if hasher is not None and algorithm is not None:
+        checksum = (algorithm, base64.b64encode(hasher.digest()).decode())
+    return size, md5.hexdigest(), checksum
+
+
+async def copy_object(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    source_bucket, source_key, source = await copy_source_entry(call)
+    attributes.check_unsupported(call.headers)
+    directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
+    tagging_directive = (call.header("x-amz-tagging-directive") or "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise errors.invalid_argument(
+            "Unknown metadata directive.", "x-amz-metadata-directive", directive
+        )
+    if tagging_directive not in ("COPY", "REPLACE"):
+        raise errors.invalid_argument(
+            "Unknown tagging directive.", "x-amz-tagging-directive", tagging_directive
+        )
+    if source.size > MAX_COPY_SIZE:
+        raise errors.invalid_request(
+            "The specified copy source is larger than the maximum allowable size for a copy "
+            f"source: {MAX_COPY_SIZE}"
+        )
+    if directive == "REPLACE":
+        stored, meta = attributes.http_headers(call.headers), attributes.user_metadata(call.headers)
+    else:
+        stored, meta = dict(source.headers), dict(source.meta)
+    if tagging_directive == "REPLACE":
+        tagging = call.header("x-amz-tagging")
+        tags = attributes.parse_tagging(tagging) if tagging else {}
+    else:
+        tags = dict(source.tags)
+    canned = acl.canned_from_headers(call.headers, bucket=False)
+    if (
+        source_bucket.id == bucket.id
+        and source_key == call.key
+        and directive == "COPY"
+        and call.header("x-amz-storage-class") is None
+    ):
+        raise errors.invalid_request(
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect "
+            "location or encryption attributes."
+        )
+    head = layout.data_name(bucket.id)
+    size, etag = 0, _EMPTY_MD5
+    if source.size:
+        size, etag, _ = await copy_data(call, source, 0, source.size, head)
+    entry = Entry(
+        size=size,
+        etag=etag,
+        mtime=time.time(),
+        owner=call.user.name,
+        owner_id=call.user.id,
+        head=head if size else None,
+        headers=stored,
+        meta=meta,
+        checksum=source.checksum if not source.parts else None,
+        checksum_type="FULL_OBJECT",
+        acl=canned,
+        tags=tags,
+    )
+    await publish(call, bucket, call.key, entry)
+    doc = xmldoc.Doc("CopyObjectResult")
+    doc.leaf("LastModified", xmldoc.iso_time(entry.mtime)).leaf("ETag", entry.quoted_etag)
+    if entry.checksum:
+        doc.leaf(f"Checksum{entry.checksum[0].upper()}", entry.checksum[1])
+    return xml(200, doc.to_bytes())
+
+
+_EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"

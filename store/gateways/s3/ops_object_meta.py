@@ -1,0 +1,126 @@
+"""What is kept about an object beside its data: ACLs, tags, attributes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from store.gateways.s3 import acl, attributes, conditions, errors, objects, xmldoc
+from store.gateways.s3.gateway import Call
+from store.gateways.s3.layout import Bucket, Entry
+from store.gateways.s3.ops_objects import check_version_id
+from store.gateways.s3.responses import empty, xml
+from store.gateways.web.server import Response
+
+ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"})
+
+
+async def get_object_attributes(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    check_version_id(call)
+    wanted = {
+        a.strip() for a in (call.header("x-amz-object-attributes") or "").split(",") if a.strip()
+    }
+    if not wanted or not wanted <= ATTRIBUTES:
+        raise errors.invalid_argument(
+            "Invalid attribute name specified.", "x-amz-object-attributes", ",".join(sorted(wanted))
+        )
+    entry = await call.gateway.index.get(bucket, call.key)
+    if entry is None:
+        raise errors.no_such_key(call.key)
+    doc = xmldoc.Doc("GetObjectAttributesResponse")
+    if "ETag" in wanted:
+        doc.leaf("ETag", entry.etag)
+    if "Checksum" in wanted and entry.checksum:
+        doc.open("Checksum").leaf(f"Checksum{entry.checksum[0].upper()}", entry.checksum[1])
+        doc.leaf("ChecksumType", entry.checksum_type).close()
+    if "ObjectParts" in wanted and entry.parts:
+        parts = await objects.load_manifest(call.gateway.backend, entry)
+        marker_raw = call.header("x-amz-part-number-marker") or "0"
+        max_raw = call.header("x-amz-max-parts") or "1000"
+        if not marker_raw.isdigit() or not max_raw.isdigit():
+            raise errors.invalid_argument("Invalid part number marker or max parts")
+        marker, max_parts = int(marker_raw), min(int(max_raw), 1000)
+        after = [p for p in parts if p.number > marker]
+        shown = after[:max_parts]
+        doc.open("ObjectParts").leaf("PartsCount", len(parts)).leaf("PartNumberMarker", marker)
+        if shown:
+            doc.leaf("NextPartNumberMarker", shown[-1].number)
+        doc.leaf("MaxParts", max_parts).leaf("IsTruncated", len(after) > len(shown))
+        for part in shown:
+            doc.open("Part").leaf("PartNumber", part.number).leaf("Size", part.size)
+            if part.checksum and entry.checksum:
+                doc.leaf(f"Checksum{entry.checksum[0].upper()}", part.checksum)
+            doc.close()
+        doc.close()
+    if "StorageClass" in wanted:
+        doc.leaf("StorageClass", "STANDARD")
+    if "ObjectSize" in wanted:
+        doc.leaf("ObjectSize", entry.size)
+    return xml(200, doc.to_bytes(), [("Last-Modified", conditions.http_date(entry.mtime))])
+
+
+async def _existing(call: Call) -> tuple[Bucket, Entry]:
+    bucket = await call.owned_bucket()
+    check_version_id(call)
+    entry = await call.gateway.index.get(bucket, call.key)
+    if entry is None:
+        raise errors.no_such_key(call.key)
+    return bucket, entry
+
+
+async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -> None:
+    def modify(current: Entry | None) -> Entry:
+        if current is None:
+            raise errors.no_such_key(call.key)
+        return replace(current, **change)  # type: ignore[arg-type]
+
+    await call.gateway.index.update(bucket, call.key, modify)
+
+
+async def get_object_acl(call: Call) -> Response:
+    _, entry = await _existing(call)
+    return xml(200, acl.policy_document(entry.owner_id, entry.owner, entry.acl))
+
+
+async def put_object_acl(call: Call) -> Response:
+    bucket, entry = await _existing(call)
+    canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
+    await _update_entry(call, bucket, {"acl": canned})
+    return empty(200)
+
+
+async def get_object_tagging(call: Call) -> Response:
+    _, entry = await _existing(call)
+    doc = xmldoc.Doc("Tagging").open("TagSet")
+    for key, value in sorted(entry.tags.items()):
+        doc.open("Tag").leaf("Key", key).leaf("Value", value).close()
+    return xml(200, doc.to_bytes())
+
+
+async def read_tag_set(call: Call, *, limit: int = attributes.MAX_TAGS) -> dict[str, str]:
+    """The <Tagging><TagSet><Tag>... document of a request body, validated."""
+    payload = call.payload()
+    body = await payload.read_all(64 * 1024)
+    payload.finish()
+    root = xmldoc.parse(body, "Tagging")
+    pairs: list[tuple[str, str]] = []
+    for tag_set in xmldoc.children(root, "TagSet"):
+        for tag in xmldoc.children(tag_set, "Tag"):
+            key, value = xmldoc.child_text(tag, "Key"), xmldoc.child_text(tag, "Value")
+            if key is None or value is None:
+                raise errors.malformed_xml()
+            pairs.append((key, value))
+    return attributes.validate_tags(pairs, limit=limit)
+
+
+async def put_object_tagging(call: Call) -> Response:
+    bucket, _ = await _existing(call)
+    tags = await read_tag_set(call)
+    await _update_entry(call, bucket, {"tags": tags})
+    return empty(200)
+
+
+async def delete_object_tagging(call: Call) -> Response:
+    bucket, _ = await _existing(call)
+    await _update_entry(call, bucket, {"tags": {}})
+    return empty(204)
