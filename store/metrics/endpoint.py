@@ -35,6 +35,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from store.errors import ConfigError, single_error
 from store.gateways.web.server import Request, Response, serve
 from store.metrics.families import ScrapeCollector
 from store.rpc import parse_hostport
@@ -162,3 +163,28 @@ async def start_metrics(
         endpoint.add(collector)
     await nursery.start(functools.partial(endpoint.serve, address))
     return endpoint
+
+
+async def open_metrics(
+    nursery: trio.Nursery,
+    address: str | None,
+    role: str,
+    *,
+    collectors: Iterable[ScrapeCollector] = (),
+    ready: ReadyCheck | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> MetricsEndpoint | None:
+    """:func:`start_metrics`, where an address that cannot be served is a ConfigError
+    that names it (for processes that report errors to an operator, not a traceback)."""
+    try:
+        return await start_metrics(
+            nursery, address, role, collectors=collectors, ready=ready, config=config
+        )
+    except (OSError, ValueError, BaseExceptionGroup) as exc:
+        inner = single_error(exc)
+        if isinstance(inner, ValueError):
+            raise ConfigError(f"metrics address {address!r}: {inner}") from None
+        if isinstance(inner, OSError):
+            reason = inner.strerror or str(inner)
+            raise ConfigError(f"cannot serve metrics on {address}: {reason}") from None
+        raise

@@ -1,61 +1,21 @@
-"""`store http serve`: the HTTP gateway as a process."""
+"""`store http serve`: the HTTP gateway's command line (the process is ``process.py``)."""
 
 from __future__ import annotations
 
-import functools
-import logging
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import trio
 
-from store import logs
-from store.client.api import Client
+from store import configfile, logs
 from store.client.cli import client_options
 from store.client.config import ClientConfig
 from store.errors import ConfigError, single_error
 from store.gateways.http.access import AccessPolicy, load_tokens
-from store.gateways.http.collector import Collector
-from store.gateways.http.gateway import DEFAULT_MAX_OBJECT_SIZE, HttpGateway
-from store.gateways.http.storage import HttpObjects
-from store.gateways.web.server import serve
+from store.gateways.http.gateway import DEFAULT_MAX_OBJECT_SIZE
+from store.gateways.http.process import GatewaySettings, run_gateway
 from store.rpc import parse_hostport
-
-log = logging.getLogger("store.http")
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    host: str
-    port: int
-    policy: AccessPolicy
-    ssl_context: ssl.SSLContext | None
-    max_object_size: int
-    gc_interval: float
-    upload_lease: float
-    read_grace: float
-
-
-async def run_gateway(config: ClientConfig, settings: GatewaySettings) -> None:
-    async with Client.connect(config) as client, trio.open_nursery() as nursery:
-        objects = HttpObjects(
-            client, nursery, upload_lease=settings.upload_lease, read_grace=settings.read_grace
-        )
-        gateway = HttpGateway(objects, settings.policy, max_object_size=settings.max_object_size)
-        nursery.start_soon(Collector(objects).run, settings.gc_interval)
-        port = await nursery.start(
-            functools.partial(
-                serve,
-                gateway.handle,
-                settings.host,
-                settings.port,
-                ssl_context=settings.ssl_context,
-            )
-        )
-        scheme = "https" if settings.ssl_context else "http"
-        log.info("HTTP gateway ready at %s://%s:%d/", scheme, settings.host, port)
 
 
 def _ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
@@ -78,6 +38,7 @@ def http_group() -> None:
 
 
 @http_group.command("serve")
+@configfile.config_option
 @click.option(
     "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to serve on."
 )
@@ -125,6 +86,13 @@ def http_group() -> None:
     type=click.FloatRange(min=0),
     help="Seconds replaced or deleted data is kept for reads already under way.",
 )
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
+)
+@logs.format_option
 @client_options
 def serve_command(
     config: ClientConfig,
@@ -137,15 +105,23 @@ def serve_command(
     gc_interval: float,
     upload_lease: float,
     read_grace: float,
+    metrics: str | None,
+    log_format: str,
 ) -> None:
-    """Serve GET/HEAD/PUT/DELETE of /<pool>/<object> and listings of /<pool>/."""
-    logs.setup(
-        max((logging.getLogger().getEffectiveLevel() <= logging.DEBUG and 2) or 1, 1), "http"
-    )
+    """Serve GET/HEAD/PUT/DELETE of /<pool>/<object> and listings of /<pool>/.
+
+    Settings may come from a TOML file (`--config FILE`, keys are the long flag names)."""
+    ctx = click.get_current_context()
+    logs.setup(max(int(ctx.params.get("verbose") or 0), 1), "http", log_format)
     try:
         host, port = parse_hostport(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    if metrics is not None:
+        try:
+            parse_hostport(metrics)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics") from None
     tokens = load_tokens(token_file) if token_file is not None else ()
     settings = GatewaySettings(
         host=host,
@@ -156,6 +132,8 @@ def serve_command(
         gc_interval=gc_interval,
         upload_lease=upload_lease,
         read_grace=read_grace,
+        metrics=metrics,
+        running_config=configfile.document(ctx, "http"),
     )
     try:
         trio.run(run_gateway, config, settings)

@@ -66,11 +66,12 @@ class Collector:
                         break
                     raise
                 for upload, raw in entries:
-                    removed += await self._consider(pool, shard, upload, raw, now)
+                    done = await self._consider(pool, shard, upload, raw, now)
+                    removed += done
+                    self.removed_uploads += done  # counted at once: the metrics read it
                 if not more or not entries:
                     break
                 after = entries[-1][0]
-        self.removed_uploads += removed
         return removed
 
     async def _consider(self, pool: str, shard: str, upload: str, raw: bytes, now: float) -> int:

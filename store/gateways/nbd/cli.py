@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import click
 
+from store import configfile, logs
 from store.client.config import config_path
 from store.gateways.nbd.launcher import ensure_launcher
+from store.gateways.nbd.settings import DOCUMENT_VARIABLE
 from store.image.errors import ImageError
 from store.image.model import parse_image_spec
+from store.rpc import parse_hostport
 
 NBDKIT_PACKAGES = "nbdkit nbdkit-plugin-python"
 
@@ -31,6 +35,8 @@ def nbdkit_command(
     keyring: Path | None = None,
     lease: float | None = None,
     timeout: float | None = None,
+    metrics: str | None = None,
+    log_format: str = "human",
     verbose: bool = False,
     nbdkit: str = "nbdkit",
 ) -> list[str]:
@@ -58,6 +64,10 @@ def nbdkit_command(
         args.append(f"lease={lease:g}")
     if timeout is not None:
         args.append(f"timeout={timeout:g}")
+    if metrics is not None:
+        args.append(f"metrics={metrics}")
+    if log_format != "human":
+        args.append(f"log-format={log_format}")
     return args
 
 
@@ -88,6 +98,7 @@ def plugin_path_command() -> None:
 
 
 @nbd_group.command("serve")
+@configfile.config_option
 @click.argument("spec", metavar="POOL/NAME")
 @click.option(
     "--unix", type=click.Path(dir_okay=False, path_type=Path), help="Listen on this Unix socket."
@@ -102,7 +113,14 @@ def plugin_path_command() -> None:
 @click.option("--name", "client_name", default=None, help="Client name (must match the key).")
 @click.option("--keyring", default=None, type=click.Path(path_type=Path), help="Key file.")
 @click.option("--timeout", default=None, type=float, help="Seconds before a request fails.")
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="nbdkit's debug log (every request).")
+@logs.format_option
 @click.option("--dry-run", is_flag=True, help="Print the nbdkit command instead of running it.")
 def serve_command(
     spec: str,
@@ -115,14 +133,24 @@ def serve_command(
     client_name: str | None,
     keyring: Path | None,
     timeout: float | None,
+    metrics: str | None,
     verbose: bool,
+    log_format: str,
     dry_run: bool,
 ) -> None:
-    """Serve image POOL/NAME with nbdkit, in the foreground (Ctrl-C stops it)."""
+    """Serve image POOL/NAME with nbdkit, in the foreground (Ctrl-C stops it).
+
+    Settings may come from a TOML file (`--config FILE`, keys are the long flag names):
+    `store nbd serve --config /etc/store/nbd/rbd-vm1.toml rbd/vm1`."""
     try:
         parse_image_spec(spec)
     except ImageError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL/NAME") from None
+    if metrics is not None:
+        try:
+            parse_hostport(metrics)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics") from None
     if unix is not None and (port is not None or bind is not None):
         raise click.UsageError("give --unix or --port/--bind, not both")
     conf_file = config_path(conf).expanduser().resolve()
@@ -147,10 +175,16 @@ def serve_command(
         keyring=keyring.resolve() if keyring is not None else None,
         lease=lease,
         timeout=timeout,
+        metrics=metrics,
+        log_format=log_format,
         verbose=verbose,
         nbdkit=nbdkit or "nbdkit",
     )
     if dry_run:
         click.echo(shlex.join(args))
         return
+    # The plugin serves this at /config (`store config show --metrics`); nbdkit keeps
+    # this process's id, so the document's pid stays right.
+    document = configfile.document(click.get_current_context(), "nbd")
+    os.environ[DOCUMENT_VARIABLE] = json.dumps(document, default=str)
     os.execv(args[0], args)

@@ -67,6 +67,14 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+def result_name(exc: BaseException) -> str:
+    """The `result` label of a failed request in the metrics: the errno the client got,
+    as ``eio``, ``enospc``, ... (``cancelled`` when the gateway was stopping)."""
+    if isinstance(leaf(exc), trio.Cancelled):
+        return "cancelled"
+    return errno.errorcode.get(errno_for(exc), "eio").lower()
+
+
 def describe(exc: BaseException) -> str:
     """One line for nbdkit's log."""
     exc = leaf(exc)

@@ -11,11 +11,15 @@ in parallel. (nbdkit 1.32 can abort in the ``PARALLEL`` model when a client disc
 with requests in flight.) Clients get parallelism from several connections, which
 ``can_multi_conn`` allows because a flush on any connection waits for the writes of all.
 Within a request, the pieces of every object it spans are sent in parallel.
+
+With ``metrics=HOST:PORT`` the trio thread also serves Prometheus metrics, health and the
+configuration (:mod:`.process`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -25,9 +29,11 @@ import nbdkit
 from store.client.config import ClientConfig, load_config
 from store.gateways.nbd.bridge import TrioThread
 from store.gateways.nbd.errors import describe, errno_for
+from store.gateways.nbd.process import document_from_environment, plugin_document, serve_image
 from store.gateways.nbd.service import Connection, ImageGateway
-from store.gateways.nbd.settings import PluginSettings, SettingsBuilder
+from store.gateways.nbd.settings import DOCUMENT_VARIABLE, PluginSettings, SettingsBuilder
 from store.image.model import MAX_OBJECT_SIZE
+from store.logs import JsonFormatter, redact
 
 API_VERSION = 2
 
@@ -68,20 +74,29 @@ log = logging.getLogger("store.nbd")
 _builder = SettingsBuilder()
 _settings: PluginSettings | None = None
 _client_config: ClientConfig | None = None
+_document: dict[str, Any] | None = None
 _loop: TrioThread[ImageGateway] = TrioThread("store-nbd")
 _gateway: ImageGateway | None = None
 
 
 class _NbdkitLog(logging.Handler):
-    """Warnings and errors to nbdkit's standard error; the rest to ``nbdkit -v`` only."""
+    """Warnings and errors to nbdkit's standard error; the rest to ``nbdkit -v`` only.
+    With ``log-format=json`` the lines on standard error are JSON objects."""
+
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__()
+        self.json_lines = json_lines
+        self.setFormatter(JsonFormatter("nbd") if json_lines else logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = self.format(record)
-            if record.levelno >= logging.WARNING:
-                print(f"nbdkit: store: {record.levelname.lower()}: {message}", file=sys.stderr)
-            else:
+            message = redact(self.format(record))
+            if record.levelno < logging.WARNING:
                 nbdkit.debug(f"store: {message}")
+            elif self.json_lines:
+                print(message, file=sys.stderr)
+            else:
+                print(f"nbdkit: store: {record.levelname.lower()}: {message}", file=sys.stderr)
         except Exception:
             self.handleError(record)
 
@@ -119,9 +134,13 @@ def config(key: str, value: str) -> None:
 
 
 def config_complete() -> None:
-    global _settings, _client_config
+    global _settings, _client_config, _document
     try:
         _settings = _builder.build()
+        # Left by `store nbd serve`; nothing nbdkit starts should inherit it.
+        _document = document_from_environment(os.environ.pop(DOCUMENT_VARIABLE, None))
+        if _document is None:
+            _document = plugin_document(_builder.described())
         # Read the configuration and key now, so that mistakes stop nbdkit before it
         # daemonizes, with the message on the terminal.
         _client_config = load_config(
@@ -139,8 +158,7 @@ def thread_model() -> int:
 
 
 def get_ready() -> None:
-    handler = _NbdkitLog()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = _NbdkitLog(_settings is not None and _settings.log_format == "json")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -148,11 +166,11 @@ def get_ready() -> None:
 
 def after_fork() -> None:
     global _gateway
-    settings, client_config = _settings, _client_config
+    settings, client_config, document = _settings, _client_config, _document
     assert settings is not None and client_config is not None
     try:
         _gateway = _loop.start(
-            lambda: ImageGateway.serve(settings, client_config),
+            lambda: serve_image(settings, client_config, document),
             timeout=2 * client_config.timeout + 5,
         )
     except Exception as exc:

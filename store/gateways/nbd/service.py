@@ -9,21 +9,26 @@ The process takes the image's lock when its first writable connection opens, kee
 lease renewed while any writable connection is open, and releases it when the last one
 closes (or nbdkit exits). Read-only connections take no lock and see the image as it is
 in the cluster.
+
+Every connection and request is counted into :attr:`ImageGateway.stats` (plain counters,
+read by the metrics port in this same thread: ``store.metrics.nbd``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 
 import trio
 
 from store.client.api import Client
 from store.client.config import ClientConfig
 from store.errors import StoreError
-from store.gateways.nbd.errors import WriteRefused
+from store.gateways.nbd.errors import WriteRefused, result_name
 from store.gateways.nbd.settings import PluginSettings
 from store.image import admin
 from store.image.errors import ImageBusy
@@ -32,6 +37,7 @@ from store.image.io import READER_CACHE_SECONDS, Image
 from store.image.layout import Extent
 from store.image.lease import LeaseKeeper, default_owner
 from store.image.model import ImageHeader
+from store.metrics.nbd import NbdStats
 
 log = logging.getLogger("store.nbd")
 
@@ -43,6 +49,34 @@ class Connection:
     readonly: bool
     size: int
     object_size: int
+
+    @property
+    def mode(self) -> str:
+        return "readonly" if self.readonly else "writable"
+
+
+class _Counted:
+    """Times one request and counts it with its result when it ends."""
+
+    __slots__ = ("kind", "length", "started", "stats")
+
+    def __init__(self, stats: NbdStats, kind: str, length: int) -> None:
+        self.stats = stats
+        self.kind = kind
+        self.length = length
+        self.started = time.monotonic()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        typ: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        result = "ok" if exc is None else result_name(exc)
+        self.stats.answered(self.kind, result, time.monotonic() - self.started, self.length)
 
 
 class ImageGateway:
@@ -66,6 +100,7 @@ class ImageGateway:
         )
         self.image.fence = self.keeper.check
         self._nursery = nursery
+        self.stats = NbdStats()
         self._mutex = trio.Lock()
         self._writers = 0
         self._holding = False
@@ -91,17 +126,28 @@ class ImageGateway:
 
     # --- connections ---------------------------------------------------------------------
 
+    @property
+    def holding_lock(self) -> bool:
+        return self._holding
+
     async def open(self, readonly: bool) -> Connection:
         readonly = readonly or self.settings.readonly
-        async with self._mutex:
-            if readonly:
-                header, _ = await read_header(
-                    self.client, self.settings.pool, self.image.header.id, self.settings.spec
-                )
-                _check_open(self.settings.spec, header)
-            else:
-                header = await self._open_writer()
-            self.image.refresh(header)
+        mode = "readonly" if readonly else "writable"
+        try:
+            async with self._mutex:
+                if readonly:
+                    header, _ = await read_header(
+                        self.client, self.settings.pool, self.image.header.id, self.settings.spec
+                    )
+                    _check_open(self.settings.spec, header)
+                else:
+                    header = await self._open_writer()
+                self.image.refresh(header)
+        except BaseException as exc:
+            self.stats.opened[(mode, result_name(exc))] += 1
+            raise
+        self.stats.opened[(mode, "ok")] += 1
+        self.stats.connections[mode] += 1
         return Connection(readonly=readonly, size=header.size, object_size=header.object_size)
 
     async def _open_writer(self) -> ImageHeader:
@@ -125,6 +171,7 @@ class ImageGateway:
         return header
 
     async def close(self, conn: Connection) -> None:
+        self.stats.connections[conn.mode] -= 1
         if conn.readonly:
             return
         async with self._mutex:
@@ -163,25 +210,31 @@ class ImageGateway:
             raise WriteRefused(f"image {self.settings.spec} is served read-only here")
 
     async def pread(self, conn: Connection, offset: int, length: int) -> bytes:
-        return await self.image.read(offset, length)
+        with _Counted(self.stats, "pread", length):
+            return await self.image.read(offset, length)
 
     async def pwrite(self, conn: Connection, offset: int, data: bytes) -> None:
-        self._writable(conn)
-        await self.image.write(offset, data)
+        with _Counted(self.stats, "pwrite", len(data)):
+            self._writable(conn)
+            await self.image.write(offset, data)
 
     async def zero(self, conn: Connection, offset: int, length: int, may_trim: bool) -> None:
-        self._writable(conn)
-        await self.image.zero(offset, length, may_trim=may_trim)
+        with _Counted(self.stats, "zero", length):
+            self._writable(conn)
+            await self.image.zero(offset, length, may_trim=may_trim)
 
     async def trim(self, conn: Connection, offset: int, length: int) -> None:
-        self._writable(conn)
-        await self.image.trim(offset, length)
+        with _Counted(self.stats, "trim", length):
+            self._writable(conn)
+            await self.image.trim(offset, length)
 
     async def flush(self, conn: Connection) -> None:
-        await self.image.flush()
+        with _Counted(self.stats, "flush", 0):
+            await self.image.flush()
 
     async def extents(self, conn: Connection, offset: int, length: int) -> list[Extent]:
-        return await self.image.extents(offset, length)
+        with _Counted(self.stats, "extents", 0):
+            return await self.image.extents(offset, length)
 
 
 def _check_open(spec: str, header: ImageHeader) -> None:

@@ -2,6 +2,7 @@
 
     nbdkit python PLUGIN image=POOL/NAME [conf=PATH] [name=CLIENT] [keyring=PATH]
                          [readonly=true] [lease=SECONDS] [timeout=SECONDS]
+                         [metrics=HOST:PORT] [log-format=human|json]
 
 Paths are made absolute at once: nbdkit changes directory to / when it daemonizes.
 """
@@ -11,12 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from store.client.config import config_path
+from store.configfile import MASK, is_secret
 from store.errors import ConfigError
 from store.image.errors import ImageError
 from store.image.lock import DEFAULT_LEASE, check_lease
 from store.image.model import parse_image_spec
+from store.logs import FORMATS
+from store.rpc import parse_hostport
 
 HELP = """\
 image=POOL/NAME    the image to serve (required)
@@ -25,7 +30,12 @@ name=CLIENT        client name (must match the key file)
 keyring=PATH       key file (default: the configuration's)
 readonly=BOOL      serve read-only, without taking the image's lock (default: false)
 lease=SECONDS      length of the writer's lock lease (default: 30)
-timeout=SECONDS    fail a cluster request after this long (default: the configuration's)"""
+timeout=SECONDS    fail a cluster request after this long (default: the configuration's)
+metrics=HOST:PORT  serve Prometheus /metrics, /healthz, /readyz and /config here
+log-format=FORMAT  human (default) or json: one JSON object a line"""
+
+# `store nbd serve` passes its effective configuration to the plugin here (see process.py).
+DOCUMENT_VARIABLE = "STORE_NBD_RUNNING_CONFIG"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -41,6 +51,8 @@ class PluginSettings:
     readonly: bool = False
     lease: float = DEFAULT_LEASE
     timeout: float | None = None
+    metrics: str | None = None
+    log_format: str = "human"
 
     @property
     def spec(self) -> str:
@@ -69,7 +81,17 @@ def _seconds(key: str, value: str) -> float:
 class SettingsBuilder:
     """Collects ``config(key, value)`` calls; ``build`` checks that they make sense."""
 
-    KEYS = ("image", "conf", "name", "keyring", "readonly", "lease", "timeout")
+    KEYS = (
+        "image",
+        "conf",
+        "name",
+        "keyring",
+        "readonly",
+        "lease",
+        "timeout",
+        "metrics",
+        "log-format",
+    )
 
     def __init__(self) -> None:
         self._given: dict[str, str] = {}
@@ -91,6 +113,15 @@ class SettingsBuilder:
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
         keyring = given.get("keyring")
+        metrics = given.get("metrics") or None
+        if metrics is not None:
+            try:
+                parse_hostport(metrics)
+            except ValueError as exc:
+                raise ConfigError(f"metrics={metrics}: {exc}") from None
+        log_format = given.get("log-format", "human")
+        if log_format not in FORMATS:
+            raise ConfigError(f"log-format={log_format}: give one of {', '.join(FORMATS)}")
         return PluginSettings(
             pool=pool,
             image=name,
@@ -100,4 +131,18 @@ class SettingsBuilder:
             readonly=parse_bool("readonly", given["readonly"]) if "readonly" in given else False,
             lease=lease if lease is not None else DEFAULT_LEASE,
             timeout=_seconds("timeout", given["timeout"]) if "timeout" in given else None,
+            metrics=metrics,
+            log_format=log_format,
         )
+
+    def described(self) -> dict[str, dict[str, Any]]:
+        """Every parameter as ``store config show`` lists settings, secrets masked."""
+        out: dict[str, dict[str, Any]] = {}
+        for key in self.KEYS:
+            if key in self._given:
+                value = self._given[key]
+                shown = MASK if is_secret(key) and value else value
+                out[key] = {"value": shown, "source": "nbdkit parameter"}
+            else:
+                out[key] = {"value": None, "source": "default"}
+        return out

@@ -1,4 +1,5 @@
-"""``store s3 ...``: run the gateway, manage S3 users and keys, collect garbage."""
+"""``store s3 ...``: run the gateway (the process is ``process.py``), manage S3 users and
+keys, collect garbage."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from typing import Any, TypeVar
 import click
 import trio
 
+from store import configfile, logs
 from store.client.api import Client
 from store.client.cli import client_options, with_client
 from store.client.config import ClientConfig
-from store.errors import Code, RemoteError
+from store.errors import single_error
 from store.gateways.s3.backend import Backend
-from store.gateways.s3.gateway import Gateway, Settings
-from store.gateways.s3.handler import make_handler
+from store.gateways.s3.gateway import Settings
 from store.gateways.s3.layout import DEFAULT_INDEX_SHARDS
+from store.gateways.s3.pool import ensure_pool
+from store.gateways.s3.process import ProcessSettings, run_gateway
 from store.gateways.s3.users import UserError, Users
-from store.placement import UnknownPool
 from store.rpc import parse_hostport
 
 log = logging.getLogger("store.s3")
@@ -50,35 +52,6 @@ def pool_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-async def ensure_pool(client: Client, pool: str, size: int | None, pg_num: int) -> None:
-    """Create the gateway's pool when the cluster has none of that name."""
-    try:
-        client.pool(pool)
-        return
-    except UnknownPool:
-        pass
-    if size is None:
-        size = max(1, min(3, sum(1 for osd in client.map.osds.values() if osd.up)))
-    try:
-        result = await client.master.call(
-            "pool_create", {"name": pool, "size": size, "pg_num": pg_num}
-        )
-    except RemoteError as exc:
-        if exc.code != Code.EEXIST:
-            raise click.ClickException(
-                f"pool {pool!r} does not exist and could not be created ({exc}): create it "
-                f"with `store pool create {pool}` or use a key with admin rights"
-            ) from None
-        result = {"epoch": 0}
-    await client.master.refresh_map(int(result.get("epoch", 0)))
-    while True:
-        try:
-            client.pool(pool)
-            return
-        except UnknownPool:
-            await client.master.wait_for_map_change(1.0)
-
-
 def run_with_pool(
     config: ClientConfig,
     pool: str,
@@ -102,6 +75,7 @@ def s3_group() -> None:
 
 
 @s3_group.command("serve")
+@configfile.config_option
 @click.option(
     "--listen", default="127.0.0.1:7480", show_default=True, help="HOST:PORT to serve on."
 )
@@ -138,6 +112,13 @@ def s3_group() -> None:
     type=click.FloatRange(0),
     help="Seconds before overwritten or deleted data is freed.",
 )
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
+)
+@logs.format_option
 @pool_option
 @client_options
 def serve_command(
@@ -149,47 +130,63 @@ def serve_command(
     domains: tuple[str, ...],
     index_shards: int,
     gc_delay: float,
+    metrics: str | None,
+    log_format: str,
     pool: str,
     pool_size: int | None,
     pool_pg_num: int,
 ) -> None:
-    """Serve the S3 API on HOST:PORT."""
+    """Serve the S3 API on HOST:PORT.
+
+    Settings may come from a TOML file (`--config FILE`, keys are the long flag names)."""
+    ctx = click.get_current_context()
+    logs.setup(max(int(ctx.params.get("verbose") or 0), 1), "s3", log_format)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    host, port = parse_hostport(listen)
+    host, port = _address(listen, "--listen")
+    if metrics is not None:
+        _address(metrics, "--metrics")
     context = None
     if tls_cert is not None and tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(tls_cert), str(tls_key))
-    settings = Settings(
-        region=region,
-        domains=tuple(d.lower().strip(".") for d in domains),
-        index_shards=index_shards,
-        gc_delay=gc_delay,
+        try:
+            context.load_cert_chain(str(tls_cert), str(tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise click.ClickException(f"cannot load {tls_cert} and {tls_key}: {exc}") from None
+    settings = ProcessSettings(
+        host=host,
+        port=port,
+        ssl_context=context,
+        pool=pool,
+        pool_size=pool_size,
+        pool_pg_num=pool_pg_num,
+        gateway=Settings(
+            region=region,
+            domains=tuple(d.lower().strip(".") for d in domains),
+            index_shards=index_shards,
+            gc_delay=gc_delay,
+        ),
+        metrics=metrics,
+        running_config=configfile.document(ctx, "s3"),
     )
+    try:
+        trio.run(run_gateway, config, settings)
+    except KeyboardInterrupt:
+        pass
+    except (OSError, BaseExceptionGroup) as exc:
+        inner = single_error(exc)
+        if isinstance(inner, OSError):
+            raise click.ClickException(f"cannot serve on {listen}: {inner}") from None
+        if isinstance(inner, click.ClickException):
+            raise inner from None
+        raise
 
-    async def main(client: Client) -> None:
-        from store.gateways.web.server import serve
 
-        await ensure_pool(client, pool, pool_size, pool_pg_num)
-        async with trio.open_nursery() as nursery:
-            gateway = Gateway(Backend(client, pool), settings, nursery)
-            nursery.start_soon(gateway.collector.run)
-            bound = await nursery.start(
-                lambda task_status: serve(
-                    make_handler(gateway), host, port, ssl_context=context, task_status=task_status
-                )
-            )
-            log.warning(
-                "S3 gateway on %s://%s:%d (pool %s, region %s)",
-                "https" if context else "http",
-                host,
-                bound,
-                pool,
-                region,
-            )
-
-    with_client(config, main)
+def _address(value: str, flag: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 # --- users and keys -------------------------------------------------------------------------

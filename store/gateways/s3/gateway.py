@@ -1,7 +1,8 @@
 """The gateway's shared state and one request's context (:class:`Call`).
 
 A :class:`Gateway` holds what every request needs: the cluster backend, users, buckets,
-the index, the collector, the memory budget, and the nursery where background reads run.
+the index, the collector, the memory budget, the nursery where background reads run, and
+the request counters the metrics port reads.
 It holds no S3 state of its own beyond short-lived caches, so any number of gateways can
 serve the same pool.
 """
@@ -26,6 +27,7 @@ from store.gateways.s3.payload import Payload
 from store.gateways.s3.routing import Route
 from store.gateways.s3.users import Users
 from store.gateways.web.server import Request
+from store.metrics.s3 import S3Stats
 
 
 @dataclass
@@ -38,7 +40,13 @@ class Settings:
 
 
 class Gateway:
-    def __init__(self, backend: Backend, settings: Settings, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        nursery: trio.Nursery,
+        stats: S3Stats | None = None,
+    ) -> None:
         self.backend = backend
         self.settings = settings
         self.nursery = nursery
@@ -47,6 +55,7 @@ class Gateway:
         self.collector = Collector(backend, delay=settings.gc_delay)
         self.index = Index(backend, self.buckets, self.collector)
         self.budget = Budget()
+        self.stats = stats if stats is not None else S3Stats()
 
 
 @dataclass

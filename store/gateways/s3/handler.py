@@ -4,12 +4,17 @@
 server calls. Every response carries ``x-amz-request-id`` (the ``RequestId`` of an error
 document) and ``x-amz-id-2``. Anonymous requests are refused; a request signed with a key
 the cluster does not know is ``InvalidAccessKeyId``; only a bucket's owner may use it.
+
+Every request but ``/healthz`` is counted in the gateway's ``S3Stats`` (plain
+counters, see ``store.metrics.s3``): by operation and status, its body bytes and latency,
+and, when authentication refuses it, by the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
@@ -78,6 +83,37 @@ for _operation in routing.UNCONFIGURED_BUCKET_GETS.values():
     OPERATIONS[_operation] = ops_buckets.get_unconfigured
 for _operation in routing.UNCONFIGURED_BUCKET_DELETES.values():
     OPERATIONS[_operation] = ops_buckets.delete_unconfigured
+
+
+# Operations the router names that have no implementation here (answered as errors).
+UNSERVED = ("MethodNotAllowed", "NotImplemented")
+INVALID = "Invalid"  # the label of a request the router refused
+ANONYMOUS = "Anonymous"  # the reason of a refused request that carried no credentials
+_PRESIGNED_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "AWSAccessKeyId", "Signature")
+
+
+def operation_label(operation: str) -> str:
+    """The `operation` label of a routed request: from a fixed set, whatever was sent."""
+    return operation if operation in OPERATIONS or operation in UNSERVED else "NotImplemented"
+
+
+def carries_credentials(request: Request) -> bool:
+    """Whether a request is signed (in a header or a presigned URL), well or not."""
+    if request.header("authorization") is not None:
+        return True
+    for raw, _ in sigv4.split_query(request.query):
+        try:
+            name = sigv4.decode_component(raw)
+        except S3Error:  # undecodable: not one of ours, but it was sent as a parameter
+            name = raw
+        if name in _PRESIGNED_PARAMS:
+            return True
+    return False
+
+
+def auth_failure_reason(exc: S3Error, request: Request) -> str:
+    """The `reason` label of a request authentication refused."""
+    return exc.code if carries_credentials(request) else ANONYMOUS
 
 
 def new_request_id() -> str:
@@ -158,18 +194,16 @@ def failure_of(exc: BaseException, request: Request) -> S3Error:
     return errors.internal_error()
 
 
-def make_handler(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
+def make_handler(
+    gateway: Gateway, clock: Callable[[], float] = time.monotonic
+) -> Callable[[Request], Awaitable[Response]]:
     settings = gateway.settings
+    stats = gateway.stats
 
-    async def handle(request: Request) -> Response:
-        request_id = new_request_id()
-        if request.path == "/healthz" and request.method in ("GET", "HEAD"):
-            return responses.stamp(
-                Response(200, [("Content-Type", "text/plain")], b"ok\n"),
-                request_id,
-                settings.host_id,
-            )
+    async def respond(request: Request, request_id: str) -> tuple[str, Response]:
+        """The operation's label and the (unstamped) response to `request`."""
         resource = request.path
+        label = INVALID
         try:
             route = routing.route(
                 request.method,
@@ -179,13 +213,20 @@ def make_handler(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
                 settings.domains,
             )
             resource = route.resource
-            user, payload_hash, signing = await authenticate(
-                gateway, request, route, datetime.now(UTC)
-            )
+            label = operation_label(route.operation)
+            try:
+                user, payload_hash, signing = await authenticate(
+                    gateway, request, route, datetime.now(UTC)
+                )
+            except S3Error as exc:
+                if exc.status < 500:  # not a refusal: the cluster failed to answer
+                    stats.auth_failed(auth_failure_reason(exc, request))
+                raise
             if request.header("x-amz-copy-source") is not None:
                 # PUT with a copy source is a copy, of an object or into a part.
                 copies = {"PutObject": "CopyObject", "UploadPart": "UploadPartCopy"}
                 route.operation = copies.get(route.operation, route.operation)
+                label = operation_label(route.operation)
             operation = OPERATIONS.get(route.operation)
             if operation is None:
                 if route.operation == "MethodNotAllowed":
@@ -197,7 +238,25 @@ def make_handler(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
         except Exception as exc:
             failure = failure_of(exc, request)
             response = responses.error(failure, resource, request_id, settings.host_id)
+        return label, response
+
+    async def handle(request: Request) -> Response:
+        request_id = new_request_id()
+        if request.path == "/healthz" and request.method in ("GET", "HEAD"):
+            return responses.stamp(
+                Response(200, [("Content-Type", "text/plain")], b"ok\n"),
+                request_id,
+                settings.host_id,
+            )
+        started = clock()
+        stats.started()
+        try:
+            label, response = await respond(request, request_id)
+        except BaseException:
+            stats.abandoned()
+            raise
         log.debug("%s %s -> %d", request.method, request.target, response.status)
-        return responses.stamp(response, request_id, settings.host_id)
+        response = responses.stamp(response, request_id, settings.host_id)
+        return stats.answered(label, request, response, started, clock)
 
     return handle

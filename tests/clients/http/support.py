@@ -1,9 +1,12 @@
-"""Small HTTP helpers over the standard library's http.client."""
+"""Small HTTP helpers over the standard library's http.client, and metrics scrapes."""
 
 from __future__ import annotations
 
 import http.client
+import time
 import urllib.parse
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients.http.conftest import TOKEN, Gateway
 
@@ -47,3 +50,38 @@ def call(
 
 def path_of(pool: str, name: str) -> str:
     return f"/{urllib.parse.quote(pool)}/{urllib.parse.quote(name)}"
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(gateway: Gateway) -> Samples:
+    """Every sample of the gateway's /metrics: (name, labels) -> value."""
+    status, body = gateway.metrics_get("/metrics")
+    assert status == 200, body
+    out: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def settled(gateway: Gateway, timeout: float = 30.0) -> Samples:
+    """The metrics once no request is in flight: a download's bytes and latency are
+    counted when the gateway hands over its last byte, which the client may have read
+    a moment before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(gateway)
+        if value(samples, "store_http_requests_in_flight") == 0:
+            return samples
+        assert time.monotonic() < deadline, "requests still in flight"
+        time.sleep(0.05)

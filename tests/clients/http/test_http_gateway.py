@@ -6,20 +6,32 @@ import hashlib
 import json
 import random
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.clients.http.conftest import POOL, PUBLIC_POOL, TOKEN, Gateway
-from tests.clients.http.support import call, path_of
+from store.client.config import write_config
+from tests.clients.http.conftest import MAX_OBJECT_SIZE, POOL, PUBLIC_POOL, TOKEN, Gateway
+from tests.clients.http.support import Reply, call, delta, path_of, scrape, settled, value
 from tests.cluster.harness import Cluster
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
 STRIPE = 4 * 1024 * 1024
+
+
+def store_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "store", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_health(gateway: Gateway) -> None:
@@ -321,3 +333,127 @@ def test_keep_alive_and_pipelining_through_the_gateway(gateway: Gateway) -> None
             assert time.monotonic() < deadline, received
             received += sock.recv(65536)
     assert received.index(b"one") < received.index(b"two")
+
+
+# --- metrics, health and configuration ---------------------------------------------------
+
+
+def test_metrics_count_a_known_workload(gateway: Gateway) -> None:
+    folder = f"metrics/{uuid.uuid4().hex}"
+    payloads = {
+        f"{folder}/small": b"0123456789",
+        f"{folder}/inline": random.Random(7).randbytes(70_000),
+        f"{folder}/striped": random.Random(8).randbytes(STRIPE + 5),  # streamed out
+    }
+    replies: list[tuple[str, Reply]] = []
+
+    def send(method: str, name: str, body: bytes | None = None) -> Reply:
+        reply = call(gateway, method, path_of(POOL, name), body)
+        replies.append((method, reply))
+        return reply
+
+    before = settled(gateway)
+    for name, data in payloads.items():
+        assert send("PUT", name, data).status == 201
+    for name, data in payloads.items():
+        assert send("GET", name).body == data
+    assert send("HEAD", f"{folder}/inline").status == 200
+    assert send("GET", f"{folder}/missing").status == 404
+    assert send("DELETE", f"{folder}/small").status == 204
+    after = settled(gateway)
+
+    def moved(name: str, **labels: str) -> float:
+        return delta(before, after, name, **labels)
+
+    for (method, status), n in Counter((m, r.status) for m, r in replies).items():
+        assert moved("store_http_requests_total", method=method, status=str(status)) == n
+    for method, n in Counter(m for m, _ in replies).items():
+        assert moved("store_http_request_latency_seconds_count", method=method) == n
+        assert moved("store_http_request_latency_seconds_bucket", method=method, le="+Inf") == n
+    assert moved("store_http_body_bytes_total", direction="received") == sum(
+        len(data) for data in payloads.values()
+    )
+    # Every byte of every answer's body: objects, "created" notes, the 404's reason.
+    assert moved("store_http_body_bytes_total", direction="sent") == sum(
+        len(r.body) for m, r in replies if m != "HEAD"
+    )
+    assert moved("store_http_requests_cut_short_total", stage="request") == 0
+    assert moved("store_http_requests_cut_short_total", stage="response") == 0
+    assert value(after, "store_http_requests_in_flight") == 0
+    # The cluster client underneath: at least a write and a read per object, all answered.
+    assert moved("store_client_requests_total") >= 2 * len(payloads)
+    assert moved("store_client_replies_total", result="ok") >= 2 * len(payloads)
+    assert moved("store_client_timeouts_total") == 0
+    assert value(after, "store_client_map_epoch") >= 1
+    assert value(after, "store_client_daemon_links") >= 1
+    roles = [labels for (name, labels) in after if name == "store_build_info"]
+    assert len(roles) == 1 and ("role", "http") in roles[0]
+
+
+def test_health_readiness_and_config_of_the_gateway(gateway: Gateway) -> None:
+    assert gateway.metrics_get("/healthz") == (200, b"ok\n")
+    assert gateway.metrics_get("/readyz") == (200, b"ready\n")
+    shown = store_cli("config", "show", "--metrics", gateway.metrics_address, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert TOKEN not in shown.stdout
+    doc = json.loads(shown.stdout)
+    assert doc["role"] == "http" and doc["command"] == "store http serve"
+    assert gateway.config_path is not None
+    assert doc["config_file"] == str(gateway.config_path.resolve())
+    found = doc["settings"]
+    assert found["max-object-size"] == {"value": MAX_OBJECT_SIZE, "source": "config file"}
+    assert found["read-grace"] == {"value": 30.0, "source": "config file"}  # as read_grace
+    assert found["log-format"] == {"value": "json", "source": "config file"}
+    # The file's `listen` loses to the command line's.
+    assert found["listen"] == {"value": f"127.0.0.1:{gateway.port}", "source": "command line"}
+    assert found["metrics"] == {"value": gateway.metrics_address, "source": "command line"}
+    assert found["public"] == {"value": [PUBLIC_POOL], "source": "command line"}
+    assert found["gc-interval"] == {"value": 30.0, "source": "default"}
+    text = store_cli("config", "show", "--metrics", gateway.metrics_address).stdout
+    assert text.startswith("# effective configuration of `store http serve`")
+    lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
+    assert lines["max-object-size"].split("#")[1].strip() == "config file"
+    # log-format = "json": every line of its log is a JSON object.
+    events = gateway.log_lines()
+    assert events and all(e["process"] == "http" for e in events)
+    assert any(str(e["message"]).startswith("HTTP gateway ready") for e in events)
+
+
+def test_not_ready_while_the_cluster_does_not_answer(cluster: Cluster, tmp_path: Path) -> None:
+    """A master that accepts connections and never answers: /readyz says what is awaited."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        conf = tmp_path / "silent.conf"
+        write_config(
+            conf,
+            master=f"127.0.0.1:{silent.getsockname()[1]}",
+            ca=cluster.tls_dir / "ca.crt",
+            keyring=cluster.root / "master" / "admin.key",
+        )
+        waiting = Gateway(cluster, tmp_path, "waiting", conf=conf)
+        proc = waiting.launch()
+        try:
+            deadline = time.monotonic() + 30
+            while waiting.metrics_get("/healthz")[0] != 200:
+                assert proc.poll() is None, waiting.log()
+                assert time.monotonic() < deadline, waiting.log()
+                time.sleep(0.05)
+            status, reason = waiting.metrics_get("/readyz")
+            assert status == 503 and reason.startswith(b"connecting to the cluster"), reason
+            assert scrape(waiting)[("store_http_requests_in_flight", frozenset())] == 0
+        finally:
+            waiting.kill()
+
+
+def test_a_metrics_port_that_cannot_be_served_is_a_clear_error(cluster: Cluster) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["http", "serve", "--conf", str(cluster.conf), "--listen", "127.0.0.1:0"]
+        refused = store_cli(*args, "--metrics", address)
+    assert refused.returncode == 1
+    assert f"cannot serve metrics on {address}: Address already in use" in refused.stderr
+    malformed = store_cli(*args, "--metrics", "nowhere")
+    assert malformed.returncode == 2 and "Invalid value for --metrics" in malformed.stderr

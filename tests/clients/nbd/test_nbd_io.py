@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import trio
@@ -25,7 +26,7 @@ from tests.clients.nbd.conftest import (
     store,
     tool,
 )
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, free_port
 
 MiB = 1 << 20
 
@@ -58,9 +59,11 @@ def test_plugin_loads_from_a_shell_without_the_venv(nbd_cluster: Cluster, short_
     store_bin = Path(sys.executable).parent / "store"  # the installation's own script
     assert store_bin.exists(), store_bin
     sock = short_dir / "bare.sock"
+    metrics = f"127.0.0.1:{free_port()}"
     script = (
         f"exec nbdkit --foreground --unix {sock} python "
-        f'"$({store_bin} nbd plugin-path)" image={image} conf={nbd_cluster.conf}'
+        f'"$({store_bin} nbd plugin-path)" image={image} conf={nbd_cluster.conf} '
+        f"metrics={metrics}"
     )
     bare_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     bare_env["HOME"] = os.environ.get("HOME", "/root")
@@ -81,6 +84,15 @@ def test_plugin_loads_from_a_shell_without_the_venv(nbd_cluster: Cluster, short_
             time.sleep(0.05)
         size = run("nbdinfo", "--size", f"nbd+unix:///?socket={sock}").stdout
         assert int(size) == 64 * MiB
+        # Not started by `store nbd serve`: /config lists the plugin's own parameters.
+        with urllib.request.urlopen(f"http://{metrics}/config", timeout=10) as answer:
+            doc = json.loads(answer.read())
+        assert doc["role"] == "nbd" and doc["command"].startswith("nbdkit python")
+        assert doc["pid"] == proc.pid  # bash exec'd nbdkit
+        found = doc["settings"]
+        assert found["image"] == {"value": image, "source": "nbdkit parameter"}
+        assert found["metrics"] == {"value": metrics, "source": "nbdkit parameter"}
+        assert found["lease"] == {"value": None, "source": "default"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)

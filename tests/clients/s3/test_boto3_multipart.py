@@ -200,7 +200,7 @@ def test_list_multipart_uploads_paging(s3: Any, bucket: str) -> None:
     made = []
     for key in ("a/1", "a/2", "b", "b", "c/d/e"):
         made.append((key, s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]))
-    seen = []
+    seen: list[tuple[str, str]] = []
     kwargs: dict[str, Any] = {"Bucket": bucket, "MaxUploads": 2}
     while True:
         page = s3.list_multipart_uploads(**kwargs)
