@@ -164,7 +164,11 @@ class Connection:
                 self.h11.they_are_waiting_for_100_continue
                 and self.h11.our_state is h11.SEND_RESPONSE
             ):
-                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                # With its reason phrase: botocore's 100-continue handling (the AWS CLI's)
+                # does not recognise a bare "HTTP/1.1 100" and then never sends the body.
+                await self._send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
             event = await self._next_event(deadline)
         except h11.RemoteProtocolError as exc:
             if self._eof:

@@ -118,8 +118,10 @@ class User:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for client tools: none of the machine's AWS_* settings."""
+    """The environment for client tools: none of the machine's AWS_* settings, and no
+    instance-metadata lookups (the AWS CLI would otherwise ask 169.254.169.254)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     env.update(extra)
     return env
 
