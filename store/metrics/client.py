@@ -39,6 +39,11 @@ def transport_families(transport: Transport) -> Iterator[Metric]:
     yield counter(
         "store_client_session_resets", "Sessions a daemon said it no longer had.", s.resets
     )
+    yield counter(
+        "store_client_session_rehellos",
+        "New sessions begun after a run of sends to one daemon met no answer at all.",
+        s.rehellos,
+    )
     replies: dict[str, int] = {}
     for code, n in s.replies.items():
         name = result_name(code)

@@ -200,7 +200,7 @@ def test_osd_families() -> None:
 def test_client_families() -> None:
     transport = Transport(None, lambda: (b"", b""), lambda: 0)  # type: ignore[arg-type]
     st = transport.stats
-    st.requests, st.retransmits, st.timeouts = 10, 3, 1
+    st.requests, st.retransmits, st.timeouts, st.rehellos = 10, 3, 1, 2
     st.replies[0] += 8
     st.replies[int(Code.ENOENT)] += 1
     st.dropped_by["bad_mac"] += 2
@@ -209,6 +209,7 @@ def test_client_families() -> None:
     assert s[("store_client_requests_total", frozenset())] == 10
     assert s[("store_client_retransmissions_total", frozenset())] == 3
     assert s[("store_client_timeouts_total", frozenset())] == 1
+    assert s[("store_client_session_rehellos_total", frozenset())] == 2
     assert s[("store_client_replies_total", frozenset({("result", "enoent")}))] == 1
     assert s[("store_client_datagrams_dropped_total", frozenset({("reason", "bad_mac")}))] == 2
     assert s[("store_client_request_latency_seconds_count", frozenset())] == 1
