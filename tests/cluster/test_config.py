@@ -44,8 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             c.metrics_ports[f"osd.{i}"] = port
             (conf / f"osd.{i}.toml").write_text(
                 f'metrics = "127.0.0.1:{port}"\n'
-                "full-ratio = 0.9\n"
-                "nearfull-ratio = 0.8\n"
+                "full-ratio = 0.99\n"
+                "nearfull-ratio = 0.98\n"
                 "heartbeat = 5.0\n"  # overridden by the harness's --heartbeat
             )
             c.start_osd(i, extra=["--config", str(conf / f"osd.{i}.toml")])
@@ -112,12 +112,12 @@ def test_show_a_daemon_through_its_metrics_port(cluster: Cluster) -> None:
     doc = json.loads(shown.stdout)
     found = settings(doc)
     assert doc["role"] == "osd"
-    assert found["full-ratio"] == {"value": 0.9, "source": "config file"}
+    assert found["full-ratio"] == {"value": 0.99, "source": "config file"}
     assert found["heartbeat"] == {"value": 0.5, "source": "command line"}
     assert found["cert-name"] == {"value": "osd", "source": "default"}
     # The daemon runs with them: its metrics say so.
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
-        assert "store_osd_full_ratio 0.9" in answer.read().decode()
+        assert "store_osd_full_ratio 0.99" in answer.read().decode()
     # And the same from the file in its data directory.
     on_disk = json.loads(
         store("config", "show", "--dir", str(cluster.root / "osd.1"), "--json").stdout

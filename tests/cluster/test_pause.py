@@ -22,11 +22,18 @@ async def test_a_replica_paused_past_the_replication_timeout_is_recovered(
     cluster = cluster_factory(osds=3, pool_size=3, pg_num=8, grace=60.0)
     acked: dict[str, bytes] = {}
     async with Client.connect(cluster.config()) as client:
+        # Writes to PGs that osd.1 leads would just wait out the pause; those led by the
+        # others forward to osd.1 and meet the replication timeout.
+        names = [
+            name
+            for name in (f"obj-{i}" for i in range(200))
+            if client.locate("default", name)["primary"] != 1
+        ][:40]
 
-        async def writer() -> None:
-            i = 0
+        async def writer(offset: int) -> None:
+            i = offset
             while True:
-                name, data = f"obj-{i % 40}", os.urandom(3000)
+                name, data = names[i % len(names)], os.urandom(3000)
                 # Until the write answers, its outcome is unknown (a failure or the
                 # cancellation at the end may still have been applied): not checked.
                 acked.pop(name, None)
@@ -36,10 +43,11 @@ async def test_a_replica_paused_past_the_replication_timeout_is_recovered(
                     pass
                 else:
                     acked[name] = data
-                i += 1
+                i += 4
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
+            for offset in range(4):
+                nursery.start_soon(writer, offset)
             await trio.sleep(1)
             paused = cluster.procs["osd.1"].pid
             os.killpg(paused, signal.SIGSTOP)
