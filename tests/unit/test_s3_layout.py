@@ -69,6 +69,14 @@ def test_corrupt_records_are_reported_not_crashing(raw: bytes) -> None:
         Entry.from_bytes(raw)
 
 
+@pytest.mark.parametrize("raw", [b"\xc1", b"\x91\x93\x01\x02\x03", b"\x91\xa1x", b"\x01"])
+def test_corrupt_lists_are_reported_not_crashing(raw: bytes) -> None:
+    with pytest.raises(CorruptRecord, match="bad upload list"):
+        layout.unpack_upload_refs(raw)
+    with pytest.raises(CorruptRecord, match="bad multipart manifest"):
+        layout.unpack_manifest(raw)
+
+
 def test_names() -> None:
     head = layout.data_name("0011")
     assert head.startswith("s3.data.0011.")

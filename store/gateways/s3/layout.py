@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import xxhash
+
+T = TypeVar("T")
 
 USERS = "s3.users"
 BUCKETS = "s3.buckets"
@@ -305,10 +308,10 @@ def pack_manifest(parts: list[Part]) -> bytes:
     return msgpack.packb([p.to_wire() for p in parts], use_bin_type=True)
 
 
-def unpack_manifest(raw: bytes) -> list[Part]:
+def _unpack_list(raw: bytes, what: str, build: Callable[[Any], T]) -> list[T]:
+    """A msgpack list of records, each made by `build`; CorruptRecord names `what`."""
     try:
-        items = msgpack.unpackb(raw, raw=False)
-        return [Part.from_wire(item) for item in items]
+        return [build(item) for item in msgpack.unpackb(raw, raw=False)]
     except (
         ValueError,
         TypeError,
@@ -316,7 +319,11 @@ def unpack_manifest(raw: bytes) -> list[Part]:
         msgpack.FormatError,
         msgpack.StackError,
     ) as exc:
-        raise CorruptRecord(f"bad multipart manifest: {exc}") from None
+        raise CorruptRecord(f"bad {what}: {exc}") from None
+
+
+def unpack_manifest(raw: bytes) -> list[Part]:
+    return _unpack_list(raw, "multipart manifest", Part.from_wire)
 
 
 # --- multipart uploads ---------------------------------------------------------------------
@@ -442,17 +449,12 @@ def pack_upload_refs(refs: list[UploadRef]) -> bytes:
 def unpack_upload_refs(raw: bytes | None) -> list[UploadRef]:
     if raw is None:
         return []
-    try:
-        items = msgpack.unpackb(raw, raw=False)
-        return [UploadRef(str(u), float(t), str(o), str(oi)) for u, t, o, oi in items]
-    except (
-        ValueError,
-        TypeError,
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise CorruptRecord(f"bad upload list: {exc}") from None
+    return _unpack_list(raw, "upload list", _upload_ref)
+
+
+def _upload_ref(item: Any) -> UploadRef:
+    upload_id, initiated, owner, owner_id = item
+    return UploadRef(str(upload_id), float(initiated), str(owner), str(owner_id))
 
 
 # --- garbage ---------------------------------------------------------------------------------
