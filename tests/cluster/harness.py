@@ -116,9 +116,14 @@ class Cluster:
         metrics: bool = False,
     ) -> None:
         port = self.osd_ports.setdefault(i, free_dual_port())
+        extra = list(extra or [])
+        if not any(a in extra for a in ("--config", "--full-ratio", "--nearfull-ratio")):
+            # The test's disk is the host's, maybe busy: the thresholds are about the
+            # daemon, not the machine, so they sit clear of it unless a test sets its own.
+            extra += ["--full-ratio", "0.999", "--nearfull-ratio", "0.998"]
         if metrics:
             metrics_port = self.metrics_ports.setdefault(f"osd.{i}", free_port())
-            extra = [*(extra or []), "--metrics", f"127.0.0.1:{metrics_port}"]
+            extra += ["--metrics", f"127.0.0.1:{metrics_port}"]
         self._spawn(
             f"osd.{i}",
             [
@@ -136,7 +141,7 @@ class Cluster:
                 "--host",
                 host or f"host{i}",
                 "-vv",
-                *(extra or []),
+                *extra,
             ],
         )
 
