@@ -29,6 +29,21 @@ from store.master.server import MasterConfig, run_master
     help="Seconds without heartbeat before a daemon is marked down.",
 )
 @click.option(
+    "--down-out-interval",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0.0, None),
+    help="Seconds a daemon may stay down before it is marked out and its data re-replicated "
+    "(0: never automatically).",
+)
+@click.option(
+    "--min-down-reporters",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, None),
+    help="Daemons that must report a peer silent before it is marked down before its grace.",
+)
+@click.option(
     "--ticket-ttl", default=3600.0, show_default=True, help="Lifetime of client tickets, seconds."
 )
 @click.option(
@@ -56,6 +71,8 @@ def master_command(
     listen: str,
     tls_dir: Path,
     osd_grace: float,
+    down_out_interval: float,
+    min_down_reporters: int,
     ticket_ttl: float,
     key_rotation: float,
     metrics: str | None,
@@ -72,6 +89,8 @@ def master_command(
             listen=listen,
             tls_dir=tls_dir,
             osd_grace=osd_grace,
+            down_out_interval=down_out_interval,
+            min_down_reporters=min_down_reporters,
             ticket_ttl=ticket_ttl,
             key_rotation=key_rotation,
             metrics=metrics,

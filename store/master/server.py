@@ -39,6 +39,8 @@ class MasterConfig:
     listen: str = "127.0.0.1:6789"
     tls_dir: Path = Path("tls")
     osd_grace: float = 20.0  # seconds without heartbeat before a daemon is marked down
+    down_out_interval: float = 600.0  # seconds down before marked out; 0: never automatically
+    min_down_reporters: int = 2  # peers that must report a daemon silent to mark it down
     ticket_ttl: float = 3600.0
     key_rotation: float = 3600.0
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config

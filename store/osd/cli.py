@@ -46,6 +46,49 @@ def _operations(fn: F) -> F:
                 type=click.FloatRange(0.0, 1.0, min_open=True),
                 help="Warn (store status) above this fraction of the disk in use.",
             ),
+            click.option(
+                "--pg-log-entries",
+                default=3000,
+                show_default=True,
+                type=click.IntRange(1, 1_000_000),
+                help="Writes each PG remembers: a daemon that missed fewer catches up from the "
+                "log, one that missed more is backfilled.",
+            ),
+            click.option(
+                "--peer-grace",
+                default=20.0,
+                show_default=True,
+                type=click.FloatRange(0.5, None),
+                help="Seconds a peer sharing PGs may be silent before it is reported down.",
+            ),
+            click.option(
+                "--max-backfills",
+                default=1,
+                show_default=True,
+                type=click.IntRange(1, 64),
+                help="PG recoveries this daemon runs at once, as a source or a target.",
+            ),
+            click.option(
+                "--recovery-max-rate",
+                default=0.0,
+                show_default=True,
+                type=click.FloatRange(0.0, None),
+                help="MB/s of recovery traffic this daemon sends (0: no limit).",
+            ),
+            click.option(
+                "--scrub-interval",
+                default=86400.0,
+                show_default=True,
+                type=click.FloatRange(0.0, None),
+                help="Seconds between light scrubs of each PG (0: only on demand).",
+            ),
+            click.option(
+                "--deep-scrub-interval",
+                default=604800.0,
+                show_default=True,
+                type=click.FloatRange(0.0, None),
+                help="Seconds between deep scrubs of each PG (0: only on demand).",
+            ),
             click.option("-v", "--verbose", count=True, help="-v: INFO (the default), -vv: DEBUG."),
             logs.format_option,
         ]
@@ -54,11 +97,14 @@ def _operations(fn: F) -> F:
     return fn
 
 
-def _check_ratios(full_ratio: float, nearfull_ratio: float) -> None:
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings as OsdConfig fields, checked."""
+    full_ratio, nearfull_ratio = settings["full_ratio"], settings["nearfull_ratio"]
     if nearfull_ratio > full_ratio:
         raise click.UsageError(
             f"--nearfull-ratio ({nearfull_ratio}) must not be above --full-ratio ({full_ratio})"
         )
+    return {k: v for k, v in settings.items() if k not in ("verbose", "log_format")}
 
 
 @click.group("osd", invoke_without_command=True)
@@ -108,11 +154,7 @@ def osd_group(
     tls_dir: Path,
     cert_name: str,
     heartbeat: float,
-    metrics: str | None,
-    full_ratio: float,
-    nearfull_ratio: float,
-    verbose: int,
-    log_format: str,
+    **settings: Any,
 ) -> None:
     """Run a storage daemon for one disk (`store osd --dir D --master M`), or manage
     daemons (`store osd ls|out|in|reweight`)."""
@@ -120,7 +162,6 @@ def osd_group(
         return
     if directory is None or master is None:
         raise click.UsageError("running a daemon needs --dir DIR and --master HOST:PORT")
-    _check_ratios(full_ratio, nearfull_ratio)
     _run(
         OsdConfig(
             dir=directory,
@@ -132,12 +173,10 @@ def osd_group(
             host=host,
             tls=TlsPaths.in_dir(tls_dir, cert_name),
             heartbeat_interval=heartbeat,
-            full_ratio=full_ratio,
-            nearfull_ratio=nearfull_ratio,
-            metrics=metrics,
+            **_settings(settings),
         ),
-        verbose,
-        log_format,
+        settings["verbose"],
+        settings["log_format"],
     )
 
 
@@ -163,14 +202,9 @@ def file_store_command(
     peer_ca_cert: Path,
     advertise: str | None,
     host: str,
-    metrics: str | None,
-    full_ratio: float,
-    nearfull_ratio: float,
-    verbose: int,
-    log_format: str,
+    **settings: Any,
 ) -> None:
     """Run a storage daemon (same as `store osd`, older flag names)."""
-    _check_ratios(full_ratio, nearfull_ratio)
     _run(
         OsdConfig(
             dir=directory,
@@ -180,10 +214,8 @@ def file_store_command(
             advertise=advertise,
             host=host,
             tls=TlsPaths(ca=peer_ca_cert, cert=peer_cert, key=peer_key),
-            full_ratio=full_ratio,
-            nearfull_ratio=nearfull_ratio,
-            metrics=metrics,
+            **_settings(settings),
         ),
-        verbose,
-        log_format,
+        settings["verbose"],
+        settings["log_format"],
     )

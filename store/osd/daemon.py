@@ -67,6 +67,12 @@ class OsdConfig:
     heartbeat_interval: float = 2.0
     full_ratio: float = 0.95  # above this fraction of the disk, writes are refused
     nearfull_ratio: float = 0.85  # above this, `store status` warns
+    pg_log_entries: int = 3000  # log entries kept per PG (catch-up by log below this)
+    peer_grace: float = 20.0  # seconds a peer sharing PGs may be silent before we report it
+    max_backfills: int = 1  # PG recoveries at once, as source or target
+    recovery_max_rate: float = 0.0  # MB/s of recovery traffic we send; 0: no limit
+    scrub_interval: float = 86400.0  # seconds between light scrubs of a PG; 0: on demand only
+    deep_scrub_interval: float = 604800.0  # seconds between deep scrubs; 0: on demand only
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
     running_config: dict[str, Any] | None = None  # the effective settings, masked
 
@@ -75,7 +81,8 @@ class OsdDaemon:
     def __init__(self, config: OsdConfig) -> None:
         self.config = config
         self.identity = identity_mod.load_or_init(config.dir)
-        self.store = ObjectStore(str(config.dir))  # the database is DIR/store.db
+        # The database is DIR/store.db, the data DIR/blocks.dat.
+        self.store = ObjectStore(str(config.dir), max_log_entries=config.pg_log_entries)
         self.writes = WriteQueue(self.store)
         self.osd_id: int = self.identity.osd_id if self.identity.osd_id is not None else -1
         self.map = ClusterMap(epoch=0, fsid="", created=0.0, osds={}, pools={})
