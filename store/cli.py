@@ -14,6 +14,7 @@ def main() -> None:
 def _register() -> None:
     from store.bench import bench_command
     from store.client import cli as client_cli
+    from store.client.pg_cli import pg_group
     from store.cluster import cluster_group
     from store.configfile import config_group
     from store.gateways.http.cli import http_group
@@ -32,6 +33,7 @@ def _register() -> None:
         client_cli.stat_command,
         client_cli.ls_command,
         client_cli.pool_group,
+        pg_group,
         client_cli.auth_group,
         master_command,
         osd_group,

@@ -189,6 +189,32 @@ def _pgs(v: ClusterView) -> Iterator[HealthCheck]:
         )
 
 
+def _inconsistent(v: ClusterView) -> Iterator[HealthCheck]:
+    bad = {s: n for s, n in v.pg_states.items() if "inconsistent" in s.split("+") and n}
+    if bad:
+        yield HealthCheck(
+            "PG_DAMAGED",
+            ERR,
+            f"{_plural(sum(bad.values()), 'pg')} inconsistent: a scrub found copies that differ",
+            tuple(f"{n} pgs {s}" for s, n in sorted(bad.items())),
+            "`store pg ls --state inconsistent` names them; `store pg repair PGID` replaces "
+            "each bad copy from a good one. If it recurs on one daemon, check its disk.",
+        )
+
+
+def _flags(v: ClusterView) -> Iterator[HealthCheck]:
+    if v.map.flags:
+        names = ", ".join(sorted(v.map.flags))
+        yield HealthCheck(
+            "OSDMAP_FLAGS",
+            WARN,
+            f"flags set: {names}",
+            tuple(f"{f} is set" for f in sorted(v.map.flags)),
+            "noout keeps down daemons in, so their data is not copied elsewhere: right for "
+            "maintenance, wrong for a lost disk. `store osd unset noout` when done.",
+        )
+
+
 def _checksums(v: ClusterView) -> Iterator[HealthCheck]:
     bad = {i: int(_num(r.get("checksum_errors"))) for i, r in v.reports.items()}
     bad = {i: n for i, n in bad.items() if n}
@@ -293,7 +319,9 @@ def _ticket_keys(v: ClusterView) -> Iterator[HealthCheck]:
 CHECKS: tuple[Callable[[ClusterView], Iterator[HealthCheck]], ...] = (
     _osd_down,
     _osd_out,
+    _flags,
     _pgs,
+    _inconsistent,
     _checksums,
     _fullness,
     _clock_skew,

@@ -122,6 +122,7 @@ class ClusterMap:
     created: float
     osds: Mapping[int, OsdInfo] = field(hash=False)
     pools: Mapping[int, PoolSpec] = field(hash=False)
+    flags: frozenset[str] = frozenset()  # cluster flags an operator set (noout)
     _placements: dict[int, _PoolPlacement] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
@@ -161,6 +162,7 @@ class ClusterMap:
                 for o in self.osds.values()
             ],
             "pools": [{f: getattr(p, f) for f in PoolSpec.__slots__} for p in self.pools.values()],
+            "flags": sorted(self.flags),
         }
 
     @classmethod
@@ -182,12 +184,18 @@ class ClusterMap:
             if spec.id in pools or any(p.name == spec.name for p in pools.values()):
                 raise MapError(f"pool {spec.id} ({spec.name!r}) appears twice in the map")
             pools[spec.id] = spec
+        flags = top.get("flags", [])
+        if not isinstance(flags, list | tuple) or not all(
+            isinstance(f, str) and 0 < len(f) <= 32 for f in flags
+        ):
+            raise MapError("map: 'flags' is not a list of short strings")
         return cls(
             epoch=_int_untrusted(top, "epoch", "map", 0, _U64),
             fsid=_get(top, "fsid", str, "map"),
             created=_number_untrusted(top, "created", "map", -math.inf),
             osds=osds,
             pools=pools,
+            flags=frozenset(flags),
         )
 
 

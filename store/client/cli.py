@@ -70,12 +70,17 @@ def with_client(config: ClientConfig, fn: Callable[[Client], Awaitable[T]]) -> T
     return trio.run(main)
 
 
-def with_master(config: ClientConfig, op: str, args: dict[str, Any] | None = None) -> Any:
+def with_master(
+    config: ClientConfig,
+    op: str,
+    args: dict[str, Any] | None = None,
+    timeout: float | None = None,
+) -> Any:
     async def main() -> Any:
         async with trio.open_nursery() as nursery:
             link = await MasterLink.open(config, nursery, subscribe=False)
             try:
-                return await link.call(op, args)
+                return await link.call(op, args, timeout)
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -355,6 +360,38 @@ def osd_out(config: ClientConfig, osd_id: int) -> None:
 @client_options
 def osd_in(config: ClientConfig, osd_id: int) -> None:
     _osd_set(config, osd_id, **{"in": True})
+
+
+@osd_admin_group.command("set")
+@click.argument("flag")
+@client_options
+def osd_set_flag(config: ClientConfig, flag: str) -> None:
+    """Set a cluster flag: noout (daemons that go down stay in: maintenance)."""
+    result = with_master(config, "osd_flag", {"flag": flag, "on": True})
+    click.echo(f"{flag} is set (epoch {result['epoch']})")
+
+
+@osd_admin_group.command("unset")
+@click.argument("flag")
+@client_options
+def osd_unset_flag(config: ClientConfig, flag: str) -> None:
+    """Clear a cluster flag."""
+    result = with_master(config, "osd_flag", {"flag": flag, "on": False})
+    click.echo(f"{flag} is unset (epoch {result['epoch']})")
+
+
+@osd_admin_group.command("rm")
+@click.argument("osd_id", type=int)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Remove it even though some PGs are not active+clean (data only it holds is lost).",
+)
+@client_options
+def osd_rm(config: ClientConfig, osd_id: int, force: bool) -> None:
+    """Forget a stopped daemon that is out and whose data has moved elsewhere."""
+    result = with_master(config, "osd_rm", {"osd_id": osd_id, "force": force})
+    click.echo(f"osd.{osd_id} removed (epoch {result['epoch']})")
 
 
 @osd_admin_group.command("reweight")

@@ -97,11 +97,13 @@ class MasterLink:
         )
         return self.credentials
 
-    async def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
         if self.conn is None:
             raise MasterUnreachable("not connected to the master")
         try:
-            return await self.conn.call(op, args, timeout=self.config.timeout)
+            return await self.conn.call(op, args, timeout=timeout or self.config.timeout)
         except ConnectionLost as exc:
             raise MasterUnreachable(f"lost the master at {self.config.master}: {exc}") from None
 

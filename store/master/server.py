@@ -22,9 +22,10 @@ from typing import Any
 import trio
 
 from store import auth, configfile, health, logs
-from store.errors import Code, RemoteError
+from store.errors import Code, RemoteError, StoreError
+from store.master.failures import FailureTracker
 from store.master.state import MasterState
-from store.placement import ClusterMap
+from store.placement import ClusterMap, acting_set, placement, primary
 from store.rpc import RpcConnection, parse_hostport
 from store.tls import TlsPaths, peer_identity, server_context
 
@@ -68,6 +69,7 @@ class MasterServer:
         self.reports: dict[int, dict[str, Any]] = {}  # latest heartbeat report per daemon
         self.previous_reports: dict[int, dict[str, Any]] = {}  # the one before (for rates)
         self.full_osds: frozenset[int] = frozenset()  # up daemons refusing writes
+        self.failures = FailureTracker(config.min_down_reporters)
         # Plain counters, read by store.metrics.master at scrape time.
         self.requests: Counter[str] = Counter()
         self.authentications: Counter[tuple[str, str]] = Counter()  # (kind, result)
@@ -273,6 +275,37 @@ class MasterServer:
                     "marking down silent daemons: %s", ", ".join(f"osd.{i}" for i in silent)
                 )
                 self._changed(self.state.osds_set_up(silent, False))
+            self.check_failure_reports()
+            self._mark_out_long_down()
+
+    def up_osds(self) -> set[int]:
+        return {i for i, info in self.state.map.osds.items() if info.up}
+
+    def check_failure_reports(self) -> None:
+        """Mark down the daemons enough peers report silent."""
+        decided = self.failures.to_mark_down(trio.current_time(), self.up_osds())
+        if not decided:
+            return
+        for target, reporters in decided.items():
+            log.warning(
+                "marking osd.%d down: reported silent by %s",
+                target,
+                ", ".join(f"osd.{r}" for r in reporters),
+            )
+        self._changed(self.state.osds_set_up(sorted(decided), False))
+
+    def _mark_out_long_down(self) -> None:
+        interval = self.config.down_out_interval
+        if interval <= 0:
+            return
+        due = self.state.down_too_long(time.time(), interval)
+        if due:
+            log.warning(
+                "marking out %s: down for more than %gs; their data is copied elsewhere",
+                ", ".join(f"osd.{i}" for i in due),
+                interval,
+            )
+            self._changed(self.state.osds_auto_out(due))
 
     async def _rotate_keys(self) -> None:
         while True:
@@ -315,6 +348,7 @@ def op_osd_boot(server: MasterServer, conn: RpcConnection, args: dict[str, Any])
     )
     server.daemons[osd_id] = conn
     server.subscribers.add(conn)
+    server.failures.forget(osd_id)  # whatever was said of its previous life
     conn.name = f"osd.{osd_id}"
     conn.context["osd_id"] = osd_id
     server.last_heartbeat[osd_id] = trio.current_time()
@@ -350,13 +384,44 @@ def op_osd_heartbeat(server: MasterServer, conn: RpcConnection, args: dict[str, 
         server.previous_reports[osd_id] = server.reports[osd_id]
     server.reports[osd_id] = report
     info = server.state.map.osds.get(osd_id)
-    if info is not None and not info.up:
-        # It was marked down while it was merely slow: it is alive, so up again.
+    if (
+        info is not None
+        and not info.up
+        and not server.failures.reported(osd_id, trio.current_time(), server.up_osds())
+    ):
+        # It was marked down while it was merely slow: it is alive, so up again — unless
+        # its peers still cannot reach it (up again now would flap with every heartbeat).
         log.info("osd.%d is back", osd_id)
         server._changed(server.state.osds_set_up([osd_id], True))
     if (report.get("full") is True) != (osd_id in server.full_osds):
         server._update_full()
     return {"epoch": server.state.map.epoch}
+
+
+def op_osd_failure(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    """A daemon reports a peer silent (or, with alive=True, withdraws its report)."""
+    reporter = conn.context.get("osd_id")
+    if reporter is None:
+        raise RemoteError(Code.EINVAL, "boot first")
+    target = _arg(args, "target", int)
+    if target not in server.state.map.osds or target == reporter:
+        raise RemoteError(Code.EINVAL, f"cannot report osd.{target}")
+    if _arg(args, "alive", bool, False):
+        server.failures.withdraw(target, reporter)
+        return {}
+    ttl = float(_arg(args, "ttl", (int, float), 10.0))
+    if not 0 < ttl <= 300:
+        raise RemoteError(Code.EINVAL, "ttl must be in (0, 300] seconds")
+    if server.state.map.osds[target].up:
+        log.info(
+            "osd.%d reports osd.%d silent for %.1fs",
+            reporter,
+            target,
+            float(_arg(args, "silent_for", (int, float), 0.0)),
+        )
+    server.failures.report(target, reporter, trio.current_time(), ttl)
+    server.check_failure_reports()
+    return {}
 
 
 def op_osd_stopping(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
@@ -496,6 +561,129 @@ def op_osd_set(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) 
     return {"epoch": server.state.map.epoch}
 
 
+def op_osd_flag(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    flag = _arg(args, "flag", str)
+    on = _arg(args, "on", bool)
+    if server.state.set_flag(flag, on):
+        log.warning("flag %s %s", flag, "set" if on else "unset")
+        server._changed(True)
+    return {"epoch": server.state.map.epoch, "flags": sorted(server.state.map.flags)}
+
+
+def op_osd_rm(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    osd_id = _arg(args, "osd_id", int)
+    force = _arg(args, "force", bool, False)
+    m = server.state.map
+    info = m.osds.get(osd_id)
+    if info is None:
+        raise RemoteError(Code.ENOENT, f"no osd.{osd_id}")
+    if info.in_:
+        raise RemoteError(
+            Code.EAGAIN,
+            f"osd.{osd_id} is in: mark it out (store osd out {osd_id}) and wait until every "
+            "PG is active+clean before removing it",
+        )
+    if not force:
+        view = server.cluster_view()
+        unclean = {s: n for s, n in view.pg_states.items() if s != "active+clean" and n}
+        if unclean:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(unclean.items()))
+            raise RemoteError(
+                Code.EAGAIN,
+                f"osd.{osd_id} may still hold the only copy of some data: not every PG is "
+                f"active+clean ({states}); wait for recovery, or --force to lose what only "
+                "it holds",
+            )
+    server.state.osd_rm(osd_id)
+    server.failures.forget(osd_id)
+    server.reports.pop(osd_id, None)
+    log.warning("osd.%d removed from the cluster%s", osd_id, " (forced)" if force else "")
+    server._changed(True)
+    return {"epoch": server.state.map.epoch}
+
+
+def _parse_pgid(server: MasterServer, text: str) -> tuple[int, int]:
+    """POOLID.PGHEX (as `store pg ls` prints) or POOLNAME.PGHEX."""
+    pool_text, dot, pg_text = text.rpartition(".")
+    m = server.state.map
+    try:
+        if not dot:
+            raise ValueError
+        pg = int(pg_text, 16)
+        pool = m.pools.get(int(pool_text)) if pool_text.isdigit() else m.pool_by_name(pool_text)
+    except (ValueError, StoreError):
+        raise RemoteError(Code.EINVAL, f"bad PG id {text!r}: use POOL.PG, like 1.1f") from None
+    if pool is None:
+        raise RemoteError(Code.ENOENT, f"no pool with id {pool_text}")
+    if not 0 <= pg < pool.pg_num:
+        raise RemoteError(
+            Code.ENOENT, f"pool {pool.name} has PGs 0..{pool.pg_num - 1:x}, not {pg:x}"
+        )
+    return pool.id, pg
+
+
+def pg_rows(server: MasterServer) -> list[dict[str, Any]]:
+    """Every PG of every pool, with its state as its primary last reported it."""
+    m = server.state.map
+    reported: dict[tuple[int, int], list[Any]] = {}
+    for osd_id, report in server._up_reports().items():
+        rows = report.get("pg_list")
+        if not isinstance(rows, list):
+            continue
+        for row in rows:
+            if isinstance(row, list) and len(row) >= 4:
+                reported[(row[0], row[1])] = [osd_id, *row[2:]]
+    out: list[dict[str, Any]] = []
+    for pool in m.pools.values():
+        for pg in range(pool.pg_num):
+            chosen = placement(m, pool.id, pg)
+            acting = acting_set(m, pool.id, pg)
+            found = reported.get((pool.id, pg))
+            if not acting:
+                state, version = "down", None
+            elif found is not None and found[0] == acting[0]:
+                state, version = found[1], found[2]
+            else:
+                state, version = "unknown", None  # its primary has not reported it yet
+            out.append(
+                {
+                    "pgid": f"{pool.id}.{pg:x}",
+                    "pool": pool.name,
+                    "state": state,
+                    "placement": list(chosen),
+                    "acting": list(acting),
+                    "primary": acting[0] if acting else None,
+                    "version": version,
+                }
+            )
+    return out
+
+
+def op_pg_ls(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    return {"epoch": server.state.map.epoch, "pgs": pg_rows(server)}
+
+
+PG_ACTIONS = {"query": 30.0, "scrub": 3600.0, "deep-scrub": 3600.0, "repair": 3600.0}
+
+
+def op_pg_admin(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
+    """Ask a PG's primary to do something (query, scrub, deep-scrub, repair) and answer
+    with what it says."""
+    pool, pg = _parse_pgid(server, _arg(args, "pgid", str))
+    action = _arg(args, "action", str)
+    if action not in PG_ACTIONS:
+        raise RemoteError(Code.EINVAL, f"unknown action {action!r}: {', '.join(PG_ACTIONS)}")
+    target = primary(server.state.map, pool, pg)
+    if target is None:
+        raise RemoteError(Code.EAGAIN, f"pg {pool}.{pg:x} is down: none of its daemons is up")
+    daemon = server.daemons.get(target)
+    if daemon is None:
+        raise RemoteError(Code.EAGAIN, f"osd.{target}, primary of {pool}.{pg:x}, is not connected")
+    return daemon.call(
+        "pg_admin", {"pool": pool, "pg": pg, "action": action}, timeout=PG_ACTIONS[action]
+    )
+
+
 def op_auth_add(server: MasterServer, conn: RpcConnection, args: dict[str, Any]) -> Any:
     name = _arg(args, "name", str)
     caps = auth.Caps.from_wire(_arg(args, "caps", dict))
@@ -527,6 +715,7 @@ DAEMON_OPS: dict[str, Op] = {
     "osd_boot": op_osd_boot,
     "osd_heartbeat": op_osd_heartbeat,
     "osd_stopping": op_osd_stopping,
+    "osd_failure": op_osd_failure,
     "get_map": op_get_map,
     "subscribe": op_subscribe,
 }
@@ -541,12 +730,16 @@ CLIENT_OPS: dict[str, Op] = {
     "status": op_status,
     "pool_ls": op_pool_ls,
     "osd_ls": op_osd_ls,
+    "pg_ls": op_pg_ls,
 }
 ADMIN_OPS: dict[str, Op] = {
     "pool_create": op_pool_create,
     "pool_set": op_pool_set,
     "pool_rm": op_pool_rm,
     "osd_set": op_osd_set,
+    "osd_flag": op_osd_flag,
+    "osd_rm": op_osd_rm,
+    "pg_admin": op_pg_admin,
     "auth_add": op_auth_add,
     "auth_ls": op_auth_ls,
     "auth_rm": op_auth_rm,

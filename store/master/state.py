@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS clients (
 CREATE TABLE IF NOT EXISTS service_keys (data BLOB NOT NULL);
 """
 
+# Flags an operator sets on the whole cluster, and what each does.
+MAP_FLAGS = {
+    "noout": "daemons that go down are not marked out automatically (maintenance)",
+}
+
 POOL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -74,11 +79,22 @@ class MasterState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._migrate()
         if self._meta("fsid") is None:
             self._initialise()
         self._map = self._load_latest_map()
 
     # --- set-up ------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Columns added since the first schema (a data directory of an older master)."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(osds)")}
+        if "down_since" not in columns:
+            # When the daemon was last marked down (unix time), for the automatic out.
+            self.db.execute("ALTER TABLE osds ADD COLUMN down_since REAL")
+        if "auto_out" not in columns:
+            # Marked out by the master, not an operator: marked in again when it boots.
+            self.db.execute("ALTER TABLE osds ADD COLUMN auto_out INTEGER NOT NULL DEFAULT 0")
 
     def _initialise(self) -> None:
         with self._txn():
@@ -147,6 +163,7 @@ class MasterState:
             created=float(self._meta("created") or 0),
             osds=osds,
             pools=pools,
+            flags=frozenset(str(self._meta("flags") or "").split()),
         )
 
     def _write_map(self, epoch: int) -> ClusterMap:
@@ -198,6 +215,11 @@ class MasterState:
             if osd_id is not None and osd_id != row[0]:
                 raise _invalid(f"this disk is osd.{row[0]} at the master, not osd.{osd_id}")
             osd_id = int(row[0])
+            changed = False
+            if self.db.execute("SELECT auto_out FROM osds WHERE id=?", (osd_id,)).fetchone()[0]:
+                # Out only because it stayed down: back in now that it is back (as Ceph does).
+                self.db.execute("UPDATE osds SET in_=1, auto_out=0 WHERE id=?", (osd_id,))
+                changed = True
             current = self._map.osds.get(osd_id)
             wanted = (host, addr, peer_addr, cert_name, True)
             if (
@@ -206,9 +228,12 @@ class MasterState:
                 != wanted
             ):
                 self.db.execute(
-                    "UPDATE osds SET host=?, addr=?, peer_addr=?, cert_name=?, up=1 WHERE id=?",
+                    "UPDATE osds SET host=?, addr=?, peer_addr=?, cert_name=?, up=1,"
+                    " down_since=NULL WHERE id=?",
                     (host, addr, peer_addr, cert_name, osd_id),
                 )
+                changed = True
+            if changed:
                 self._new_epoch()
             return osd_id
 
@@ -220,8 +245,62 @@ class MasterState:
         changed = [i for i in ids if i in self._map.osds and self._map.osds[i].up != up]
         if not changed:
             return False
+        down_since = None if up else time.time()
         with self._txn():
-            self.db.executemany("UPDATE osds SET up=? WHERE id=?", [(int(up), i) for i in changed])
+            self.db.executemany(
+                "UPDATE osds SET up=?, down_since=? WHERE id=?",
+                [(int(up), down_since, i) for i in changed],
+            )
+            self._new_epoch()
+        return True
+
+    def down_too_long(self, now: float, interval: float) -> list[int]:
+        """Daemons down and in for `interval` seconds or more: due to be marked out
+        (none while the noout flag is set)."""
+        if "noout" in self._map.flags:
+            return []
+        rows = self.db.execute(
+            "SELECT id FROM osds WHERE up=0 AND in_=1 AND down_since IS NOT NULL"
+            " AND down_since <= ?",
+            (now - interval,),
+        )
+        return sorted(int(r[0]) for r in rows)
+
+    def osds_auto_out(self, ids: list[int]) -> bool:
+        """Mark out daemons that stayed down (they come back in when they boot)."""
+        changed = [i for i in ids if i in self._map.osds and self._map.osds[i].in_]
+        if not changed:
+            return False
+        with self._txn():
+            self.db.executemany(
+                "UPDATE osds SET in_=0, auto_out=1 WHERE id=?", [(i,) for i in changed]
+            )
+            self._new_epoch()
+        return True
+
+    def osd_rm(self, osd_id: int) -> None:
+        """Forget a daemon (the caller checked that nothing depends on it)."""
+        info = self._map.osds.get(osd_id)
+        if info is None:
+            raise RemoteError(Code.ENOENT, f"no osd.{osd_id}")
+        if info.up:
+            raise RemoteError(
+                Code.EAGAIN, f"osd.{osd_id} is up: stop its daemon before removing it"
+            )
+        with self._txn():
+            self.db.execute("DELETE FROM osds WHERE id=?", (osd_id,))
+            self._new_epoch()
+
+    def set_flag(self, flag: str, on: bool) -> bool:
+        if flag not in MAP_FLAGS:
+            known = ", ".join(sorted(MAP_FLAGS))
+            raise _invalid(f"unknown flag {flag!r}: known flags are {known}")
+        flags = set(self._map.flags)
+        if (flag in flags) == on:
+            return False
+        flags.symmetric_difference_update({flag})
+        with self._txn():
+            self._set_meta("flags", " ".join(sorted(flags)))
             self._new_epoch()
         return True
 
@@ -235,12 +314,17 @@ class MasterState:
             weight=info.weight if weight is None else weight,
         )
         if new == info:
+            if in_ is not None:  # the operator confirms the state: theirs from now on
+                with self._txn():
+                    self.db.execute("UPDATE osds SET auto_out=0 WHERE id=?", (osd_id,))
             return False
         if new.weight < 0:
             raise _invalid("weight must be >= 0")
         with self._txn():
+            # An operator's in or out is theirs: no automatic in at the next boot.
             self.db.execute(
-                "UPDATE osds SET in_=?, weight=? WHERE id=?", (int(new.in_), new.weight, osd_id)
+                "UPDATE osds SET in_=?, weight=?, auto_out=0 WHERE id=?",
+                (int(new.in_), new.weight, osd_id),
             )
             self._new_epoch()
         return True

@@ -24,9 +24,10 @@ import trio
 
 from store import auth, configfile
 from store.client.transport import tune_buffers
-from store.errors import ConfigError, StoreError
+from store.errors import Code, ConfigError, RemoteError, StoreError
 from store.osd import identity as identity_mod
 from store.osd.front import UdpFront
+from store.osd.heartbeat import run_peer_heartbeats
 from store.osd.objectstore import ObjectStore
 from store.osd.peers import PeerLinks
 from store.osd.pg import PlacementGroup
@@ -145,6 +146,7 @@ class OsdDaemon:
                 nursery.start_soon(self.front.run, sessions)
                 nursery.start_soon(self._master_loop)
                 nursery.start_soon(self._heartbeats)
+                nursery.start_soon(run_peer_heartbeats, self)
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
                     "osd.%d serving: udp %s, peer %s, host %s",
@@ -230,7 +232,9 @@ class OsdDaemon:
             await stream.do_handshake()
         if peer_identity(stream) is None:  # type: ignore[arg-type]
             raise ConfigError("the master presented no certificate")
-        conn = RpcConnection(stream, on_event=self._on_master_event, name="master")
+        conn = RpcConnection(
+            stream, handler=self._on_master_request, on_event=self._on_master_event, name="master"
+        )
         self._nursery.start_soon(conn.run)
         return conn
 
@@ -288,6 +292,53 @@ class OsdDaemon:
         elif name == "full":
             self._set_full_osds(args.get("osds", []))
 
+    def _on_master_request(self, op: str, args: dict[str, Any]) -> Any:
+        """What the master asks of us on an operator's behalf."""
+        if op != "pg_admin":
+            raise RemoteError(Code.EINVAL, f"unknown operation {op!r}")
+        try:
+            key = (int(args["pool"]), int(args["pg"]))
+            action = str(args["action"])
+        except (KeyError, TypeError, ValueError):
+            raise RemoteError(Code.EINVAL, "malformed pg_admin") from None
+        pgobj = self.pgs.get(key)
+        if pgobj is None or pgobj.state not in ("active", "peering"):
+            raise RemoteError(
+                Code.ESTALE, f"osd.{self.osd_id} is not the primary of pg {key[0]}.{key[1]:x}"
+            )
+        if action == "query":
+            return self.pg_query(pgobj)
+        raise RemoteError(Code.EINVAL, f"unknown pg action {action!r}")
+
+    def pg_query(self, pgobj: PlacementGroup) -> dict[str, Any]:
+        """Everything the primary knows of one PG (`store pg query`)."""
+        info = self.store.pg_info(pgobj.pool_id, pgobj.pg)
+        log_entries = self.store.pg_log_last(pgobj.pool_id, pgobj.pg, 1)
+        return {
+            "pgid": pgobj.name,
+            "state": pgobj.status(),
+            "epoch": self.map.epoch,
+            "interval_epoch": pgobj.interval_epoch,
+            "placement": list(placement(self.map, pgobj.pool_id, pgobj.pg)),
+            "acting": list(pgobj.acting),
+            "primary": self.osd_id,
+            "active_replicas": sorted(pgobj.active),
+            "recovering": sorted(pgobj.recovering),
+            "last_version": list(info.last_version),
+            "last_forwarded": list(pgobj.last_forwarded),
+            "log_tail": info.log_tail,
+            "log_head": list(log_entries[-1].version) if log_entries else None,
+            "objects": self._count_objects(pgobj.pool_id, pgobj.pg),
+        }
+
+    def _count_objects(self, pool: int, pg: int) -> int:
+        count, cursor = 0, None
+        while True:
+            batch, cursor = self.store.list_pg(pool, pg, cursor, 10000)
+            count += len(batch)
+            if cursor is None:
+                return count
+
     def _set_full_osds(self, raw: object) -> None:
         if isinstance(raw, list) and all(isinstance(i, int) for i in raw):
             self.full_osds = frozenset(raw)
@@ -330,14 +381,16 @@ class OsdDaemon:
 
         states: dict[str, int] = {}
         pool_states: dict[str, dict[str, int]] = {}
+        pg_list: list[list[Any]] = []  # [pool, pg, state, version] of the PGs we lead
         recovering = 0
-        for (pool_id, _), pgobj in self.pgs.items():
+        for (pool_id, pg), pgobj in self.pgs.items():
             recovering += len(pgobj.recovering)
             state = pgobj.status()
             if state is not None:
                 states[state] = states.get(state, 0) + 1
                 per_pool = pool_states.setdefault(str(pool_id), {})
                 per_pool[state] = per_pool.get(state, 0) + 1
+                pg_list.append([pool_id, pg, state, list(pgobj.last_forwarded)])
         disk = self.disk
         stats = self.front.stats
         ops = {"read": 0, "write": 0}
@@ -348,6 +401,7 @@ class OsdDaemon:
         return {
             "pgs": states,
             "pool_pgs": pool_states,
+            "pg_list": pg_list,
             "usage": {
                 **self.usage,
                 "disk_total": disk.total if disk else 0,

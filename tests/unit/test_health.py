@@ -156,3 +156,24 @@ def test_hostile_report_values_do_not_break_health() -> None:
     assert {c.code for c in checks} == {"PG_AVAILABILITY"}
     assert view.usage() == {"objects": 10, "bytes": 1000}
     assert [c.to_wire()["code"] for c in checks] == ["PG_AVAILABILITY"]
+
+
+def test_flags_warn_and_inconsistent_pgs_are_errors() -> None:
+    m = cluster_map()
+    flagged = ClusterMap(
+        epoch=m.epoch,
+        fsid=m.fsid,
+        created=0.0,
+        osds=m.osds,
+        pools=m.pools,
+        flags=frozenset({"noout"}),
+    )
+    found = codes(status(flagged, healthy_reports()))
+    assert found == {"OSDMAP_FLAGS": "HEALTH_WARN"}
+    reports = healthy_reports()
+    reports[0] = report({"active+clean+inconsistent": 1, "active+clean": 2})
+    result = status(m, reports)
+    assert codes(result) == {"PG_DAMAGED": "HEALTH_ERR"}
+    damaged = next(c for c in evaluate(ClusterView.from_status(result)) if c.code == "PG_DAMAGED")
+    assert damaged.summary == "1 pg inconsistent: a scrub found copies that differ"
+    assert "store pg repair" in damaged.advice

@@ -425,7 +425,7 @@ def test_wire_round_trip(m: ClusterMap) -> None:
     wire = m.to_wire()
     assert ClusterMap.from_wire(wire) == m
     assert ClusterMap.from_wire(msgpack.unpackb(msgpack.packb(wire))) == m
-    assert set(wire) == {"epoch", "fsid", "created", "osds", "pools"}
+    assert set(wire) == {"epoch", "fsid", "created", "osds", "pools", "flags"}
     assert all("in" in o and "in_" not in o for o in wire["osds"])
 
 
