@@ -40,6 +40,24 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "pools": len(m.pools),
         "pgs": {"total": view.total_pgs, "states": dict(sorted(view.pg_states.items()))},
         "usage": view.usage(),
+        "io": _rates(result.get("rates")),
+        "recovery": {
+            "members": sum(
+                int(r.get("recovery", {}).get("members", 0))
+                for r in view.reports.values()
+                if isinstance(r.get("recovery"), dict)
+            ),
+        },
+    }
+
+
+def _rates(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
@@ -66,6 +84,19 @@ def render(s: dict[str, Any]) -> str:
         "  pgs:    "
         + ("\n          ".join(f"{n} {st}" for st, n in s["pgs"]["states"].items()) or "none"),
     ]
+    io = s.get("io") or {}
+    if io:
+        lines.append(
+            f"  io:     client {_size(io.get('read_bytes', 0))}/s rd, "
+            f"{_size(io.get('write_bytes', 0))}/s wr, "
+            f"{io.get('read_ops', 0):.0f} op/s rd, {io.get('write_ops', 0):.0f} op/s wr"
+        )
+    members = (s.get("recovery") or {}).get("members", 0)
+    if members or io.get("recovery_objects"):
+        lines.append(
+            f"  recovery: {members} copies being brought up to date, "
+            f"{_size(io.get('recovery_bytes', 0))}/s, {io.get('recovery_objects', 0):.0f} objects/s"
+        )
     if s["checks"]:
         lines.append("  (`store health detail` lists what each problem affects)")
     return "\n".join(lines)

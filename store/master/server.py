@@ -244,7 +244,18 @@ class MasterServer:
             "map": m.to_wire(),
             "reports": self._up_reports(),
             "master": self._master_figures(),
+            "rates": self._rates(),
         }
+
+    def _rates(self) -> dict[str, float]:
+        """Cluster-wide per-second rates (client I/O, recovery) over the last heartbeats."""
+        from store.master.dashboard.view import RATES, rates
+
+        totals = dict.fromkeys(RATES, 0.0)
+        for osd_id, report in self._up_reports().items():
+            for name, value in rates(report, self.previous_reports.get(osd_id)).items():
+                totals[name] += value
+        return totals
 
     def cluster_view(self) -> health.ClusterView:
         """The same, for the dashboard and the metrics, without copying the map."""

@@ -177,3 +177,22 @@ def test_flags_warn_and_inconsistent_pgs_are_errors() -> None:
     damaged = next(c for c in evaluate(ClusterView.from_status(result)) if c.code == "PG_DAMAGED")
     assert damaged.summary == "1 pg inconsistent: a scrub found copies that differ"
     assert "store pg repair" in damaged.advice
+
+
+def test_status_shows_client_io_and_recovery_rates() -> None:
+    reports = healthy_reports()
+    reports[0]["recovery"] = {"objects": 5, "bytes": 100, "members": 2}
+    result = status(cluster_map(), reports)
+    result["rates"] = {
+        "read_bytes": 2 * 1024 * 1024,
+        "write_bytes": 1024,
+        "read_ops": 12.0,
+        "write_ops": 3.0,
+        "recovery_objects": 4.0,
+        "recovery_bytes": 4096,
+    }
+    text = render(summarize(result))
+    assert "io:     client 2.0 MiB/s rd, 1.0 KiB/s wr, 12 op/s rd, 3 op/s wr" in text
+    assert "recovery: 2 copies being brought up to date, 4.0 KiB/s, 4 objects/s" in text
+    quiet = render(summarize(status(cluster_map(), healthy_reports())))
+    assert "io:" not in quiet and "recovery:" not in quiet
