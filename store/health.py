@@ -21,6 +21,7 @@ OK, WARN, ERR = "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"
 _RANK = {OK: 0, WARN: 1, ERR: 2}
 
 CLOCK_SKEW_WARN = 1.0  # seconds between a daemon's clock and the master's
+CHECKSUM_WARN = 10  # damaged blocks met by one daemon (since it started) that make a warning
 DEFAULT_NEARFULL_RATIO = 0.85
 DEFAULT_FULL_RATIO = 0.95
 INACTIVE_STATES = ("down", "peering", "unknown")
@@ -216,17 +217,25 @@ def _flags(v: ClusterView) -> Iterator[HealthCheck]:
 
 
 def _checksums(v: ClusterView) -> Iterator[HealthCheck]:
-    bad = {i: int(_num(r.get("checksum_errors"))) for i, r in v.reports.items()}
-    bad = {i: n for i, n in bad.items() if n}
+    """Damaged blocks a daemon met are repaired from good copies (read repair, scrub);
+    damage left unrepaired shows as an inconsistent PG. What this warns of is a disk that
+    keeps returning damaged blocks: CHECKSUM_WARN or more since its daemon started."""
+    counts = {i: int(_num(r.get("checksum_errors"))) for i, r in v.reports.items()}
+    bad = {i: n for i, n in counts.items() if n >= CHECKSUM_WARN}
     if bad:
         yield HealthCheck(
             "OSD_CHECKSUM_ERRORS",
-            ERR,
-            f"{_plural(len(bad), 'daemon')} read damaged data: {_osds(sorted(bad))}",
-            tuple(f"osd.{i}: {n} blocks failed their checksum" for i, n in sorted(bad.items())),
-            "The disk returned bytes that do not match their checksum (clients got EIO, "
-            "never wrong data). Check the disk (`smartctl -a`, `dmesg`); if it is failing, "
-            "`store osd out ID`, wait for HEALTH_OK, then replace it.",
+            WARN,
+            f"{_plural(len(bad), 'daemon')} keep reading damaged data: {_osds(sorted(bad))}",
+            tuple(
+                f"osd.{i}: {n} blocks failed their checksum since it started"
+                for i, n in sorted(bad.items())
+            ),
+            "The disk returned bytes that do not match their checksum; each copy was "
+            "replaced from a good one where one existed (clients never get wrong data). So "
+            "many point at a failing disk: check it (`smartctl -a`, `dmesg`); if it is "
+            "failing, `store osd out ID`, wait for HEALTH_OK, then replace it. The count "
+            "starts again when the daemon restarts.",
         )
 
 

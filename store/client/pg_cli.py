@@ -86,7 +86,8 @@ def _scrub_text(report: dict[str, Any]) -> str:
     errors = report.get("errors") or []
     lines = [
         f"pg {report.get('pg')}: {kind} of {report.get('objects', 0)} objects: "
-        f"{len(errors)} errors, {report.get('repaired', 0)} repaired"
+        f"{report.get('errors_total', len(errors))} errors, {report.get('repaired', 0)} "
+        f"repaired, {report.get('unrepaired', 0)} left"
     ]
     lines += [f"  {e.get('object')!r} on osd.{e.get('osd')}: {e.get('problem')}" for e in errors]
     return "\n".join(lines)
@@ -99,7 +100,7 @@ def _scrub_command(action: str, doc: str) -> click.Command:
     def command(config: ClientConfig, pgid: str, as_json: bool) -> None:
         report = _scrub(config, pgid, action)
         emit(report, as_json, _scrub_text)
-        if report.get("errors") and len(report["errors"]) > report.get("repaired", 0):
+        if report.get("unrepaired", 0) > 0:
             raise SystemExit(1)
 
     command.__doc__ = doc
@@ -129,5 +130,5 @@ def pool_scrub(config: ClientConfig, name: str, deep: bool, as_json: bool) -> No
         raise click.ClickException(f"no pool named {name!r}")
     reports = [_scrub(config, pgid, "deep-scrub" if deep else "scrub") for pgid in pgids]
     emit(reports, as_json, lambda rs: "\n".join(_scrub_text(r) for r in rs))
-    if any(len(r.get("errors") or []) > r.get("repaired", 0) for r in reports):
+    if any(r.get("unrepaired", 0) > 0 for r in reports):
         raise SystemExit(1)

@@ -89,6 +89,12 @@ def _operations(fn: F) -> F:
                 type=click.FloatRange(0.0, None),
                 help="Seconds between deep scrubs of each PG (0: only on demand).",
             ),
+            click.option(
+                "--scrub-auto-repair/--no-scrub-auto-repair",
+                default=True,
+                show_default=True,
+                help="Repair the bad copies any scrub finds (off: only `store pg repair` does).",
+            ),
             click.option("-v", "--verbose", count=True, help="-v: INFO (the default), -vv: DEBUG."),
             logs.format_option,
         ]

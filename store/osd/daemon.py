@@ -26,6 +26,7 @@ from store import auth, configfile
 from store.client.transport import tune_buffers
 from store.errors import Code, ConfigError, RemoteError, StoreError
 from store.osd import identity as identity_mod
+from store.osd import scrub
 from store.osd.front import UdpFront
 from store.osd.heartbeat import run_peer_heartbeats
 from store.osd.objectstore import ObjectStore
@@ -74,6 +75,7 @@ class OsdConfig:
     recovery_max_rate: float = 0.0  # MB/s of recovery traffic we send; 0: no limit
     scrub_interval: float = 86400.0  # seconds between light scrubs of a PG; 0: on demand only
     deep_scrub_interval: float = 604800.0  # seconds between deep scrubs; 0: on demand only
+    scrub_auto_repair: bool = True  # repair what any scrub finds, not only on `pg repair`
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
     running_config: dict[str, Any] | None = None  # the effective settings, masked
 
@@ -147,6 +149,7 @@ class OsdDaemon:
                 nursery.start_soon(self._master_loop)
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(run_peer_heartbeats, self)
+                nursery.start_soon(scrub.run_scheduler, self)
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 log.info(
                     "osd.%d serving: udp %s, peer %s, host %s",
@@ -307,7 +310,9 @@ class OsdDaemon:
                 Code.ESTALE, f"osd.{self.osd_id} is not the primary of pg {key[0]}.{key[1]:x}"
             )
         if action == "query":
-            return self.pg_query(pgobj)
+            return {**self.pg_query(pgobj), "scrub": pgobj.scrub_info()}
+        if action in ("scrub", "deep-scrub", "repair"):
+            return pgobj.scrub(deep=action != "scrub", repair=action == "repair")
         raise RemoteError(Code.EINVAL, f"unknown pg action {action!r}")
 
     def pg_query(self, pgobj: PlacementGroup) -> dict[str, Any]:

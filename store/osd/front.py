@@ -4,7 +4,9 @@ Each datagram is parsed as untrusted bytes. HELLOs open sessions; REQUESTs are o
 their session's keys, checked against the anti-replay window, and routed: a read is served
 at once from the receive loop, a write gets a task that waits for the PG to order,
 apply and replicate it. Anything that fails a check is dropped and counted by reason, and
-the loop goes on: a daemon never dies of its input.
+the loop goes on: a daemon never dies of its input. A read that meets a damaged block is
+read-repaired: a task replaces our copy from a member holding the same version (see
+``PlacementGroup.read_repair``) and answers from the new copy.
 
 The socket is a plain non-blocking socket driven by ``trio.lowlevel.wait_readable``: reading
 until the queue is empty and sending without awaiting keeps per-datagram overhead low.
@@ -24,7 +26,7 @@ import trio
 
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
-from store.osd.objectstore import PrimaryTxn
+from store.osd.objectstore import PrimaryTxn, TxnResult
 from store.osd.ops import (
     Delete,
     InvalidRequest,
@@ -279,6 +281,13 @@ class UdpFront:
         pgobj = self._check_primary(pool_id, pg, header)
         if not write:
             result = self.daemon.store.execute_read(pool_id, name, ops)
+            if result.damaged:
+                # Our copy failed its checksum: answer once a good copy has replaced it.
+                assert self._nursery is not None
+                self._nursery.start_soon(
+                    self._read_repaired, session, header, address, pgobj, name, ops, result, started
+                )
+                return None
             if result.code == Code.OK:
                 self.stats.data_bytes["read"] += data_bytes_of_results(result.results)
             return _result_body(result)
@@ -310,6 +319,28 @@ class UdpFront:
             self._write, session, header, address, pgobj, txn, raw_ops, pool.min_size, started
         )
         return None
+
+    async def _read_repaired(
+        self,
+        session: Session,
+        header: Header,
+        address: Any,
+        pgobj: Any,
+        name: str,
+        ops: list[Op],
+        result: TxnResult,
+        started: float,
+    ) -> None:
+        """Read repair: replace our damaged copy from a member holding the same version,
+        then answer the read from it; EIO, as before, when no good copy is found."""
+        try:
+            if await pgobj.read_repair(name, result.version):
+                result = self.daemon.store.execute_read(pgobj.pool_id, name, ops)
+        except Exception:
+            log.exception("read repair of %r in pg %s failed", name, pgobj.name)
+        if result.code == Code.OK:
+            self.stats.data_bytes["read"] += data_bytes_of_results(result.results)
+        self.reply(session, header, address, _result_body(result), "read", started)
 
     async def _write(
         self,

@@ -337,6 +337,28 @@ class ObjectRows:
             self._db.executemany(_XATTR_PUT, ((oid, k, v) for k, v in xattrs.items()))
             self._db.executemany(_OMAP_PUT, ((oid, k, v) for k, v in omap.items()))
 
+    # --- digests (scrub) -------------------------------------------------------------
+
+    def xattrs_digest(self, obj: ObjectHeader) -> int:
+        if obj.oid is None:
+            return pairs_digest(())
+        return pairs_digest(self._db.execute(_XATTR_ALL, (obj.oid,)))
+
+    def omap_digest(self, obj: ObjectHeader) -> tuple[int, int]:
+        """(digest, bytes) of the omap, streamed from the database in key order."""
+        if obj.oid is None:
+            return pairs_digest(()), 0
+        counted = _Counted(self._db.execute(_OMAP_ALL, (obj.oid,)))
+        return pairs_digest(counted), counted.bytes
+
+    def data_digest(self, obj: ObjectHeader, window: int = 1 << 20) -> int:
+        """xxh3_64 of the whole content (holes as zeros), every stored block re-read and
+        verified against its checksum; raises ChecksumError (or OSError) otherwise."""
+        hasher = xxhash.xxh3_64()
+        for offset in range(0, obj.size, window):
+            hasher.update(self.read(obj, offset, window))
+        return hasher.intdigest()
+
     # --- data ------------------------------------------------------------------------
 
     def _maps(self, oid: int, first: int, last: int) -> _BlockMaps:
@@ -483,6 +505,30 @@ class ObjectRows:
                 block[lo:hi] = bytes(hi - lo)
                 blocks.append((index, block))
             self._put_blocks(maps, blocks)
+
+
+def pairs_digest(pairs: Iterable[tuple[str, bytes]]) -> int:
+    """xxh3_64 of key/value pairs in the order given, each length-prefixed so that no two
+    different sequences of pairs hash the same bytes."""
+    hasher = xxhash.xxh3_64()
+    for key, value in pairs:
+        raw = key.encode()
+        hasher.update(len(raw).to_bytes(4, "little") + raw + len(value).to_bytes(4, "little"))
+        hasher.update(value)
+    return hasher.intdigest()
+
+
+class _Counted:
+    """Key/value pairs passed through, counting their bytes."""
+
+    def __init__(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        self._pairs = pairs
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        for key, value in self._pairs:
+            self.bytes += len(key) + len(value)
+            yield key, value
 
 
 def used_slots(db: sqlite3.Connection) -> Iterator[int]:

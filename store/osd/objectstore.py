@@ -14,7 +14,9 @@ transaction; the data file is fsynced before that commit, and the commit is on d
 Two connections: the daemon's single writer thread calls ``apply_batch`` (one
 transaction and one fsync for a whole batch, a savepoint per transaction so a
 failing one rolls back alone); the event loop reads through the other, which in WAL
-mode sees the last commit and never waits for the writer.
+mode sees the last commit and never waits for the writer. Scrub reads get a third,
+used from a worker thread (``scrub_page``), so that re-reading a PG's data never holds
+the event loop.
 
 Versions are ``(epoch, seq)``. The primary of a PG gives each mutating request the
 next seq of the PG and the current epoch; replicas take the version they are given
@@ -66,6 +68,7 @@ from store.osd.ops import (
 )
 from store.osd.pglog import PG_SCHEMA, LogEntry, PgInfo, PgLogs
 from store.osd.pgsplit import PgSplitTxn, split_pool
+from store.osd.scrub import DEEP_PAGE_BYTES, PAGE_OBJECTS, ScrubEntry, ScrubPage
 
 SCHEMA_VERSION = 2
 # Measured: with 8 KiB pages a 4 KiB block and its row header
@@ -94,6 +97,7 @@ class TxnResult:
     results: list[object]
     version: tuple[int, int]
     message: str = ""
+    damaged: bool = False  # failed because stored data did not match its checksum
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,15 @@ class ReplicaTxn:
 
 @dataclass
 class ObjectStateTxn:
-    """Recovery: install a whole object (or its tombstone) if it is newer than ours."""
+    """Recovery: install a whole object (or its tombstone) if it is newer than ours.
+
+    ``replace_equal`` (scrub and read repair) also replaces our copy of the *same* version,
+    which is damaged; an older state than ours is never installed either way."""
 
     pool: int
     pg: int
     state: ObjectState
+    replace_equal: bool = False
 
 
 @dataclass
@@ -226,7 +234,7 @@ class _Rollback(Exception):
 def _failure(exc: OpFailed | ChecksumError, version: tuple[int, int]) -> TxnResult:
     if isinstance(exc, OpFailed):
         return TxnResult(exc.code, [], version, exc.message)
-    return TxnResult(Code.EIO, [], version, str(exc))
+    return TxnResult(Code.EIO, [], version, str(exc), damaged=True)
 
 
 def _log_kind(ops: Sequence[Op]) -> str:
@@ -259,6 +267,11 @@ class ObjectStore:
         self._read_rows = ObjectRows(self._reader, self.space, self._count_checksum_error)
         self._write_logs = PgLogs(self._writer)
         self._read_logs = PgLogs(self._reader)
+        # Scrub reads run in a worker thread on a connection of their own (see scrub_page).
+        self._scrub_lock = threading.Lock()
+        self._scrub_db: sqlite3.Connection | None = None
+        self._pins = 0
+        self._release_deferred = False
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and ended here, explicitly.
@@ -304,6 +317,10 @@ class ObjectStore:
             self.checksum_errors += 1
 
     def close(self) -> None:
+        with self._scrub_lock:
+            if self._scrub_db is not None:
+                self._scrub_db.close()
+                self._scrub_db = None
         self._reader.close()
         self._writer.close()
         self.space.close()
@@ -357,8 +374,30 @@ class ObjectStore:
         self.space.batch_done(committed=False)
 
     def release_freed(self) -> None:
-        """Let the writer reuse slots that finished batches freed; call between reads."""
+        """Let the writer reuse slots that finished batches freed; call between reads.
+
+        While a read runs off the event loop (``pinned_slots``) the slots are held back
+        until it ends."""
+        if self._pins:
+            self._release_deferred = True
+            return
         self.space.release()
+
+    @contextmanager
+    def pinned_slots(self) -> Iterator[None]:
+        """Hold back the reuse of freed slots while a read runs in another thread.
+
+        Enter and leave on the thread that calls ``release_freed`` (the event loop). A
+        worker-thread read looks up mappings and reads slots at its own pace; a slot freed
+        by a commit after its snapshot began must not be rewritten until it is done."""
+        self._pins += 1
+        try:
+            yield
+        finally:
+            self._pins -= 1
+            if not self._pins and self._release_deferred:
+                self._release_deferred = False
+                self.space.release()
 
     def _apply(self, txn: Txn) -> TxnResult:
         match txn:
@@ -436,7 +475,7 @@ class ObjectStore:
     def _install_state(self, txn: ObjectStateTxn) -> TxnResult:
         state, rows = txn.state, self._write_rows
         obj = rows.load(txn.pool, state.name)
-        if state.version <= obj.version:
+        if state.version < obj.version or (state.version == obj.version and not txn.replace_equal):
             return TxnResult(Code.OK, [False], obj.version, "ours is as new or newer")
         rows.install(
             obj, exists=state.exists, data=state.data, xattrs=state.xattrs, omap=state.omap
@@ -533,6 +572,64 @@ class ObjectStore:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (f"pg_num.{pool}",)).fetchone()
         return int(row[0]) if row else None
 
+    # --- scrub (worker thread) ----------------------------------------------------------
+
+    def scrub_page(
+        self,
+        pool: int,
+        pg: int,
+        *,
+        deep: bool,
+        after: str | None = None,
+        upto: str | None = None,
+        limit: int = PAGE_OBJECTS,
+        names: Sequence[str] | None = None,
+        byte_budget: int = DEEP_PAGE_BYTES,
+    ) -> ScrubPage:
+        """A page of the PG's scrub map: its objects and tombstones named after ``after``
+        and up to ``upto`` (both optional), at most ``limit``, in name order — or exactly
+        ``names`` (those we hold in this PG). A deep page re-reads data and stops once it
+        has read ``byte_budget`` bytes (after one object at least); ``next`` says where the
+        following page starts. One read transaction for the page.
+
+        Runs in a worker thread, under ``pinned_slots`` (see ``store.osd.scrub``).
+        """
+        with self._scrub_lock:
+            db = self._scrub_db
+            if db is None:
+                db = self._scrub_db = self._connect()
+                db.execute("PRAGMA query_only = ON")
+                db.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
+            rows = ObjectRows(db, self.space, self._count_checksum_error)
+            db.execute("BEGIN")
+            try:
+                head = PgLogs(db).info(pool, pg).last_version
+                more = False
+                if names is not None:
+                    headers = [
+                        obj
+                        for name in names
+                        if (obj := rows.load(pool, name)).oid is not None and obj.pg == pg
+                    ]
+                else:
+                    headers, more = _scrub_listing(db, pool, pg, after, upto, limit)
+                entries: list[tuple[str, ScrubEntry]] = []
+                spent = 0
+                next_name: str | None = None
+                for obj in headers:
+                    if names is None and deep and entries and spent >= byte_budget:
+                        next_name = entries[-1][0]
+                        break
+                    entry, cost = _scrub_entry(rows, obj, deep)
+                    entries.append((obj.name, entry))
+                    spent += cost
+                else:
+                    if more:
+                        next_name = entries[-1][0]
+            finally:
+                db.execute("COMMIT")
+        return ScrubPage(entries, next_name, head)
+
     def pgs(self) -> list[tuple[int, int]]:
         """Every PG we hold anything of: objects, tombstones or log."""
         return self._read_logs.all()
@@ -544,3 +641,49 @@ class ObjectStore:
             with suppress(FileNotFoundError):
                 db_bytes += os.path.getsize(self.path + suffix)
         return {"objects": objects, "bytes": int(size), "db_bytes": db_bytes, **self.space.stats()}
+
+
+_SCRUB_LISTING = (
+    "SELECT oid, pg, size, epoch, seq, mtime, name FROM objects INDEXED BY {index}"
+    " WHERE pool = ? AND pg = ? AND live = {live} AND name > ? AND (? IS NULL OR name <= ?)"
+    " ORDER BY name LIMIT ?"
+)
+_SCRUB_LIVE = _SCRUB_LISTING.format(index="objects_listing", live=1)
+# A PG's tombstones are few (those its log still covers): found by PG, then sorted.
+_SCRUB_TOMBSTONES = _SCRUB_LISTING.format(index="objects_tombstones", live=0)
+MAX_SCRUB_ERROR = 200
+
+
+def _scrub_listing(
+    db: sqlite3.Connection, pool: int, pg: int, after: str | None, upto: str | None, limit: int
+) -> tuple[list[ObjectHeader], bool]:
+    """Headers of live objects and tombstones in (after, upto], in name order; whether more
+    than ``limit`` are there."""
+    found: list[ObjectHeader] = []
+    for query, live in ((_SCRUB_LIVE, True), (_SCRUB_TOMBSTONES, False)):
+        rows = db.execute(query, (pool, pg, after or "", upto, upto, limit + 1)).fetchall()
+        found.extend(
+            ObjectHeader(pool, name, oid, row_pg, live, size, (epoch, seq), mtime)
+            for oid, row_pg, size, epoch, seq, mtime, name in rows
+        )
+    found.sort(key=lambda obj: obj.name)
+    return found[:limit], len(found) > limit
+
+
+def _scrub_entry(rows: ObjectRows, obj: ObjectHeader, deep: bool) -> tuple[ScrubEntry, int]:
+    """The object's scrub entry, and how many bytes reading it took."""
+    if not obj.live:
+        return ScrubEntry(False, obj.version), 0
+    attrs = rows.xattrs_digest(obj)
+    if not deep:
+        return ScrubEntry(True, obj.version, obj.size, attrs), 0
+    omap, omap_bytes = rows.omap_digest(obj)
+    data: int | None = None
+    error: str | None = None
+    try:
+        data = rows.data_digest(obj)
+    except ChecksumError as exc:
+        error = str(exc)[:MAX_SCRUB_ERROR]
+    except OSError as exc:
+        error = f"cannot read the data file: {exc}"[:MAX_SCRUB_ERROR]
+    return ScrubEntry(True, obj.version, obj.size, attrs, omap, data, error), obj.size + omap_bytes

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from store.errors import AuthError, Code, RemoteError
+from store.errors import AuthError, ChecksumError, Code, RemoteError
 from store.metrics.osd import PEER_TRAFFIC
 from store.osd.objectstore import ObjectState, ObjectStateTxn, PgResetLogTxn
 from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
 from store.osd.pg import ADOPT_LOG_ENTRIES, replica_txn_from_wire
 from store.osd.pglog import entries_from_wire
+from store.osd.scrub import parse_scrub_map_args_untrusted, read_scrub_page
 from store.placement import primary
 from store.rpc import RpcConnection, parse_hostport
 from store.tls import peer_identity
@@ -188,7 +189,10 @@ def op_pg_log_since(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 
 def op_object_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
-    return daemon.store.object_state(int(args["pool"]), str(args["name"])).to_wire()
+    try:
+        return daemon.store.object_state(int(args["pool"]), str(args["name"])).to_wire()
+    except ChecksumError as exc:
+        raise RemoteError(Code.EIO, f"osd.{daemon.osd_id}: {exc}") from None
 
 
 def op_list_pg(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
@@ -204,12 +208,23 @@ def op_list_pg(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
 
 
 def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    """Install an object's whole state if it is newer than ours — or, for a scrub repair
+    (``repair``), as new as ours: our copy of that version is damaged."""
     pool, pg = _pool_pg(args)
+    repair = args.get("repair", False)
+    if type(repair) is not bool:
+        raise RemoteError(Code.EINVAL, "push: repair must be a boolean")
     PEER_TRAFFIC.push_received(args.get("state"))
-    completion = daemon.writes.submit(
-        ObjectStateTxn(pool, pg, ObjectState.from_wire(args["state"]))
-    )
-    return _await_ok(completion)
+    state = ObjectState.from_wire(args["state"])
+    completion = daemon.writes.submit(ObjectStateTxn(pool, pg, state, replace_equal=repair))
+
+    async def done() -> Any:
+        result = await completion.wait()
+        if result.code != Code.OK:
+            raise RemoteError(result.code, result.message)
+        return {"installed": result.results == [True]}
+
+    return done()
 
 
 def op_pg_mark(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
@@ -228,6 +243,19 @@ async def _await_ok(completion: Any) -> Any:
     if result.code != Code.OK:
         raise RemoteError(result.code, result.message)
     return {}
+
+
+def op_scrub_map(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    """A page of our scrub map of a PG (see store.osd.scrub), read off the event loop."""
+    pool, pg = _pool_pg(args)
+    where = parse_scrub_map_args_untrusted(args)
+
+    async def answer() -> Any:
+        await daemon.pool_ready(pool)
+        page = await read_scrub_page(daemon.store, pool, pg, **where)
+        return page.to_wire()
+
+    return answer()
 
 
 def op_pg_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
@@ -252,5 +280,6 @@ PEER_OPS = {
     "push": op_push,
     "pg_mark": op_pg_mark,
     "pg_state": op_pg_state,
+    "scrub_map": op_scrub_map,
     "ping": op_ping,
 }

@@ -134,14 +134,18 @@ def test_full_and_nearfull() -> None:
 def test_clock_skew_checksums_and_stale_keys() -> None:
     reports = healthy_reports()
     reports[1]["clock_skew"] = -2.5
-    reports[2]["checksum_errors"] = 4
+    reports[2]["checksum_errors"] = 12
+    reports[1]["checksum_errors"] = 3  # a few, each repaired: no warning
     reports[0]["service_key_gen"] = 2
     checks = evaluate(ClusterView.from_status(status(cluster_map(), reports)))
     by_code = {c.code: c for c in checks}
     assert set(by_code) == {"CLOCK_SKEW", "OSD_CHECKSUM_ERRORS", "AUTH_KEYS_STALE"}
     assert by_code["CLOCK_SKEW"].detail == ("osd.1's clock is 2.5 s behind the master's",)
     assert "NTP" in by_code["CLOCK_SKEW"].advice
-    assert by_code["OSD_CHECKSUM_ERRORS"].severity == health.ERR
+    assert by_code["OSD_CHECKSUM_ERRORS"].severity == health.WARN
+    assert by_code["OSD_CHECKSUM_ERRORS"].detail == (
+        "osd.2: 12 blocks failed their checksum since it started",
+    )
     assert "generation 2" in by_code["AUTH_KEYS_STALE"].detail[0]
 
 
