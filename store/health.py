@@ -167,9 +167,15 @@ def _pgs(v: ClusterView) -> Iterator[HealthCheck]:
             "read the logs of the daemons involved.",
         )
     degraded = sum(n for s, n in v.pg_states.items() if "degraded" in s.split("+"))
-    recovering = sum(n for s, n in v.pg_states.items() if "recovering" in s.split("+"))
+    recovering = sum(
+        n
+        for s, n in v.pg_states.items()
+        if {"recovering", "backfilling", "backfill_wait"} & set(s.split("+"))
+    )
     affected = sum(
-        n for s, n in v.pg_states.items() if {"degraded", "recovering"} & set(s.split("+"))
+        n
+        for s, n in v.pg_states.items()
+        if {"degraded", "recovering", "backfilling", "backfill_wait"} & set(s.split("+"))
     )
     if affected:
         parts = [f"{degraded} degraded"] if degraded else []
@@ -182,7 +188,7 @@ def _pgs(v: ClusterView) -> Iterator[HealthCheck]:
             tuple(
                 f"{n} pgs {s}"
                 for s, n in sorted(v.pg_states.items())
-                if {"degraded", "recovering"} & set(s.split("+"))
+                if {"degraded", "recovering", "backfilling", "backfill_wait"} & set(s.split("+"))
             ),
             "Recovery runs by itself: watch it finish with `store status`. Degraded PGs "
             "lack a copy because a daemon is down: bring it back, or mark it out "

@@ -34,6 +34,7 @@ from store.osd.peers import PeerLinks
 from store.osd.pg import PlacementGroup
 from store.osd.pgsplit import PgSplitTxn
 from store.osd.sessions import SessionTable
+from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import Completion, WriteQueue
 from store.placement import ClusterMap, placement
 from store.rpc import ConnectionLost, RpcConnection, parse_hostport
@@ -87,6 +88,7 @@ class OsdDaemon:
         # The database is DIR/store.db, the data DIR/blocks.dat.
         self.store = ObjectStore(str(config.dir), max_log_entries=config.pg_log_entries)
         self.writes = WriteQueue(self.store)
+        self.throttle = RecoveryThrottle(config.max_backfills, config.recovery_max_rate)
         self.osd_id: int = self.identity.osd_id if self.identity.osd_id is not None else -1
         self.map = ClusterMap(epoch=0, fsid="", created=0.0, osds={}, pools={})
         self.service_keys = auth.ServiceKeys()

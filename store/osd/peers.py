@@ -215,6 +215,7 @@ def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     if type(repair) is not bool:
         raise RemoteError(Code.EINVAL, "push: repair must be a boolean")
     PEER_TRAFFIC.push_received(args.get("state"))
+    daemon.throttle.remote.renew(pool, pg, trio.current_time())
     state = ObjectState.from_wire(args["state"])
     completion = daemon.writes.submit(ObjectStateTxn(pool, pg, state, replace_equal=repair))
 
@@ -267,6 +268,22 @@ def op_pg_state(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     return {"state": pgobj.status(), "acting": list(pgobj.acting)}
 
 
+def _reservation_key(args: dict[str, Any]) -> tuple[int, int, int]:
+    pool, pg = _pool_pg(args)
+    return pool, pg, int(args["from"])
+
+
+def op_recovery_reserve(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    """A primary asks for one of our backfill slots (see store.osd.throttle)."""
+    granted = daemon.throttle.remote.reserve(_reservation_key(args), trio.current_time())
+    return {"granted": granted}
+
+
+def op_recovery_release(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    daemon.throttle.remote.release(_reservation_key(args))
+    return {}
+
+
 def op_ping(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     return {"osd_id": daemon.osd_id, "epoch": daemon.map.epoch}
 
@@ -282,4 +299,6 @@ PEER_OPS = {
     "pg_state": op_pg_state,
     "scrub_map": op_scrub_map,
     "ping": op_ping,
+    "recovery_reserve": op_recovery_reserve,
+    "recovery_release": op_recovery_release,
 }

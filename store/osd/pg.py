@@ -78,6 +78,7 @@ from store.osd.scrub import (
     merge_known_errors,
     read_scrub_page,
 )
+from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap, acting_set
 from store.rpc import ConnectionLost, PendingCall, RpcConnection
@@ -111,6 +112,9 @@ class PgHost(Protocol):
 
     async def pool_ready(self, pool_id: int) -> None: ...
 
+    @property
+    def throttle(self) -> RecoveryThrottle: ...
+
 
 @dataclass
 class _Forward:
@@ -127,6 +131,8 @@ class PlacementGroup:
         self.state = "inactive"  # peering | active | replica | down
         self.active: dict[int, RpcConnection] = {}  # members (not us) that receive forwards
         self.recovering: set[int] = set()
+        self.backfilling: set[int] = set()  # recovering members being compared whole
+        self.backfill_waiting: set[int] = set()  # ... waiting for backfill slots to be
         self.last_forwarded: Version = host.store.pg_info(pool_id, pg).last_version
         self._scope: trio.CancelScope | None = None
         self._interval_nursery: trio.Nursery | None = None
@@ -159,6 +165,8 @@ class PlacementGroup:
             self._scope.cancel()
         self.active.clear()
         self.recovering.clear()
+        self.backfilling.clear()
+        self.backfill_waiting.clear()
         if self._held is not None:
             self._held.set()
             self._held = None
@@ -184,7 +192,11 @@ class PlacementGroup:
         pool = self.host.map.pools.get(self.pool_id)
         copies = 1 + len(self.active)
         state = "active"
-        if self.recovering:
+        if self.backfilling:
+            state += "+backfilling"
+        elif self.backfill_waiting:
+            state += "+backfill_wait"
+        elif self.recovering:
             state += "+recovering"
         if pool is not None and copies < pool.size:
             state += "+degraded"
@@ -466,12 +478,28 @@ class PlacementGroup:
         # that wrote elsewhere (an old primary's unacknowledged writes) is listed whole.
         entries = store.pg_log_since(self.pool_id, self.pg, theirs[1] - 1) if theirs[1] else None
         if entries and entries[0].version == theirs and theirs <= self.last_forwarded:
-            names = sorted({e.name for e in entries[1:]})
-        else:
-            names = sorted(
-                set(_local_names(store, self.pool_id, self.pg))
-                | set(await _list_names(conn, self.pool_id, self.pg))
-            )
+            await self._push_round(conn, sorted({e.name for e in entries[1:]}), member)
+            return
+        # A backfill: whole PGs compared, maybe a disk's worth of data. It waits for a slot
+        # here and on the member (max_backfills each), and lists once it has them.
+        self.backfill_waiting.add(member)
+        try:
+            async with self.host.throttle.backfill(conn, self.pool_id, self.pg, self.host.osd_id):
+                self.backfill_waiting.discard(member)
+                self.backfilling.add(member)
+                names = sorted(
+                    set(_local_names(store, self.pool_id, self.pg))
+                    | set(await _list_names(conn, self.pool_id, self.pg))
+                )
+                await self._push_round(conn, names, member)
+        finally:
+            self.backfill_waiting.discard(member)
+            self.backfilling.discard(member)
+
+    async def _push_round(self, conn: RpcConnection, names: list[str], member: int) -> None:
+        """Push the current state of `names` to the member, then its new version."""
+        store = self.host.store
+        args = {"pool": self.pool_id, "pg": self.pg}
         hold = len(names) < PAUSE_BELOW
         if hold:
             self._held = trio.Event()
@@ -479,6 +507,8 @@ class PlacementGroup:
             target = self.last_forwarded
             for name in names:
                 state = store.object_state(self.pool_id, name)
+                if not hold:  # writes wait on a held round: no throttling then
+                    await self.host.throttle.spend(len(state.data))
                 await conn.call("push", {**args, "state": state.to_wire()}, timeout=60)
                 PEER_TRAFFIC.pushed(state)
             # Our log goes along (see _pull_from), up to the version the member now has.

@@ -40,6 +40,7 @@ from store.osd.scrub import (
     retry_delay,
     scheduler_tick,
 )
+from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap
 from store.wire.frames import FrameDecoder, encode_frame
@@ -548,6 +549,7 @@ class _Daemon(_Host):
         self.osd_id = osd_id
         self.cluster = cluster
         self.config = SimpleNamespace(scrub_auto_repair=False)
+        self.throttle = RecoveryThrottle(max_backfills=1, max_rate_mb=0)
         self.pgs: dict[tuple[int, int], PlacementGroup] = {}
         self.calls: Counter[str] = Counter()
 

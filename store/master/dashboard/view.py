@@ -106,7 +106,11 @@ def build(
         }
         for p in sorted(m.pools.values(), key=lambda p: p.name)
     ]
-    recovering = sum(n for s, n in view.pg_states.items() if "recovering" in s.split("+"))
+    recovering = sum(
+        n
+        for s, n in view.pg_states.items()
+        if {"recovering", "backfilling", "backfill_wait"} & set(s.split("+"))
+    )
     degraded = sum(n for s, n in view.pg_states.items() if "degraded" in s.split("+"))
     members = sum(_counter(r, "recovery", "members") for r in view.reports.values())
     return {
