@@ -130,6 +130,9 @@ class PlacementGroup:
         self.interval_epoch = 0
         self.state = "inactive"  # peering | active | replica | down
         self.active: dict[int, RpcConnection] = {}  # members (not us) that receive forwards
+        # Former members, complete when this interval began, that keep receiving forwards
+        # until every new member is recovered: redundancy never falls during a move.
+        self.interim: dict[int, RpcConnection] = {}
         self.recovering: set[int] = set()
         self.backfilling: set[int] = set()  # recovering members being compared whole
         self.backfill_waiting: set[int] = set()  # ... waiting for backfill slots to be
@@ -164,6 +167,7 @@ class PlacementGroup:
         if self._scope is not None:
             self._scope.cancel()
         self.active.clear()
+        self.interim.clear()
         self.recovering.clear()
         self.backfilling.clear()
         self.backfill_waiting.clear()
@@ -192,6 +196,8 @@ class PlacementGroup:
         pool = self.host.map.pools.get(self.pool_id)
         copies = 1 + len(self.active)
         state = "active"
+        if self.interim:
+            state += "+remapped"
         if self.backfilling:
             state += "+backfilling"
         elif self.backfill_waiting:
@@ -318,6 +324,17 @@ class PlacementGroup:
         for member, version in infos.items():
             if version == mine and member in self.acting:
                 self.active[member] = await self.host.peer(member)
+        if any(member not in self.active for member in self.acting[1:]):
+            for member, version in infos.items():
+                if version == mine and member not in self.acting:
+                    self.interim[member] = await self.host.peer(member)
+            if self.interim:
+                log.info(
+                    "pg %s: %s keep receiving writes until %s are recovered",
+                    self.name,
+                    ", ".join(f"osd.{m}" for m in sorted(self.interim)),
+                    ", ".join(f"osd.{m}" for m in self.acting[1:] if m not in self.active),
+                )
         self.state = "active"
         log.debug(
             "pg %s active on osd.%d with %s", self.name, self.host.osd_id, sorted(self.active)
@@ -391,7 +408,7 @@ class PlacementGroup:
             "epoch": self.interval_epoch,
             "from": self.host.osd_id,
         }
-        for member, conn in list(self.active.items()):
+        for member, conn in [*self.active.items(), *self.interim.items()]:
             try:
                 forward.calls[member] = (conn, conn.start_call("repop", args))
             except ConnectionLost:
@@ -415,7 +432,7 @@ class PlacementGroup:
             nonlocal acked
             try:
                 await conn.finish_call(pending, "repop", REPLICATION_TIMEOUT)
-                acked += 1
+                acked += member in self.acting  # an interim copy is extra, not a member's
             except (StoreError, OSError) as exc:
                 self._drop(member, str(exc))
 
@@ -425,6 +442,8 @@ class PlacementGroup:
         return acked
 
     def _drop(self, member: int, why: str) -> None:
+        if self.interim.pop(member, None) is not None:
+            log.info("pg %s: osd.%d stops receiving interim writes (%s)", self.name, member, why)
         if self.active.pop(member, None) is not None:
             log.warning("pg %s: osd.%d fell behind (%s); recovering it", self.name, member, why)
             self._start_recovery(member)
@@ -463,6 +482,13 @@ class PlacementGroup:
         finally:
             PEER_TRAFFIC.recovery_finished(self.name, member, member in self.active)
             self.recovering.discard(member)
+            if self.interim and all(m in self.active for m in self.acting[1:]):
+                log.info(
+                    "pg %s: every member recovered; %s no longer needed",
+                    self.name,
+                    ", ".join(f"osd.{m}" for m in sorted(self.interim)),
+                )
+                self.interim.clear()
 
     async def _recover_round(self, member: int) -> None:
         conn = await self.host.peer(member)

@@ -97,7 +97,8 @@ class RecoveryThrottle:
         self.local = trio.Semaphore(max_backfills)
         self.remote = Reservations(max_backfills)
         self.bucket = (
-            TokenBucket(max_rate_mb * 1e6, burst=max(4 * 1024 * 1024, max_rate_mb * 1e5))
+            # A fifth of a second's worth at once; a bigger object goes into debt.
+            TokenBucket(max_rate_mb * 1e6, burst=max(64 * 1024, max_rate_mb * 2e5))
             if max_rate_mb > 0
             else None
         )

@@ -1,15 +1,18 @@
-"""Backfills wait for slots: a daemon takes part in at most max_backfills at once."""
+"""Moving data: backfills wait for slots (at most max_backfills per daemon at once), and
+redundancy never falls while a PG moves."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 
 import trio
 
 from store.client.api import Client
 from tests.cluster.conftest import ClusterFactory
+from tests.cluster.harness import Cluster
 
 
 def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> None:
@@ -52,3 +55,69 @@ def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> N
                 assert await client.read("default", name) == body, name
 
     trio.run(read_all)
+
+
+def copies(cluster: Cluster, name: str) -> int:
+    """Daemons whose store holds `name` live, read beside them (SQLite in WAL mode)."""
+    held = 0
+    for osd in range(4):
+        path = cluster.root / f"osd.{osd}" / "store.db"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            row = db.execute("SELECT 1 FROM objects WHERE name = ? AND live = 1", (name,))
+            held += row.fetchone() is not None
+    return held
+
+
+def test_writes_during_a_move_keep_size_copies(cluster_factory: ClusterFactory) -> None:
+    """While a PG's new member is backfilled, its former member keeps receiving writes: an
+    object written meanwhile has `size` copies from the moment it is acknowledged."""
+    cluster = cluster_factory(osds=4, pg_num=8)
+    for i in range(4):
+        cluster.kill(f"osd.{i}")
+        cluster.start_osd(i, extra=["--recovery-max-rate", "0.2"])  # a slow move
+    cluster.wait_healthy()
+    moving: list[str] = []
+
+    async def run() -> None:
+        async with Client.connect(cluster.config()) as client:
+            # Enough objects per PG that recovery is a backfill that takes a while (a
+            # handful would be copied in one short round with writes held back).
+            names = [f"old-{i}" for i in range(400)]
+            body = os.urandom(20_000)
+            for name in names:
+                await client.write_full("default", name, body)
+            # The PGs osd.3 serves now: after `out` they get a new member to backfill.
+            of_3 = {
+                client.locate("default", n)["pg"]
+                for n in names
+                if 3 in client.locate("default", n)["acting"]
+            }
+            before = client.map.epoch
+            await trio.to_thread.run_sync(lambda: cluster.cli("osd", "out", "3"))
+            while client.map.epoch == before:
+                await trio.sleep(0.05)
+            i = 0
+            deadline = trio.current_time() + 60
+            while len(moving) < 10 and trio.current_time() < deadline:
+                name = f"new-{i}"
+                i += 1
+                pg = client.locate("default", name)["pg"]
+                if pg not in of_3:
+                    continue
+                await client.write_full("default", name, b"n" * 5000)
+                listing = await trio.to_thread.run_sync(lambda: cluster.cli("pg", "ls", "--json"))
+                state = next(r["state"] for r in json.loads(listing.stdout) if r["pgid"] == pg)
+                if not {"backfilling", "backfill_wait"} & set(state.split("+")):
+                    continue  # not seen moving (yet, or any more)
+                moving.append(name)
+                held = await trio.to_thread.run_sync(copies, cluster, name)
+                assert held >= 3, f"{name} written during the move of {pg} has {held} copies"
+
+    trio.run(run)
+    assert moving, "no write landed while a PG was moving"
+    deadline = time.monotonic() + 120
+    while not all(
+        r["state"] == "active+clean" for r in json.loads(cluster.cli("pg", "ls", "--json").stdout)
+    ):
+        assert time.monotonic() < deadline, "the move never finished"
+        time.sleep(0.5)
