@@ -24,7 +24,7 @@ import trio
 
 from store.client.config import ClientConfig
 from store.client.master_link import MasterLink
-from store.client.transport import Transport, open_udp_socket
+from store.client.transport import TargetMoved, Transport, open_udp_socket
 from store.errors import ClientTimeout, Code, RemoteError, code_of
 from store.placement import ClusterMap, PoolSpec, acting_set, pg_of, primary
 from store.rpc import parse_hostport
@@ -112,6 +112,16 @@ class Client:
             target = primary(m, spec.id, pg)
             if target is not None:
                 address = parse_hostport(m.osds[target].addr)
+
+                def moved(m: ClusterMap = m, target: int = target) -> str | None:
+                    # A dead primary never answers: follow the map once it names another.
+                    now = self.map
+                    if now.epoch == m.epoch:
+                        return None
+                    if spec.id not in now.pools or primary(now, spec.id, pg) != target:
+                        return f"the map of epoch {now.epoch} names another primary"
+                    return None
+
                 try:
                     reply, epoch = await self.transport.request(
                         target,
@@ -120,7 +130,11 @@ class Client:
                         encrypt=spec.encrypt,
                         deadline=deadline,
                         request_id=request_id,
+                        give_up=moved,
                     )
+                except TargetMoved as exc:
+                    last_problem = str(exc)
+                    continue
                 except ClientTimeout as exc:
                     if pause == RETRY_PAUSE:  # no earlier answer explains it
                         raise

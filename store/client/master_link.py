@@ -2,7 +2,9 @@
 
 The client proves its key (challenge-response), receives a ticket and its session key,
 subscribes to maps and keeps both fresh: the map arrives as ``map`` events on every new
-epoch, and the ticket is renewed when two thirds of its life are gone.
+epoch, and the ticket is renewed when two thirds of its life are gone. When the connection
+drops (the master restarted), a subscribed link connects again, with backoff, proves its key
+again and subscribes again, so a long-lived client never stays on an old map.
 """
 
 from __future__ import annotations
@@ -53,10 +55,32 @@ class MasterLink:
         await link._connect(nursery)
         await link.authenticate()
         if subscribe:
-            result = await link.call("subscribe")
-            link._set_map(ClusterMap.from_wire(result["map"]))
+            await link._subscribe()
             nursery.start_soon(link._renew_tickets)
+            nursery.start_soon(link._stay_connected, nursery)
         return link
+
+    async def _subscribe(self) -> None:
+        result = await self.call("subscribe")
+        self._set_map(ClusterMap.from_wire(result["map"]))
+
+    async def _stay_connected(self, nursery: trio.Nursery) -> None:
+        while True:
+            assert self.conn is not None
+            await self.conn.closed.wait()
+            log.warning("lost the master at %s; connecting again", self.config.master)
+            delay = 0.2
+            while True:
+                await trio.sleep(delay)
+                try:
+                    await self._connect(nursery)
+                    await self.authenticate()
+                    await self._subscribe()
+                    break
+                except (StoreError, OSError) as exc:
+                    log.debug("the master at %s: %s", self.config.master, exc)
+                    delay = min(delay * 2, 5.0)
+            log.info("the master is back (map epoch %d)", self.map.epoch if self.map else 0)
 
     async def _connect(self, nursery: trio.Nursery) -> None:
         host, port = parse_hostport(self.config.master)

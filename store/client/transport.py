@@ -43,6 +43,7 @@ from store.errors import (
     MalformedDatagram,
     ProtocolError,
     RemoteError,
+    StoreError,
     code_of,
 )
 from store.metrics.stats import LatencyHistogram
@@ -252,7 +253,9 @@ class Transport:
             self._by_session.pop(link.session.session_id, None)
             link.session = None
 
-    async def _hello(self, link: DaemonLink, deadline: float) -> _ClientSession:
+    async def _hello(
+        self, link: DaemonLink, deadline: float, give_up: GiveUp | None = None
+    ) -> _ClientSession:
         async with link.hello_lock:
             if link.session is not None:
                 return link.session
@@ -281,7 +284,9 @@ class Transport:
             link.hello_waiter = waiter
             self._by_session[session_id] = link
             try:
-                reply = await self._exchange(link, waiter, lambda: datagram, deadline)
+                reply = await self._exchange(
+                    link, waiter, lambda: datagram, deadline, give_up=give_up
+                )
             except BaseException:
                 self._by_session.pop(session_id, None)
                 raise
@@ -315,6 +320,7 @@ class Transport:
         make: Callable[[], bytes],
         deadline: float,
         session: _ClientSession | None = None,
+        give_up: GiveUp | None = None,
     ) -> dict[Any, Any]:
         """Send, wait one RTO, resend with backoff until answered or the deadline passes.
 
@@ -350,6 +356,8 @@ class Transport:
                     # the time since then is how long this daemon takes to answer now.
                     link.rtt.sample(trio.current_time() - started)
                 return waiter.reply
+            if give_up is not None and (reason := give_up()) is not None:
+                raise TargetMoved(f"osd.{link.osd_id} did not answer; {reason}")
             if trio.current_time() >= deadline:
                 self.stats.timeouts += 1
                 raise ClientTimeout(
@@ -385,11 +393,14 @@ class Transport:
         encrypt: bool,
         deadline: float,
         request_id: int | None = None,
+        give_up: GiveUp | None = None,
     ) -> tuple[dict[Any, Any], int]:
         """Send one request to a daemon; returns (reply body, daemon's epoch).
 
         Pass the same `request_id` when retrying one logical request after a transient
-        error answer, so that the daemon recognises a write it already applied.
+        error answer, so that the daemon recognises a write it already applied. `give_up`
+        is asked after every unanswered wait: a reason it returns (the map names another
+        daemon now) ends the request with `TargetMoved`.
         """
         link = self._link(osd_id, address)
         if request_id is None:
@@ -399,7 +410,7 @@ class Transport:
         packed = wire_body.pack(body)
         async with link.window:
             while True:
-                session = link.session or await self._hello(link, deadline)
+                session = link.session or await self._hello(link, deadline, give_up)
                 waiter = _Waiter()
                 key = (session.session_id, request_id)
                 self._waiters[key] = waiter
@@ -416,7 +427,7 @@ class Transport:
                     )
 
                 try:
-                    reply = await self._exchange(link, waiter, make, deadline, session)
+                    reply = await self._exchange(link, waiter, make, deadline, session, give_up)
                     self.stats.latency.observe(trio.current_time() - started)
                     code = reply.get("r")
                     self.stats.replies[code if isinstance(code, int) else -1] += 1
@@ -429,6 +440,13 @@ class Transport:
 
 class _SessionReset(Exception):
     pass
+
+
+class TargetMoved(StoreError):
+    """The request was abandoned: the map names another daemon for it now."""
+
+
+GiveUp = Callable[[], "str | None"]
 
 
 def _drop_reason(exc: Exception) -> str:

@@ -194,12 +194,15 @@ class ObjectStateTxn:
     """Recovery: install a whole object (or its tombstone) if it is newer than ours.
 
     ``replace_equal`` (scrub and read repair) also replaces our copy of the *same* version,
-    which is damaged; an older state than ours is never installed either way."""
+    which is damaged. ``authoritative`` installs it whatever our version: the state comes
+    from the PG's authoritative history and ours was written in a divergent one (by a
+    primary whose writes were never acknowledged) — a rollback."""
 
     pool: int
     pg: int
     state: ObjectState
     replace_equal: bool = False
+    authoritative: bool = False
 
 
 @dataclass
@@ -475,7 +478,9 @@ class ObjectStore:
     def _install_state(self, txn: ObjectStateTxn) -> TxnResult:
         state, rows = txn.state, self._write_rows
         obj = rows.load(txn.pool, state.name)
-        if state.version < obj.version or (state.version == obj.version and not txn.replace_equal):
+        newer = state.version > obj.version or (state.version == obj.version and txn.replace_equal)
+        # One version is one write: an equal version is the same content.
+        if not (newer or (txn.authoritative and state.version != obj.version)):
             return TxnResult(Code.OK, [False], obj.version, "ours is as new or newer")
         rows.install(
             obj, exists=state.exists, data=state.data, xattrs=state.xattrs, omap=state.omap

@@ -134,11 +134,10 @@ def _pool_pg(args: dict[str, Any]) -> tuple[int, int]:
     return int(args["pool"]), int(args["pg"])
 
 
-def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
-    pool, pg = _pool_pg(args)
+def _check_sender_is_primary(daemon: OsdDaemon, pool: int, pg: int, args: dict[str, Any]) -> None:
+    """Refuse a daemon that is no longer this PG's primary (by our newer map): it would
+    write history the new primary does not know."""
     sender_epoch = int(args.get("epoch", 0))
-    # A forward from a daemon that is no longer this PG's primary (by our newer map) is
-    # refused: it would write history the new primary does not know.
     current = primary(daemon.map, pool, pg)
     if (
         sender_epoch < daemon.map.epoch
@@ -146,6 +145,11 @@ def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
         and current != args.get("from", current)
     ):
         raise RemoteError(Code.ESTALE, "sender is not the primary of this pg any more")
+
+
+def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
+    pool, pg = _pool_pg(args)
+    _check_sender_is_primary(daemon, pool, pg, args)
     txn = replica_txn_from_wire(args, parse_ops_untrusted(args["ops"]))
     PEER_TRAFFIC.repop_received(txn.ops)
     completion = daemon.writes.submit(txn)
@@ -212,12 +216,18 @@ def op_push(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     (``repair``), as new as ours: our copy of that version is damaged."""
     pool, pg = _pool_pg(args)
     repair = args.get("repair", False)
-    if type(repair) is not bool:
-        raise RemoteError(Code.EINVAL, "push: repair must be a boolean")
+    authoritative = args.get("authoritative", False)
+    if type(repair) is not bool or type(authoritative) is not bool:
+        raise RemoteError(Code.EINVAL, "push: repair and authoritative must be booleans")
+    if authoritative:
+        # A rollback overrides versions: only the PG's current primary may ask it.
+        _check_sender_is_primary(daemon, pool, pg, args)
     PEER_TRAFFIC.push_received(args.get("state"))
     daemon.throttle.remote.renew(pool, pg, trio.current_time())
     state = ObjectState.from_wire(args["state"])
-    completion = daemon.writes.submit(ObjectStateTxn(pool, pg, state, replace_equal=repair))
+    completion = daemon.writes.submit(
+        ObjectStateTxn(pool, pg, state, replace_equal=repair, authoritative=authoritative)
+    )
 
     async def done() -> Any:
         result = await completion.wait()

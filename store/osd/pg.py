@@ -341,19 +341,46 @@ class PlacementGroup:
         )
 
     async def _pull_from(self, member: int, since: Version, until: Version) -> None:
+        """Take the member's newer history: the objects its log changed since the last
+        version both logs share — and the objects ours changed after that point, which
+        were written by a primary whose writes were never acknowledged (their versions
+        were used again by the next primary): those are rolled back to the member's
+        state, even where it is older, or removed where it has none."""
         conn = await self.host.peer(member)
+        store = self.host.store
         args = {"pool": self.pool_id, "pg": self.pg}
-        result = await conn.call("pg_log_since", {**args, "seq": since[1]})
+        ours = store.pg_log_last(self.pool_id, self.pg, store.max_log_entries)
+        first = ours[0].version[1] - 1 if ours else since[1]
+        result = await conn.call("pg_log_since", {**args, "seq": max(0, first)})
+        names: set[str] | None = None
         if result["entries"] is not None:
-            names = {entry[2] for entry in result["entries"]}
-        else:
+            theirs = entries_from_wire(result["entries"])
+            mine = {e.version[1]: e.version for e in ours}
+            shared = [e.version for e in theirs if mine.get(e.version[1]) == e.version]
+            common = max(shared) if shared else (since if not ours else None)
+            if common is not None and (not theirs or theirs[0].version[1] <= common[1] + 1):
+                names = {e.name for e in theirs if e.version > common}
+                divergent = {e.name for e in ours if e.version > common}
+                if divergent:
+                    log.warning(
+                        "pg %s: rolling back %d objects we wrote after %s that osd.%d's "
+                        "history does not have",
+                        self.name,
+                        len(divergent),
+                        common,
+                        member,
+                    )
+                names |= divergent
+        if names is None:
+            # The logs do not meet: compare the whole PG.
             names = set(await _list_names(conn, self.pool_id, self.pg))
-            names |= set(_local_names(self.host.store, self.pool_id, self.pg))
+            names |= set(_local_names(store, self.pool_id, self.pg))
         for name in sorted(names):
             raw = await conn.call("object_state", {"pool": self.pool_id, "name": name})
             state = ObjectState.from_wire(raw)
             PEER_TRAFFIC.pulled(state)
-            await self.host.writes.submit(ObjectStateTxn(self.pool_id, self.pg, state)).wait()
+            txn = ObjectStateTxn(self.pool_id, self.pg, state, authoritative=True)
+            await self.host.writes.submit(txn).wait()
         # Adopt the member's log with its state, request ids included, so that a client
         # retransmitting a write we only know as copied state is answered, not re-applied.
         result = await conn.call("pg_log_since", {**args, "seq": 0, "last": ADOPT_LOG_ENTRIES})
@@ -517,15 +544,24 @@ class PlacementGroup:
                     set(_local_names(store, self.pool_id, self.pg))
                     | set(await _list_names(conn, self.pool_id, self.pg))
                 )
-                await self._push_round(conn, names, member)
+                # The member's newest version may be of a divergent history (an old
+                # primary's writes never acknowledged): our state wins, even if older.
+                await self._push_round(conn, names, member, authoritative=True)
         finally:
             self.backfill_waiting.discard(member)
             self.backfilling.discard(member)
 
-    async def _push_round(self, conn: RpcConnection, names: list[str], member: int) -> None:
+    async def _push_round(
+        self, conn: RpcConnection, names: list[str], member: int, authoritative: bool = False
+    ) -> None:
         """Push the current state of `names` to the member, then its new version."""
         store = self.host.store
         args = {"pool": self.pool_id, "pg": self.pg}
+        push_args: dict[str, Any] = dict(args)
+        if authoritative:
+            push_args.update(
+                authoritative=True, epoch=self.interval_epoch, **{"from": self.host.osd_id}
+            )
         hold = len(names) < PAUSE_BELOW
         if hold:
             self._held = trio.Event()
@@ -535,7 +571,7 @@ class PlacementGroup:
                 state = store.object_state(self.pool_id, name)
                 if not hold:  # writes wait on a held round: no throttling then
                     await self.host.throttle.spend(len(state.data))
-                await conn.call("push", {**args, "state": state.to_wire()}, timeout=60)
+                await conn.call("push", {**push_args, "state": state.to_wire()}, timeout=60)
                 PEER_TRAFFIC.pushed(state)
             # Our log goes along (see _pull_from), up to the version the member now has.
             history = [

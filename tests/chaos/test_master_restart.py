@@ -8,7 +8,6 @@ import signal
 import time
 from datetime import datetime
 
-import pytest
 import trio
 
 from store.client.api import Client
@@ -80,18 +79,12 @@ def log_time(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a client's link to the master is not reopened when the master restarts, so the "
-    "client never receives a newer map (store/client/master_link.py MasterLink)",
-)
 def test_a_client_follows_the_maps_of_a_restarted_master(chaos_cluster: ChaosFactory) -> None:
     """A client connected before the master restarts (a gateway runs for months) must
     learn the maps made after it: here, that a daemon died and its PGs have new primaries.
 
-    Run by trio.run here rather than as a trio test, so that a wrong result fails as the
-    AssertionError the xfail names, and anything else as itself."""
+    Run by trio.run here rather than as a trio test, so that a wrong result fails as a
+    plain AssertionError."""
     cluster = chaos_cluster(3, size=3, min_size=2, pg_num=8)
     seen, made, write_error = trio.run(_client_across_a_master_restart, cluster)
     assert seen >= made, f"the client's map is at epoch {seen}, the master's at {made}"

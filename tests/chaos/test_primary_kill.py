@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
 import trio
 
 from store.client.api import Client
@@ -40,25 +39,19 @@ def names_in_pg(client: Client, pg: int, count: int) -> list[str]:
     return names
 
 
-DIVERGENT_HISTORY = (
-    "a returning primary that holds writes its replicas never got keeps them (no rollback) "
-    "and pulls the new primary's log only after its own last seq, missing the writes "
-    "numbered over them (store/osd/pg.py PlacementGroup._pull_from)"
-)
 # About one kill in three leaves the primary with writes its replicas never receive.
 MAX_KILLS = 12
 AHEAD_BY = 3  # seqs the primary must have that neither replica shows, to be killed
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DIVERGENT_HISTORY)
 def test_the_primary_killed_under_a_stream_of_writes(chaos_cluster: ChaosFactory) -> None:
     """The primary is killed (and restarted) at a moment it holds writes its replicas do
     not show yet, until one kill has left it with writes they never received: the next
     primary then numbered other writes with the same seqs. Everything must heal to the
     acknowledged history, on every copy.
 
-    Run by trio.run here rather than as a trio test, so that a wrong result fails as the
-    AssertionError the xfail names, and anything else as itself."""
+    Run by trio.run here rather than as a trio test, so that a wrong result fails as a
+    plain AssertionError."""
     cluster = chaos_cluster(3, size=3, min_size=2, pg_num=8)
     problems, leader, victim = trio.run(_primary_killed_under_writes, cluster)
     assert not problems, "\n".join(problems)
@@ -135,15 +128,15 @@ async def kill_when_ahead(
     await kill(cluster, victim)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DIVERGENT_HISTORY)
 def test_a_primary_ahead_of_its_replicas_returns_after_them(chaos_cluster: ChaosFactory) -> None:
     """The same failure with the whole PG down at once: the replicas are frozen (SIGSTOP)
     while the primary applies writes, then all three are killed -9, as by a power cut —
-    the primary holds writes its replicas never received. The replicas come back first and go on writing
-    from their own position; then the old primary returns and leads the PG again.
+    the primary holds writes its replicas never received. The replicas come back first and
+    go on writing from their own position; then the old primary returns and leads the PG
+    again.
 
-    Run by trio.run here rather than as a trio test, so that a wrong result fails as the
-    AssertionError the xfail names, and anything else (a precondition not met) as itself."""
+    Run by trio.run here rather than as a trio test, so that a wrong result fails as a
+    plain AssertionError."""
     cluster = chaos_cluster(3, size=3, min_size=2, pg_num=8)
     problems, leader, victim = trio.run(_primary_ahead_of_its_replicas, cluster)
     assert not problems, "\n".join(problems)
@@ -183,12 +176,6 @@ async def _primary_ahead_of_its_replicas(cluster: ChaosCluster) -> tuple[list[st
         return problems, client.locate(POOL, names[0])["primary"], victim
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the client sends a request to the primary it first chose until the deadline, "
-    "even after a new map names another primary (store/client/api.py Client._send)",
-)
 def test_a_write_sent_to_a_dead_primary_follows_the_new_map(
     chaos_cluster: ChaosFactory,
 ) -> None:

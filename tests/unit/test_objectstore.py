@@ -575,3 +575,24 @@ def test_freed_slots_are_not_reused_while_a_read_runs_off_the_event_loop(
     ok(primary(store, "d", Write(0, b"5" * BS)))
     assert block_slot(store, "d") == old
     assert [read_all(store, n)[:1] for n in "abcd"] == [b"3", b"2", b"4", b"5"]
+
+
+def test_an_authoritative_state_rolls_back_a_divergent_copy(store: ObjectStore) -> None:
+    """A copy written by a primary whose writes were never acknowledged is replaced by the
+    authoritative history's state even when that is older — or removed when it has none."""
+    old = ok(primary(store, "obj", Write(0, b"agreed"))).version
+    ok(primary(store, "obj", Write(0, b"diverge")))
+    ok(primary(store, "only-ours", Write(0, b"x")))
+    agreed = ObjectState("obj", True, old, 6, 1.0, {}, {}, b"agreed")
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, agreed)])
+    assert ok(result).results == [False]  # an ordinary install never goes back
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, agreed, authoritative=True)])
+    assert ok(result).results == [True]
+    assert read_all(store, "obj") == b"agreed"
+    assert store.stat(POOL, "obj") is not None
+    absent = ObjectState("only-ours", False, (0, 0), 0, 0.0)
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, absent, authoritative=True)])
+    assert ok(result).results == [True]
+    assert store.stat(POOL, "only-ours") is None
+    [result] = store.apply_batch([ObjectStateTxn(POOL, 0, agreed, authoritative=True)])
+    assert ok(result).results == [False]  # the same version: nothing to do
