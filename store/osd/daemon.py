@@ -331,6 +331,9 @@ class OsdDaemon:
             "primary": self.osd_id,
             "active_replicas": sorted(pgobj.active),
             "recovering": sorted(pgobj.recovering),
+            "backfilling": sorted(pgobj.backfilling),
+            "backfill_waiting": sorted(pgobj.backfill_waiting),
+            "interim": sorted(pgobj.interim),  # former members kept until the move is done
             "last_version": list(info.last_version),
             "last_forwarded": list(pgobj.last_forwarded),
             "log_tail": info.log_tail,
