@@ -66,7 +66,7 @@ case "${1:-}" in
         "$venv/bin/ruff" check store tests benchmarks
         "$venv/bin/ruff" format --check store tests benchmarks
         "$venv/bin/mypy"
-        "$venv/bin/pytest" "$@"
+        "$venv/bin/pytest" --durations=25 "$@"  # the slowest tests, to keep CI short
         ;;
     *)
         echo "usage: $0 cluster|test|setup [args...]" >&2
