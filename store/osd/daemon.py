@@ -312,9 +312,9 @@ class OsdDaemon:
                 Code.ESTALE, f"osd.{self.osd_id} is not the primary of pg {key[0]}.{key[1]:x}"
             )
         if action == "query":
-            return {**self.pg_query(pgobj), "scrub": pgobj.scrub_info()}
+            return {**self.pg_query(pgobj), "scrub": pgobj.scrubber.scrub_info()}
         if action in ("scrub", "deep-scrub", "repair"):
-            return pgobj.scrub(deep=action != "scrub", repair=action == "repair")
+            return pgobj.scrubber.scrub(deep=action != "scrub", repair=action == "repair")
         raise RemoteError(Code.EINVAL, f"unknown pg action {action!r}")
 
     def pg_query(self, pgobj: PlacementGroup) -> dict[str, Any]:

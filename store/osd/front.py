@@ -6,7 +6,7 @@ at once from the receive loop, a write gets a task that waits for the PG to orde
 apply and replicate it. Anything that fails a check is dropped and counted by reason, and
 the loop goes on: a daemon never dies of its input. A read that meets a damaged block is
 read-repaired: a task replaces our copy from a member holding the same version (see
-``PlacementGroup.read_repair``) and answers from the new copy.
+``PgScrub.read_repair``) and answers from the new copy.
 
 The socket is a plain non-blocking socket driven by ``trio.lowlevel.wait_readable``: reading
 until the queue is empty and sending without awaiting keeps per-datagram overhead low.
@@ -334,7 +334,7 @@ class UdpFront:
         """Read repair: replace our damaged copy from a member holding the same version,
         then answer the read from it; EIO, as before, when no good copy is found."""
         try:
-            if await pgobj.read_repair(name, result.version):
+            if await pgobj.scrubber.read_repair(name, result.version):
                 result = self.daemon.store.execute_read(pgobj.pool_id, name, ops)
         except Exception:
             log.exception("read repair of %r in pg %s failed", name, pgobj.name)

@@ -30,18 +30,13 @@ already installed is logged but not re-applied. The member becomes active the mo
 newest version equals ``f``; to make that moment come under a steady stream of writes, the
 last short round runs with new writes held back.
 
-*Scrub and repair.* The primary compares the PG's copies page by page across itself and its
-active members (the rules are in :mod:`store.osd.scrub`), judges again whatever differs once
-the writes then in flight have landed, and replaces bad copies from the authoritative one —
-pushing it to a member, or installing it here — with a transaction that never puts a version
-over a newer one. A client read that meets a damaged block here is served after the same kind
-of repair, from a member holding the same version (*read repair*).
+*Scrub and repair* are in :mod:`store.osd.pgscrub`; divergent histories, moves and
+recovery throttling in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,21 +58,7 @@ from store.osd.objectstore import (
 )
 from store.osd.ops import Op, parse_version_untrusted
 from store.osd.pglog import entries_from_wire
-from store.osd.scrub import (
-    DEEP_PAGE_BYTES,
-    PAGE_OBJECTS,
-    ScrubEntry,
-    ScrubError,
-    ScrubPage,
-    ScrubStamps,
-    ScrubTally,
-    Verdict,
-    batches_by_size,
-    changed_between,
-    compare_maps,
-    merge_known_errors,
-    read_scrub_page,
-)
+from store.osd.pgscrub import PgScrub
 from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap, acting_set
@@ -93,8 +74,6 @@ PAUSE_BELOW = 32  # entries left to recover under which the last round holds wri
 ADOPT_LOG_ENTRIES = 1000
 RETIRE_FIRST_CHECK = 1.0  # seconds before a stray copy first asks whether it may go
 RETIRE_MAX_WAIT = 30.0
-SCRUB_CALL_TIMEOUT = 120.0  # seconds for one page of a peer's scrub map
-SCRUB_PAGE_PAUSE = 0.01  # seconds between pages: client I/O comes first
 
 
 class PgHost(Protocol):
@@ -141,16 +120,7 @@ class PlacementGroup:
         self._interval_nursery: trio.Nursery | None = None
         self._held: trio.Event | None = None  # set while writes are held back
         self._inflight: dict[int, trio.Event] = {}  # seq -> set when its forward is answered
-        # Scrub (store.osd.scrub): when, what it found, what runs now.
-        self.last_scrub = 0.0  # unix time of the last scrub finished (deep ones count too)
-        self.last_deep_scrub = 0.0
-        self.scrub_objects = 0
-        self.scrub_errors_found = 0
-        self.known_errors: list[ScrubError] = []  # found and not repaired: +inconsistent
-        self.scrubbing: str | None = None  # "light" or "deep" while a scrub runs
-        self.read_repairs = 0
-        self._scrub_lock = trio.Lock()
-        self._read_repairs: dict[str, trio.Event] = {}
+        self.scrubber = PgScrub(self)  # scrubs, repairs and what they found
 
     @property
     def name(self) -> str:
@@ -208,11 +178,7 @@ class PlacementGroup:
             state += "+degraded"
         if state == "active":
             state += "+clean"
-        if self.scrubbing is not None:
-            state += "+scrubbing+deep" if self.scrubbing == "deep" else "+scrubbing"
-        if self.known_errors:
-            state += "+inconsistent"
-        return state
+        return state + self.scrubber.state_suffix()
 
     def stop(self) -> None:
         if self._scope is not None:
@@ -468,6 +434,12 @@ class PlacementGroup:
                 nursery.start_soon(one, member, conn, pending)
         return acked
 
+    async def forwards_landed(self) -> None:
+        """Wait (a while) until the writes forwarded so far are answered."""
+        with trio.move_on_after(REPLICATION_TIMEOUT):
+            for acked in list(self._inflight.values()):
+                await acked.wait()
+
     def _drop(self, member: int, why: str) -> None:
         if self.interim.pop(member, None) is not None:
             log.info("pg %s: osd.%d stops receiving interim writes (%s)", self.name, member, why)
@@ -587,322 +559,6 @@ class PlacementGroup:
             if hold and self._held is not None:
                 self._held.set()
                 self._held = None
-
-    # --- scrub ---------------------------------------------------------------------------
-
-    def may_scrub(self) -> bool:
-        """Whether a scheduled scrub may start: active, nothing to recover, none running."""
-        return self.state == "active" and not self.recovering and self.scrubbing is None
-
-    def scrub_stamps(self) -> ScrubStamps:
-        return ScrubStamps(self.last_scrub, self.last_deep_scrub)
-
-    def scrub_info(self) -> dict[str, Any]:
-        return {
-            "last_scrub": self.last_scrub,
-            "last_deep_scrub": self.last_deep_scrub,
-            "objects": self.scrub_objects,
-            "errors_found": self.scrub_errors_found,
-            "errors_left": len(self.known_errors),
-            "errors": [e.to_report() for e in self.known_errors[:100]],
-            "scrubbing": self.scrubbing,
-            "read_repairs": self.read_repairs,
-        }
-
-    def _check_scrubbable(self, interval: int | None = None) -> None:
-        if self.state != "active":
-            raise RemoteError(
-                Code.EAGAIN, f"pg {self.name} is {self.state}: only its active primary scrubs it"
-            )
-        if interval is not None and interval != self.interval_epoch:
-            raise RemoteError(Code.EAGAIN, f"pg {self.name} changed its acting set: scrub again")
-
-    def _auto_repair(self) -> bool:
-        """The daemon's ``scrub_auto_repair`` setting; on unless it says otherwise."""
-        return bool(getattr(getattr(self.host, "config", None), "scrub_auto_repair", True))
-
-    async def scrub(self, *, deep: bool, repair: bool, scheduled: bool = False) -> dict[str, Any]:
-        """Scrub the PG across its primary and active members and answer with a report.
-
-        Bad copies are replaced from the authoritative one when ``repair`` is asked for, and
-        also after any scrub that finds errors unless the daemon's ``scrub_auto_repair`` is
-        off. Scrubs of one PG run one after another; only its active primary runs them.
-        """
-        self._check_scrubbable()
-        async with self._scrub_lock:
-            self._check_scrubbable()
-            interval = self.interval_epoch
-            tally = ScrubTally(self.name, deep)
-            self.scrubbing = "deep" if deep else "light"
-            try:
-                await self._scrub_pages(tally, interval, repair or self._auto_repair())
-            finally:
-                self.scrubbing = None
-            now = time.time()
-            self.last_scrub = now
-            if deep:
-                self.last_deep_scrub = now
-            self.scrub_objects = tally.objects
-            self.scrub_errors_found = tally.found_count
-            self.known_errors = merge_known_errors(self.known_errors, tally.left, deep=deep)
-        report = tally.report()
-        level = logging.WARNING if tally.found_count else logging.INFO
-        log.log(
-            level,
-            "pg %s: %s%s of %d objects: %d errors, %d repaired",
-            self.name,
-            "scheduled " if scheduled else "",
-            "deep scrub" if deep else "scrub",
-            tally.objects,
-            tally.found_count,
-            tally.repaired,
-        )
-        return report
-
-    async def _scrub_pages(self, tally: ScrubTally, interval: int, repair: bool) -> None:
-        me = self.host.osd_id
-        members = [m for m in self.acting[1:] if m in self.active]
-        order = [me, *members]
-        tally.skipped = [m for m in self.acting[1:] if m not in self.active]
-        cursor: str | None = None
-        while True:
-            self._check_scrubbable(interval)
-            local = await read_scrub_page(
-                self.host.store,
-                self.pool_id,
-                self.pg,
-                deep=tally.deep,
-                after=cursor,
-                limit=PAGE_OBJECTS,
-            )
-            maps: dict[int, dict[str, ScrubEntry]] = {me: dict(local.entries)}
-            heads = {me: local.head}
-            failures: list[StoreError] = []
-            async with trio.open_nursery() as nursery:
-                for member in members:
-                    nursery.start_soon(
-                        self._scrub_range,
-                        member,
-                        tally.deep,
-                        (cursor, local.next),
-                        (maps, heads, failures),
-                    )
-            if failures:
-                raise failures[0]
-            tally.objects += len(set().union(*maps.values()))
-            verdicts = compare_maps(maps, order, heads)
-            if verdicts:
-                verdicts = await self._scrub_confirm(verdicts, maps, order, tally)
-            for verdict in verdicts:
-                repaired = await self._repair(verdict, tally) if repair else set()
-                tally.judged(verdict, repaired)
-                self._check_scrubbable(interval)
-            if local.next is None:
-                return
-            cursor = local.next
-            await trio.sleep(SCRUB_PAGE_PAUSE)
-
-    async def _scrub_read(self, member: int, deep: bool, **where: Any) -> ScrubPage:
-        """A page of a member's scrub map (ours read locally)."""
-        if member == self.host.osd_id:
-            return await read_scrub_page(self.host.store, self.pool_id, self.pg, deep=deep, **where)
-        try:
-            conn = await self.host.peer(member)
-            raw = await conn.call(
-                "scrub_map",
-                {"pool": self.pool_id, "pg": self.pg, "deep": deep, **where},
-                timeout=SCRUB_CALL_TIMEOUT,
-            )
-            return ScrubPage.from_wire_untrusted(raw)
-        except (StoreError, OSError) as exc:
-            raise RemoteError(
-                Code.EAGAIN, f"pg {self.name}: osd.{member} did not answer the scrub: {exc}"
-            ) from None
-
-    async def _scrub_range(
-        self,
-        member: int,
-        deep: bool,
-        bounds: tuple[str | None, str | None],
-        into: tuple[dict[int, dict[str, ScrubEntry]], dict[int, Version], list[StoreError]],
-    ) -> None:
-        """Into ``maps`` and ``heads``: a member's scrub map of the objects named in
-        (after, upto], in as many pages as it takes; into ``failures`` why not."""
-        maps, heads, failures = into
-        try:
-            maps[member], heads[member] = await self._scrub_range_pages(member, deep, *bounds)
-        except StoreError as exc:
-            failures.append(exc)
-
-    async def _scrub_range_pages(
-        self, member: int, deep: bool, after: str | None, upto: str | None
-    ) -> tuple[dict[str, ScrubEntry], Version]:
-        entries: dict[str, ScrubEntry] = {}
-        head: Version | None = None
-        cursor = after
-        while True:
-            page = await self._scrub_read(member, deep, after=cursor, upto=upto, limit=PAGE_OBJECTS)
-            entries.update(
-                (name, entry)
-                for name, entry in page.entries
-                if (after is None or name > after) and (upto is None or name <= upto)
-            )
-            head = page.head if head is None else min(head, page.head)
-            if page.next is None:
-                return entries, head
-            if (cursor is not None and page.next <= cursor) or (upto and page.next >= upto):
-                raise RemoteError(
-                    Code.EAGAIN, f"pg {self.name}: osd.{member} sent a scrub page out of order"
-                )
-            cursor = page.next
-
-    async def _scrub_confirm(
-        self,
-        verdicts: list[Verdict],
-        maps: dict[int, dict[str, ScrubEntry]],
-        order: list[int],
-        tally: ScrubTally,
-    ) -> list[Verdict]:
-        """Differences seen in maps read while writes went on, judged again once the writes
-        then in flight have reached every member; objects written in between are left to the
-        next scrub."""
-        with trio.move_on_after(REPLICATION_TIMEOUT):
-            for acked in list(self._inflight.values()):
-                await acked.wait()
-        names = [v.name for v in verdicts]
-        sizes = {
-            name: max((e.size for m in order if (e := maps[m].get(name)) is not None), default=0)
-            for name in names
-        }
-        budget = DEEP_PAGE_BYTES if tally.deep else 1 << 62
-        again: dict[int, dict[str, ScrubEntry]] = {m: {} for m in order}
-        heads: dict[int, Version] = {}
-        for batch in batches_by_size(names, sizes, budget, PAGE_OBJECTS):
-            for member in order:
-                page = await self._scrub_read(member, tally.deep, names=batch)
-                again[member].update(e for e in page.entries if e[0] in sizes)
-                heads[member] = min(heads.get(member, page.head), page.head)
-        me = order[0]
-        stable = [n for n in names if not changed_between(maps[me].get(n), again[me].get(n))]
-        tally.changed += len(names) - len(stable)
-        return compare_maps(again, order, heads, names=stable)
-
-    async def _repair(self, verdict: Verdict, tally: ScrubTally) -> set[int]:
-        """Replace the bad copies of one object by the authoritative one; the members whose
-        copy was replaced. A copy newer than the one judged is never touched."""
-        if verdict.authoritative is None:
-            return set()
-        state = await self._fetch_state(verdict.authoritative, verdict.name)
-        if state is None:
-            return set()
-        if state.version != verdict.version:
-            tally.changed += 1  # written since it was judged: the next scrub looks again
-            return set()
-        repaired: set[int] = set()
-        for problem in verdict.bad:
-            try:
-                if await self._install_copy(problem.osd, state):
-                    repaired.add(problem.osd)
-            except (StoreError, OSError) as exc:
-                log.warning(
-                    "pg %s: repairing %r on osd.%d failed: %s",
-                    self.name,
-                    verdict.name,
-                    problem.osd,
-                    exc,
-                )
-        if repaired:
-            log.info(
-                "pg %s: repaired %r on %s from osd.%d",
-                self.name,
-                verdict.name,
-                ", ".join(f"osd.{m}" for m in sorted(repaired)),
-                verdict.authoritative,
-            )
-        return repaired
-
-    async def _fetch_state(self, member: int, name: str) -> ObjectState | None:
-        try:
-            if member == self.host.osd_id:
-                return self.host.store.object_state(self.pool_id, name)
-            conn = await self.host.peer(member)
-            raw = await conn.call(
-                "object_state", {"pool": self.pool_id, "name": name}, timeout=SCRUB_CALL_TIMEOUT
-            )
-            return ObjectState.from_wire(raw)
-        except (StoreError, OSError) as exc:
-            log.warning("pg %s: cannot read %r from osd.%d: %s", self.name, name, member, exc)
-            return None
-
-    async def _install_copy(self, member: int, state: ObjectState) -> bool:
-        """Install ``state`` over a member's copy of the same or an older version."""
-        if member == self.host.osd_id:
-            txn = ObjectStateTxn(self.pool_id, self.pg, state, replace_equal=True)
-            result = await self.host.writes.submit(txn).wait()
-            return result.code == Code.OK and result.results == [True]
-        conn = await self.host.peer(member)
-        answer = await conn.call(
-            "push",
-            {"pool": self.pool_id, "pg": self.pg, "state": state.to_wire(), "repair": True},
-            timeout=SCRUB_CALL_TIMEOUT,
-        )
-        PEER_TRAFFIC.pushed(state)
-        return isinstance(answer, dict) and answer.get("installed") is True
-
-    # --- read repair ---------------------------------------------------------------------
-
-    async def read_repair(self, name: str, version: Version) -> bool:
-        """Our copy of ``name`` failed its checksum on a client read: replace it by an active
-        member's copy of the same ``version``. True when the caller should read again (our
-        copy was replaced, or another repair of it just finished)."""
-        running = self._read_repairs.get(name)
-        if running is not None:
-            await running.wait()
-            return True
-        done = self._read_repairs[name] = trio.Event()
-        try:
-            return await self._read_repair(name, version)
-        finally:
-            del self._read_repairs[name]
-            done.set()
-
-    async def _read_repair(self, name: str, version: Version) -> bool:
-        me = self.host.osd_id
-        for member, conn in list(self.active.items()):
-            try:
-                raw = await conn.call(
-                    "object_state", {"pool": self.pool_id, "name": name}, timeout=15
-                )
-                state = ObjectState.from_wire(raw)
-            except (StoreError, OSError) as exc:
-                log.info("pg %s: osd.%d has no good copy of %r: %s", self.name, member, name, exc)
-                continue
-            if state.version != version:
-                continue  # not the copy the reader asked for
-            txn = ObjectStateTxn(self.pool_id, self.pg, state, replace_equal=True)
-            result = await self.host.writes.submit(txn).wait()
-            if result.code != Code.OK or result.results != [True]:
-                return result.code == Code.OK  # ours changed meanwhile: read it again
-            self.read_repairs += 1
-            self.known_errors = [e for e in self.known_errors if (e.name, e.osd) != (name, me)]
-            log.warning(
-                "pg %s: our copy of %r failed its checksum; replaced it from osd.%d",
-                self.name,
-                name,
-                member,
-            )
-            return True
-        log.error(
-            "pg %s: our copy of %r failed its checksum and no active member has a good copy "
-            "of version %s",
-            self.name,
-            name,
-            version,
-        )
-        problem = "read error: checksum mismatch on a client read, no good copy to repair from"
-        if not any((e.name, e.osd) == (name, me) for e in self.known_errors):
-            self.known_errors.append(ScrubError(name, me, problem, deep=True))
-        return False
 
 
 async def _list_names(conn: RpcConnection, pool: int, pg: int) -> list[str]:

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A PG's primary scrubs it (``PlacementGroup.scrub`` is the I/O shell; this module holds the
-decisions). Each member reads a **scrub map** of the PG, a page of objects at a time in name
+A PG's primary scrubs it (``PgScrub.scrub`` in :mod:`store.osd.pgscrub` is the I/O shell;
+this module holds the decisions). Each member reads a **scrub map** of the PG, a page of objects at a time in name
 order: for every object (and every tombstone) its version, size and a digest of its
 attributes; a deep scrub adds a digest of the omap and of the data, re-reading every block
 and checking it against its stored checksum. A copy that cannot be read whole carries the
@@ -496,7 +496,9 @@ async def run_scheduler(daemon: OsdDaemon) -> None:
         if interval <= 0 and deep_interval <= 0:
             continue
         candidates = {
-            key: pgobj.scrub_stamps() for key, pgobj in daemon.pgs.items() if pgobj.may_scrub()
+            key: pgobj.scrubber.scrub_stamps()
+            for key, pgobj in daemon.pgs.items()
+            if pgobj.scrubber.may_scrub()
         }
         now = time.time()
         choice = schedule.pick(candidates, now, interval, deep_interval)
@@ -507,7 +509,7 @@ async def run_scheduler(daemon: OsdDaemon) -> None:
         if pgobj is None:
             continue
         try:
-            await pgobj.scrub(deep=deep, repair=False, scheduled=True)
+            await pgobj.scrubber.scrub(deep=deep, repair=False, scheduled=True)
         except (StoreError, OSError) as exc:
             log.info("scheduled scrub of pg %s did not run: %s", pgobj.name, exc)
             schedule.postpone(key, time.time() + retry_delay(interval, deep_interval))
