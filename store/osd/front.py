@@ -26,7 +26,6 @@ import trio
 
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
-from store.osd.objectstore import PrimaryTxn, TxnResult
 from store.osd.ops import (
     Delete,
     InvalidRequest,
@@ -40,6 +39,7 @@ from store.osd.ops import (
     validate_object_name,
 )
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
+from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
 from store.wire.datagram import DatagramType, Header, parse_header_untrusted
 

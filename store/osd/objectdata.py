@@ -7,12 +7,10 @@ and whether it is live or a tombstone) plus rows of ``blockmap``, ``xattrs`` and
 ``omap`` keyed by the header's integer id, the oid.
 
 Data is cut into fixed-size blocks, and each block that holds data lives in a slot of
-the data file (:mod:`store.osd.blockspace`). ``blockmap`` says where: its row
-``oid << 24 | c`` covers blocks ``64c .. 64c + 63`` of the object with their slot and
-xxh3_64 checksum. The table's own rowid b-tree keeps an object's rows together and in
-order, so a range of blocks is a rowid range scan. A block without a slot (no row, or
-slot -1) reads as zeros: a hole costs nothing, truncating up writes nothing, and a
-block that ends up all zeros becomes a hole.
+the data file (:mod:`store.osd.blockspace`). ``blockmap`` says where, with each block's
+xxh3_64 checksum (:mod:`store.osd.blockmap`). A block without a slot reads as zeros: a
+hole costs nothing, truncating up writes nothing, and a block that ends up all zeros
+becomes a hole.
 
 A slot always holds a whole block, and the checksum covers the whole block. Invariant:
 the bytes of a block at or past the object's size are zeros. Writes only grow the
@@ -32,14 +30,13 @@ Nothing here commits: the caller owns the transaction (and its savepoints).
 from __future__ import annotations
 
 import sqlite3
-import sys
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
 
 from store.errors import ChecksumError, Code, StoreError
+from store.osd.blockmap import CHUNK_BLOCKS, LAST_CHUNK, BlockMaps
 from store.osd.blockspace import BlockSpace
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
@@ -62,12 +59,8 @@ from store.osd.ops import (
     Zero,
 )
 
-BLOCK_INDEX_BITS = 24
-_BLOCK_MASK = (1 << BLOCK_INDEX_BITS) - 1
 MIN_BLOCK_SIZE = 512  # 128 MiB / 512 B = 2**18 blocks, well inside the 24 index bits
 MAX_BLOCK_SIZE = 65536
-CHUNK_BLOCKS = 64  # blocks per blockmap row
-_BIG_ENDIAN = sys.byteorder == "big"
 
 OBJECT_SCHEMA = """
 CREATE TABLE objects (
@@ -104,9 +97,6 @@ _OBJECT_PUT = (
     "UPDATE objects SET pg = ?, live = ?, size = ?, epoch = ?, seq = ?, mtime = ? WHERE oid = ?"
 )
 _OBJECT_FORGET = "DELETE FROM objects WHERE oid = ?"
-_MAP_RANGE = "SELECT id, map FROM blockmap WHERE id BETWEEN ? AND ? ORDER BY id"
-_MAP_PUT = "INSERT OR REPLACE INTO blockmap (id, map) VALUES (?, ?)"
-_MAP_DROP = "DELETE FROM blockmap WHERE id = ?"
 _XATTR_ALL = "SELECT key, value FROM xattrs WHERE oid = ? ORDER BY key"
 _XATTR_PUT = "INSERT OR REPLACE INTO xattrs (oid, key, value) VALUES (?, ?, ?)"
 _XATTR_DROP = "DELETE FROM xattrs WHERE oid = ? AND key = ?"
@@ -197,7 +187,7 @@ class ObjectRows:
         return obj.oid
 
     def _clear(self, oid: int) -> None:
-        self._drop_blocks(oid, 0, _BLOCK_MASK)
+        self._drop_blocks(oid, 0, LAST_CHUNK)
         self._db.execute(_XATTR_CLEAR, (oid,))
         self._db.execute(_OMAP_CLEAR, (oid,))
 
@@ -361,15 +351,15 @@ class ObjectRows:
 
     # --- data ------------------------------------------------------------------------
 
-    def _maps(self, oid: int, first: int, last: int) -> _BlockMaps:
-        return _BlockMaps(self._db, oid, first // CHUNK_BLOCKS, last // CHUNK_BLOCKS)
+    def _maps(self, oid: int, first: int, last: int) -> BlockMaps:
+        return BlockMaps(self._db, oid, first // CHUNK_BLOCKS, last // CHUNK_BLOCKS)
 
     def _verified(self, obj: ObjectHeader, index: int, csum: int, data: bytes | memoryview) -> None:
         if len(data) != self._bs or block_checksum(data) != csum:
             self._on_checksum_error()
             raise ChecksumError(f"checksum mismatch in object {obj.name!r} block {index}")
 
-    def _load_block(self, obj: ObjectHeader, maps: _BlockMaps, index: int) -> bytes:
+    def _load_block(self, obj: ObjectHeader, maps: BlockMaps, index: int) -> bytes:
         """Block ``index`` as ``block_size`` bytes (zeros for a hole), verified."""
         found = maps.get(index)
         if found is None:
@@ -380,7 +370,7 @@ class ObjectRows:
         return data
 
     def _put_blocks(
-        self, maps: _BlockMaps, blocks: Sequence[tuple[int, bytes | bytearray | memoryview]]
+        self, maps: BlockMaps, blocks: Sequence[tuple[int, bytes | bytearray | memoryview]]
     ) -> None:
         """Give each (index, content) a fresh slot; all-zero content becomes a hole."""
         old = [found[0] for index, _ in blocks if (found := maps.get(index)) is not None]
@@ -461,7 +451,7 @@ class ObjectRows:
         if len(data) > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"{len(data)} B is more than {MAX_OBJECT_SIZE} B")
         oid = self._materialize(obj)
-        self._drop_blocks(oid, 0, _BLOCK_MASK)
+        self._drop_blocks(oid, 0, LAST_CHUNK)
         obj.size = 0
         self.write(obj, 0, data)
 
@@ -471,7 +461,7 @@ class ObjectRows:
         if size < obj.size:
             oid = self._materialize(obj)
             bs = self._bs
-            self._drop_blocks(oid, -(-size // bs), _BLOCK_MASK)
+            self._drop_blocks(oid, -(-size // bs), LAST_CHUNK)
             keep = size % bs
             if keep:
                 index = size // bs
@@ -529,96 +519,3 @@ class _Counted:
         for key, value in self._pairs:
             self.bytes += len(key) + len(value)
             yield key, value
-
-
-def used_slots(db: sqlite3.Connection) -> Iterator[int]:
-    """Every slot the block maps reference (to rebuild the free space at start)."""
-    for (raw,) in db.execute("SELECT map FROM blockmap"):
-        entries = array("q")
-        entries.frombytes(raw)
-        if _BIG_ENDIAN:
-            entries.byteswap()
-        yield from (slot for slot in entries[::2] if slot >= 0)
-
-
-class _BlockMaps:
-    """The slot and checksum of an object's blocks ``CHUNK_BLOCKS`` at a time.
-
-    A ``blockmap`` row holds one chunk: an array of (slot, checksum) pairs as signed
-    64-bit little-endian integers, slot -1 for a hole, trailing holes left out. A chunk
-    of holes has no row. Rows are loaded for a span of chunks and written back by
-    :meth:`save`.
-    """
-
-    def __init__(self, db: sqlite3.Connection, oid: int, first_chunk: int, last_chunk: int) -> None:
-        self._db = db
-        self._base = oid << BLOCK_INDEX_BITS
-        last_chunk = min(last_chunk, _BLOCK_MASK)
-        span = (self._base | first_chunk, self._base | last_chunk)
-        self._chunks: dict[int, array[int]] = {}
-        for row_id, raw in db.execute(_MAP_RANGE, span).fetchall():
-            entries = array("q")
-            entries.frombytes(raw)
-            if _BIG_ENDIAN:
-                entries.byteswap()
-            self._chunks[row_id & _BLOCK_MASK] = entries
-        self._dirty: set[int] = set()
-
-    def get(self, index: int) -> tuple[int, int] | None:
-        entries = self._chunks.get(index // CHUNK_BLOCKS)
-        at = 2 * (index % CHUNK_BLOCKS)
-        if entries is None or at >= len(entries) or entries[at] < 0:
-            return None
-        return entries[at], entries[at + 1]
-
-    def set(self, index: int, slot: int, csum: int) -> None:
-        chunk = index // CHUNK_BLOCKS
-        entries = self._chunks.setdefault(chunk, array("q"))
-        at = 2 * (index % CHUNK_BLOCKS)
-        if at >= len(entries):
-            entries.extend([-1, 0] * ((at - len(entries)) // 2 + 1))
-        entries[at], entries[at + 1] = slot, csum
-        self._dirty.add(chunk)
-
-    def clear(self, index: int) -> None:
-        chunk = index // CHUNK_BLOCKS
-        entries = self._chunks.get(chunk)
-        at = 2 * (index % CHUNK_BLOCKS)
-        if entries is not None and at < len(entries) and entries[at] >= 0:
-            entries[at], entries[at + 1] = -1, 0
-            self._dirty.add(chunk)
-
-    def present(self, first: int, last: int) -> list[tuple[int, int, int]]:
-        """(index, slot, checksum) of the blocks in ``first..last`` that hold data."""
-        found = []
-        for chunk in sorted(self._chunks):
-            entries = self._chunks[chunk]
-            base = chunk * CHUNK_BLOCKS
-            lo, hi = max(first - base, 0), min(last - base, len(entries) // 2 - 1)
-            for j in range(lo, hi + 1):
-                if entries[2 * j] >= 0:
-                    found.append((base + j, entries[2 * j], entries[2 * j + 1]))
-        return found
-
-    def drop(self, first: int, last: int) -> list[int]:
-        """Make ``first..last`` holes; returns the slots they used."""
-        slots = []
-        for index, slot, _ in self.present(first, last):
-            slots.append(slot)
-            self.clear(index)
-        return slots
-
-    def save(self) -> None:
-        for chunk in sorted(self._dirty):
-            entries = self._chunks[chunk]
-            while entries and entries[-2] < 0:
-                del entries[-2:]
-            row_id = self._base | chunk
-            if not entries:
-                self._db.execute(_MAP_DROP, (row_id,))
-                continue
-            if _BIG_ENDIAN:
-                entries = array("q", entries)
-                entries.byteswap()
-            self._db.execute(_MAP_PUT, (row_id, entries.tobytes()))
-        self._dirty.clear()

@@ -20,11 +20,11 @@ import trio
 
 from store.errors import AuthError, ChecksumError, Code, RemoteError
 from store.metrics.osd import PEER_TRAFFIC
-from store.osd.objectstore import ObjectState, ObjectStateTxn, PgResetLogTxn
 from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
 from store.osd.pg import ADOPT_LOG_ENTRIES, replica_txn_from_wire
 from store.osd.pglog import entries_from_wire
 from store.osd.scrub import parse_scrub_map_args_untrusted, read_scrub_page
+from store.osd.txns import ObjectState, ObjectStateTxn, PgResetLogTxn
 from store.placement import primary
 from store.rpc import RpcConnection, parse_hostport
 from store.tls import peer_identity

@@ -46,20 +46,20 @@ import trio
 
 from store.errors import Code, RemoteError, StoreError
 from store.metrics.osd import PEER_TRAFFIC
-from store.osd.objectstore import (
+from store.osd.objectstore import ObjectStore
+from store.osd.ops import Op, parse_version_untrusted
+from store.osd.pglog import entries_from_wire
+from store.osd.pgscrub import PgScrub
+from store.osd.throttle import RecoveryThrottle
+from store.osd.txns import (
     ObjectState,
     ObjectStateTxn,
-    ObjectStore,
     PgRemoveTxn,
     PgResetLogTxn,
     PrimaryTxn,
     ReplicaTxn,
     TxnResult,
 )
-from store.osd.ops import Op, parse_version_untrusted
-from store.osd.pglog import entries_from_wire
-from store.osd.pgscrub import PgScrub
-from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap, acting_set
 from store.rpc import ConnectionLost, PendingCall, RpcConnection

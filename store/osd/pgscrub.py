@@ -21,7 +21,6 @@ import trio
 
 from store.errors import Code, RemoteError, StoreError
 from store.metrics.osd import PEER_TRAFFIC
-from store.osd.objectstore import ObjectState, ObjectStateTxn
 from store.osd.scrub import (
     DEEP_PAGE_BYTES,
     PAGE_OBJECTS,
@@ -37,6 +36,7 @@ from store.osd.scrub import (
     merge_known_errors,
     read_scrub_page,
 )
+from store.osd.txns import ObjectState, ObjectStateTxn
 
 if TYPE_CHECKING:
     from store.osd.pg import PlacementGroup

@@ -18,7 +18,8 @@ from typing import Any
 import trio
 
 from store.errors import Code
-from store.osd.objectstore import ObjectStore, TxnResult
+from store.osd.objectstore import ObjectStore
+from store.osd.txns import TxnResult
 
 log = logging.getLogger("store.osd")
 

@@ -17,7 +17,7 @@ import trio
 
 from store.client.api import Client
 from store.errors import Code, RemoteError, single_error
-from store.osd.objectdata import BLOCK_INDEX_BITS, CHUNK_BLOCKS
+from store.osd.blockmap import BLOCK_INDEX_BITS, CHUNK_BLOCKS
 from tests.cluster.harness import Cluster
 
 BS = 4096

@@ -7,19 +7,15 @@ import sqlite3
 from array import array
 
 from store.errors import Code
-from store.osd.objectdata import BLOCK_INDEX_BITS, CHUNK_BLOCKS
-from store.osd.objectstore import (
-    ObjectStore,
-    PrimaryTxn,
-    ReplicaTxn,
-    TxnResult,
-)
+from store.osd.blockmap import BLOCK_INDEX_BITS, CHUNK_BLOCKS
+from store.osd.objectstore import ObjectStore
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
     Cond,
     Op,
     Read,
 )
+from store.osd.txns import PrimaryTxn, ReplicaTxn, TxnResult
 
 POOL = 1
 BS = 4096

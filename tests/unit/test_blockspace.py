@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.osd.blockspace import SlotAllocator, runs_of
-from store.osd.objectstore import ObjectStore, PrimaryTxn
+from store.osd.objectstore import ObjectStore
 from store.osd.ops import Cond, Write
+from store.osd.txns import PrimaryTxn
 from tests.unit.objectstore_support import POOL, ok, primary, read_all
 
 BS = 4096

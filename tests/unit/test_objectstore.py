@@ -16,15 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.errors import ChecksumError, Code, ConfigError
-from store.osd.objectdata import BLOCK_INDEX_BITS, CHUNK_BLOCKS, pairs_digest
-from store.osd.objectstore import (
-    LogEntry,
-    ObjectState,
-    ObjectStateTxn,
-    ObjectStore,
-    PgInfo,
-    PrimaryTxn,
-)
+from store.osd.blockmap import BLOCK_INDEX_BITS, CHUNK_BLOCKS
+from store.osd.objectdata import pairs_digest
+from store.osd.objectstore import LogEntry, ObjectStore, PgInfo
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
     Cond,
@@ -46,6 +40,7 @@ from store.osd.ops import (
     WriteFull,
     Zero,
 )
+from store.osd.txns import ObjectState, ObjectStateTxn, PrimaryTxn
 from tests.unit.objectstore_support import (
     BS,
     POOL,

@@ -8,17 +8,7 @@ from pathlib import Path
 import pytest
 
 from store.errors import Code
-from store.osd.objectstore import (
-    LogEntry,
-    ObjectState,
-    ObjectStateTxn,
-    ObjectStore,
-    PgInfo,
-    PgRemoveTxn,
-    PgResetLogTxn,
-    PrimaryTxn,
-    ReplicaTxn,
-)
+from store.osd.objectstore import LogEntry, ObjectStore, PgInfo
 from store.osd.ops import (
     Create,
     Delete,
@@ -32,6 +22,14 @@ from store.osd.ops import (
     WriteFull,
 )
 from store.osd.pglog import entries_from_wire
+from store.osd.txns import (
+    ObjectState,
+    ObjectStateTxn,
+    PgRemoveTxn,
+    PgResetLogTxn,
+    PrimaryTxn,
+    ReplicaTxn,
+)
 from tests.unit.objectstore_support import (
     BS,
     POOL,

@@ -7,8 +7,9 @@ from pathlib import Path
 import trio
 
 from store.errors import Code
-from store.osd.objectstore import ObjectStore, PrimaryTxn, TxnResult
+from store.osd.objectstore import ObjectStore
 from store.osd.ops import WriteFull
+from store.osd.txns import PrimaryTxn, TxnResult
 from store.osd.write_queue import WriteQueue
 
 
