@@ -9,6 +9,7 @@ some PGs), datagrams from clients, and requests from peers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -24,9 +25,9 @@ import trio
 
 from store import auth, configfile
 from store.client.transport import tune_buffers
-from store.errors import Code, ConfigError, RemoteError, StoreError
+from store.errors import ConfigError, StoreError
 from store.osd import identity as identity_mod
-from store.osd import scrub
+from store.osd import reports, scrub
 from store.osd.front import UdpFront
 from store.osd.heartbeat import run_peer_heartbeats
 from store.osd.objectstore import ObjectStore
@@ -238,7 +239,10 @@ class OsdDaemon:
         if peer_identity(stream) is None:  # type: ignore[arg-type]
             raise ConfigError("the master presented no certificate")
         conn = RpcConnection(
-            stream, handler=self._on_master_request, on_event=self._on_master_event, name="master"
+            stream,
+            handler=functools.partial(reports.answer_master, self),
+            on_event=self._on_master_event,
+            name="master",
         )
         self._nursery.start_soon(conn.run)
         return conn
@@ -297,58 +301,6 @@ class OsdDaemon:
         elif name == "full":
             self._set_full_osds(args.get("osds", []))
 
-    def _on_master_request(self, op: str, args: dict[str, Any]) -> Any:
-        """What the master asks of us on an operator's behalf."""
-        if op != "pg_admin":
-            raise RemoteError(Code.EINVAL, f"unknown operation {op!r}")
-        try:
-            key = (int(args["pool"]), int(args["pg"]))
-            action = str(args["action"])
-        except (KeyError, TypeError, ValueError):
-            raise RemoteError(Code.EINVAL, "malformed pg_admin") from None
-        pgobj = self.pgs.get(key)
-        if pgobj is None or pgobj.state not in ("active", "peering"):
-            raise RemoteError(
-                Code.ESTALE, f"osd.{self.osd_id} is not the primary of pg {key[0]}.{key[1]:x}"
-            )
-        if action == "query":
-            return {**self.pg_query(pgobj), "scrub": pgobj.scrubber.scrub_info()}
-        if action in ("scrub", "deep-scrub", "repair"):
-            return pgobj.scrubber.scrub(deep=action != "scrub", repair=action == "repair")
-        raise RemoteError(Code.EINVAL, f"unknown pg action {action!r}")
-
-    def pg_query(self, pgobj: PlacementGroup) -> dict[str, Any]:
-        """Everything the primary knows of one PG (`store pg query`)."""
-        info = self.store.pg_info(pgobj.pool_id, pgobj.pg)
-        log_entries = self.store.pg_log_last(pgobj.pool_id, pgobj.pg, 1)
-        return {
-            "pgid": pgobj.name,
-            "state": pgobj.status(),
-            "epoch": self.map.epoch,
-            "interval_epoch": pgobj.interval_epoch,
-            "placement": list(placement(self.map, pgobj.pool_id, pgobj.pg)),
-            "acting": list(pgobj.acting),
-            "primary": self.osd_id,
-            "active_replicas": sorted(pgobj.active),
-            "recovering": sorted(pgobj.recovering),
-            "backfilling": sorted(pgobj.backfilling),
-            "backfill_waiting": sorted(pgobj.backfill_waiting),
-            "interim": sorted(pgobj.interim),  # former members kept until the move is done
-            "last_version": list(info.last_version),
-            "last_forwarded": list(pgobj.last_forwarded),
-            "log_tail": info.log_tail,
-            "log_head": list(log_entries[-1].version) if log_entries else None,
-            "objects": self._count_objects(pgobj.pool_id, pgobj.pg),
-        }
-
-    def _count_objects(self, pool: int, pg: int) -> int:
-        count, cursor = 0, None
-        while True:
-            batch, cursor = self.store.list_pg(pool, pg, cursor, 10000)
-            count += len(batch)
-            if cursor is None:
-                return count
-
     def _set_full_osds(self, raw: object) -> None:
         if isinstance(raw, list) and all(isinstance(i, int) for i in raw):
             self.full_osds = frozenset(raw)
@@ -370,7 +322,9 @@ class OsdDaemon:
                 continue
             try:
                 await self.master.call(
-                    "osd_heartbeat", self.report(), timeout=self.config.heartbeat_interval * 2
+                    "osd_heartbeat",
+                    reports.heartbeat_report(self),
+                    timeout=self.config.heartbeat_interval * 2,
                 )
             except (StoreError, ConnectionLost) as exc:
                 log.debug("heartbeat failed: %s", exc)
@@ -383,61 +337,6 @@ class OsdDaemon:
             # Counting objects scans a table: not on every heartbeat of a big disk.
             self._usage, self._usage_at = self.store.usage(), now
         return self._usage
-
-    def report(self) -> dict[str, Any]:
-        """What the master shows in `store status` and the dashboard: states of the PGs we
-        lead, usage, fullness, counters (cumulative; the master makes rates of them)."""
-        from store.metrics.osd import PEER_TRAFFIC
-
-        states: dict[str, int] = {}
-        pool_states: dict[str, dict[str, int]] = {}
-        pg_list: list[list[Any]] = []  # [pool, pg, state, version] of the PGs we lead
-        recovering = 0
-        for (pool_id, pg), pgobj in self.pgs.items():
-            recovering += len(pgobj.recovering)
-            state = pgobj.status()
-            if state is not None:
-                states[state] = states.get(state, 0) + 1
-                per_pool = pool_states.setdefault(str(pool_id), {})
-                per_pool[state] = per_pool.get(state, 0) + 1
-                pg_list.append([pool_id, pg, state, list(pgobj.last_forwarded)])
-        disk = self.disk
-        stats = self.front.stats
-        ops = {"read": 0, "write": 0}
-        for (kind, _code), n in stats.ops.items():
-            if kind in ops:
-                ops[kind] += n
-        traffic = PEER_TRAFFIC
-        return {
-            "pgs": states,
-            "pool_pgs": pool_states,
-            "pg_list": pg_list,
-            "usage": {
-                **self.usage,
-                "disk_total": disk.total if disk else 0,
-                "disk_avail": disk.avail if disk else 0,
-            },
-            "full": self.full,
-            "nearfull": self.nearfull,
-            "full_ratio": self.config.full_ratio,
-            "nearfull_ratio": self.config.nearfull_ratio,
-            "dropped": dict(self.front.dropped),
-            "checksum_errors": self.store.checksum_errors,
-            "time": time.time(),
-            "service_key_gen": self._service_key_gen(),
-            "sessions": len(self.front.sessions.sessions) if self.front.sessions else 0,
-            "ops": ops,
-            "data_bytes": dict(stats.data_bytes),
-            "recovery": {
-                "objects": traffic.ops["recovery_pushed"] + traffic.ops["recovery_pulled"],
-                "bytes": traffic.bytes["recovery_pushed"] + traffic.bytes["recovery_pulled"],
-                "members": recovering,
-            },
-        }
-
-    def _service_key_gen(self) -> int:
-        generations = self.service_keys.generations()
-        return generations[-1].gen if generations else 0
 
     async def _watch_disk(self) -> None:
         while True:
