@@ -53,6 +53,7 @@ class ClusterView:
     reports: dict[int, dict[str, Any]]  # up daemons' latest heartbeat reports
     master: dict[str, Any] = field(default_factory=dict)
     pg_states: Counter[str] = field(default_factory=Counter)
+    pool_states: dict[int, Counter[str]] = field(default_factory=dict)  # pools of the map
     total_pgs: int = 0
 
     @classmethod
@@ -68,8 +69,12 @@ class ClusterView:
         """From a map object (whose placement is computed once and cached on it)."""
         view = cls(map=m, reports=reports, master=dict(master))
         states: Counter[str] = Counter()
+        view.pool_states = {p: Counter() for p in m.pools}
         for report in reports.values():
-            states.update(_int_counts(report.get("pgs")))
+            for pool, _, state, _ in reported_pgs(report):
+                states[state] += 1
+                if pool in view.pool_states:
+                    view.pool_states[pool][state] += 1
         view.total_pgs = sum(p.pg_num for p in m.pools.values())
         down = sum(
             1 for p in m.pools.values() for pg in range(p.pg_num) if not acting_set(m, p.id, pg)
@@ -102,13 +107,22 @@ def _dict(value: object) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _int_counts(raw: object) -> Counter[str]:
-    out: Counter[str] = Counter()
-    if isinstance(raw, dict):
-        for k, v in raw.items():
-            if isinstance(k, str) and isinstance(v, int):
-                out[k] += v
-    return out
+def reported_pgs(report: dict[str, Any]) -> Iterator[tuple[int, int, str, list[int] | None]]:
+    """(pool, pg, state, version) of the PGs a daemon's report says it leads; malformed
+    entries are skipped."""
+    rows = report.get("pg_list")
+    if not isinstance(rows, list):
+        return
+    for row in rows:
+        if (
+            isinstance(row, list)
+            and len(row) >= 3
+            and type(row[0]) is int
+            and type(row[1]) is int
+            and isinstance(row[2], str)
+        ):
+            version = row[3] if len(row) > 3 and isinstance(row[3], list) else None
+            yield row[0], row[1], row[2], version
 
 
 def _osds(ids: list[int]) -> str:

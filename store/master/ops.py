@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from store import auth, logs
+from store import auth, health, logs
 from store.errors import Code, RemoteError, StoreError
 from store.placement import acting_set, placement, primary
 from store.rpc import RpcConnection
@@ -327,14 +327,10 @@ def _parse_pgid(server: MasterServer, text: str) -> tuple[int, int]:
 def pg_rows(server: MasterServer) -> list[dict[str, Any]]:
     """Every PG of every pool, with its state as its primary last reported it."""
     m = server.state.map
-    reported: dict[tuple[int, int], list[Any]] = {}
+    reported: dict[tuple[int, int], tuple[int, str, list[int] | None]] = {}
     for osd_id, report in server._up_reports().items():
-        rows = report.get("pg_list")
-        if not isinstance(rows, list):
-            continue
-        for row in rows:
-            if isinstance(row, list) and len(row) >= 4:
-                reported[(row[0], row[1])] = [osd_id, *row[2:]]
+        for pool_id, pg_index, pg_state, pg_version in health.reported_pgs(report):
+            reported[(pool_id, pg_index)] = (osd_id, pg_state, pg_version)
     out: list[dict[str, Any]] = []
     for pool in m.pools.values():
         for pg in range(pool.pg_num):

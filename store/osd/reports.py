@@ -75,17 +75,12 @@ def _count_objects(daemon: OsdDaemon, pool: int, pg: int) -> int:
 def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
     """What the master shows in `store status` and the dashboard: states of the PGs we
     lead, usage, fullness, counters (cumulative; the master makes rates of them)."""
-    states: dict[str, int] = {}
-    pool_states: dict[str, dict[str, int]] = {}
     pg_list: list[list[Any]] = []  # [pool, pg, state, version] of the PGs we lead
     recovering = 0
     for (pool_id, pg), pgobj in daemon.pgs.items():
         recovering += len(pgobj.recovering)
         state = pgobj.status()
         if state is not None:
-            states[state] = states.get(state, 0) + 1
-            per_pool = pool_states.setdefault(str(pool_id), {})
-            per_pool[state] = per_pool.get(state, 0) + 1
             pg_list.append([pool_id, pg, state, list(pgobj.last_forwarded)])
     disk = daemon.disk
     stats = daemon.front.stats
@@ -95,8 +90,6 @@ def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
             ops[kind] += n
     traffic = PEER_TRAFFIC
     return {
-        "pgs": states,
-        "pool_pgs": pool_states,
         "pg_list": pg_list,
         "usage": {
             **daemon.usage,

@@ -95,7 +95,8 @@ def test_page_document() -> None:
     for i, r in reports.items():
         r["received"] = 20.0
         r["ops"] = {"read": 10 * (i + 1), "write": 0}
-        r["pool_pgs"] = {"1": {"active+clean": 2}, "nope": {}, "7": {"x": 1}}
+        # Two PGs of pool 1, one of a pool the map does not have, and garbage.
+        r["pg_list"] = [[1, 0, "active+clean"], [1, 1, "active+clean"], [7, 0, "x"], ["nope"]]
     del reports[2]  # the master sends only the reports of up daemons
     previous = {0: {"received": 10.0, "ops": {"read": 0}}}
     cluster = ClusterView.from_status(status(cluster_map(up=(True, True, False)), reports))

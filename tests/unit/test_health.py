@@ -33,7 +33,7 @@ def cluster_map(up: tuple[bool, ...] = (True, True, True), out: tuple[int, ...] 
 
 def report(pgs: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
     r: dict[str, Any] = {
-        "pgs": pgs if pgs is not None else {},
+        "pg_list": pg_list(pgs or {}),
         "usage": {"objects": 10, "bytes": 1000, "disk_total": 100 * GiB, "disk_avail": 60 * GiB},
         "full": False,
         "nearfull": False,
@@ -45,6 +45,12 @@ def report(pgs: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
     }
     r.update(extra)
     return r
+
+
+def pg_list(counts: dict[str, int]) -> list[list[Any]]:
+    """A daemon's report of the PGs it leads, `counts[state]` of them in each state."""
+    states = [state for state, n in counts.items() for _ in range(n)]
+    return [[1, pg, state, [9, 1]] for pg, state in enumerate(states)]
 
 
 def status(m: ClusterMap, reports: dict[int, dict[str, Any]], key_gen: int = 3) -> dict[str, Any]:
@@ -151,8 +157,12 @@ def test_clock_skew_checksums_and_stale_keys() -> None:
 
 def test_hostile_report_values_do_not_break_health() -> None:
     reports: dict[int, dict[str, Any]] = {
-        0: {"pgs": {"active+clean": "x", 3: 1}, "usage": "nonsense", "clock_skew": "far"},
-        1: {"pgs": ["active+clean"], "usage": {"disk_total": True, "disk_avail": None}},
+        0: {
+            "pg_list": [["1", 0, "active+clean"], [1, 1, 3], [1], "x"],
+            "usage": "nonsense",
+            "clock_skew": "far",
+        },
+        1: {"pg_list": {"active+clean": 1}, "usage": {"disk_total": True, "disk_avail": None}},
         2: report({"active+clean": 2}),
     }
     view = ClusterView.from_status(status(cluster_map(), reports))

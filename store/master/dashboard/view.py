@@ -7,7 +7,6 @@ restarted reports smaller counters; its rate counts as zero until the next repor
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from store import health
@@ -76,24 +75,13 @@ def build(
             usage = _dict(report.get("usage"))
             entry["objects"] = int(_num(usage.get("objects")))
             entry["bytes"] = int(_num(usage.get("bytes")))
-            entry["pgs_primary"] = int(sum(_num(v) for v in _dict(report.get("pgs")).values()))
+            entry["pgs_primary"] = sum(1 for _ in health.reported_pgs(report))
             entry["sessions"] = int(_num(report.get("sessions")))
             r = rates(report, previous.get(o.id))
             entry["rates"] = r
             for k, v in r.items():
                 totals[k] += v
         daemons.append(entry)
-    pool_states: dict[int, Counter[str]] = {p: Counter() for p in m.pools}
-    for report in view.reports.values():
-        for pool_id, states in _dict(report.get("pool_pgs")).items():
-            try:
-                key = int(pool_id)
-            except (TypeError, ValueError):
-                continue
-            if key in pool_states:
-                for state, n in _dict(states).items():
-                    if isinstance(state, str):
-                        pool_states[key][state] += int(_num(n))
     pools = [
         {
             "id": p.id,
@@ -102,7 +90,7 @@ def build(
             "min_size": p.min_size,
             "pg_num": p.pg_num,
             "encrypt": p.encrypt,
-            "pg_states": dict(sorted(pool_states[p.id].items())),
+            "pg_states": dict(sorted(view.pool_states[p.id].items())),
         }
         for p in sorted(m.pools.values(), key=lambda p: p.name)
     ]
