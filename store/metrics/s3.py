@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import Metric
 
 from store.gateways.web.messages import Request, Response
-from store.metrics.families import ScrapeCollector, counter, counter_by, gauge, histogram
+from store.metrics.families import ScrapeCollector, counter, counter_by
 from store.metrics.stats import LatencyHistogram
-from store.metrics.web import STAGES, CountedBody
+from store.metrics.web import CountedBody, request_families
 
 PREFIX = "store_s3"
 
@@ -94,36 +94,13 @@ class S3Stats:
 
 
 def s3_families(stats: S3Stats, freed: Callable[[], int]) -> Iterator[Metric]:
-    yield counter(
-        f"{PREFIX}_requests",
-        "S3 requests answered, by operation and HTTP status.",
-        labels=["operation", "status"],
-        samples=[((op, str(status)), n) for (op, status), n in sorted(stats.requests.items())],
-    )
-    yield histogram(
-        f"{PREFIX}_request_latency_seconds",
-        "Time from a request's head to the last byte of its answer, by operation.",
-        labels=["operation"],
-        samples=[((op,), h) for op, h in sorted(stats.latency.items())],
-    )
-    yield counter_by(
-        f"{PREFIX}_body_bytes",
-        "Bytes of request bodies read (as sent, signatures of aws-chunked bodies included) "
-        "and of response bodies sent.",
-        "direction",
-        {"received": stats.received_bytes, "sent": stats.sent_bytes},
-    )
-    yield gauge(
-        f"{PREFIX}_requests_in_flight",
-        "Requests being served now (handled, or their answer being sent).",
-        stats.in_flight,
-    )
-    yield counter_by(
-        f"{PREFIX}_requests_cut_short",
-        "Requests the client left before their answer (request) or whose answer stopped "
-        "before its end (response).",
-        "stage",
-        {stage: stats.cut_short.get(stage, 0) for stage in STAGES},
+    yield from request_families(
+        PREFIX,
+        stats,
+        label="operation",
+        requests_help="S3 requests answered, by operation and HTTP status.",
+        body_help="Bytes of request bodies read (as sent, signatures of aws-chunked bodies "
+        "included) and of response bodies sent.",
     )
     yield counter_by(
         f"{PREFIX}_auth_failures",

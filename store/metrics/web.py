@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import Metric
 
@@ -176,23 +177,41 @@ class CountedBody:
             ended(self._sent + (self._pending if whole else 0), whole)
 
 
-def request_families(prefix: str, stats: RequestStats) -> Iterator[Metric]:
-    """The families of `stats`, named ``{prefix}_requests_total`` and so on."""
+class RequestCounts(Protocol):
+    """What a gateway counts of the requests it serves (RequestStats, S3Stats)."""
+
+    requests: Counter[tuple[str, int]]  # (label, status) -> requests answered
+    latency: dict[str, LatencyHistogram]  # label -> time to the answer's last byte
+    received_bytes: int
+    sent_bytes: int
+    in_flight: int
+    cut_short: Counter[str]  # stage -> requests
+
+
+def request_families(
+    prefix: str,
+    stats: RequestCounts,
+    label: str = "method",
+    requests_help: str = "Requests answered, by method and status.",
+    body_help: str = "Bytes of request bodies read and of response bodies sent.",
+) -> Iterator[Metric]:
+    """The families of `stats`, named ``{prefix}_requests_total`` and so on, with
+    requests told apart by `label` (the HTTP method, or the S3 operation)."""
     yield counter(
         f"{prefix}_requests",
-        "Requests answered, by method and status.",
-        labels=["method", "status"],
+        requests_help,
+        labels=[label, "status"],
         samples=[((m, str(s)), n) for (m, s), n in sorted(stats.requests.items())],
     )
     yield histogram(
         f"{prefix}_request_latency_seconds",
-        "Time from a request's head to the last byte of its answer, by method.",
-        labels=["method"],
+        f"Time from a request's head to the last byte of its answer, by {label}.",
+        labels=[label],
         samples=[((m,), h) for m, h in sorted(stats.latency.items())],
     )
     yield counter_by(
         f"{prefix}_body_bytes",
-        "Bytes of request bodies read and of response bodies sent.",
+        body_help,
         "direction",
         {"received": stats.received_bytes, "sent": stats.sent_bytes},
     )
