@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from store import auth, tls
@@ -229,6 +231,26 @@ class Cluster:
                 return
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def running_cluster(
+    root: Path, pools: dict[str, tuple[int, int]], osds: int = 3, **settings: float
+) -> Iterator[Cluster]:
+    """A master and `osds` daemons, with `pools` (name: (size, pg_num)) made and the cluster
+    healthy; every process is stopped at the end."""
+    cluster = Cluster(root, **settings)
+    try:
+        cluster.start_master()
+        for i in range(osds):
+            cluster.start_osd(i)
+            cluster.wait_registered(i)
+        for name, (size, pg_num) in pools.items():
+            cluster.cli("pool", "create", name, "--size", str(size), "--pg-num", str(pg_num))
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def read_admin_secret(cluster: Cluster) -> bytes:

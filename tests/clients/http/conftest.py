@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster, free_port
+from tests.cluster.harness import Cluster, free_port, running_cluster
 
 TOKEN = "test-token-0123456789abcdef"
 PUBLIC_POOL = "pub"
@@ -145,19 +145,9 @@ class Gateway:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three daemons; pools `default` (size 2) and `pub` (public through the gateway)."""
-    c = Cluster(tmp_path_factory.mktemp("http-cluster"))
-    try:
-        c.start_master()
-        for i in range(3):
-            c.start_osd(i)
-            c.wait_registered(i)
-        c.cli("pool", "create", POOL, "--size", "2", "--pg-num", "16")
-        c.cli("pool", "create", PUBLIC_POOL, "--size", "2", "--pg-num", "8")
-        c.cli("pool", "create", "private", "--size", "1", "--pg-num", "8")
-        c.wait_healthy()
+    pools = {POOL: (2, 16), PUBLIC_POOL: (2, 8), "private": (1, 8)}
+    with running_cluster(tmp_path_factory.mktemp("http-cluster"), pools) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, running_cluster
 
 POOL = "rbd"
 PACKAGES = "nbdkit nbdkit-plugin-python libnbd-bin qemu-utils e2fsprogs fuse3"
@@ -51,17 +51,9 @@ def nbd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Master and three daemons, pool `rbd` of size 3, shared by every NBD test."""
     # A long grace, so that a test that pauses a daemon for a few seconds does not get
     # it marked down (and the placement changed under the other tests).
-    cluster = Cluster(tmp_path_factory.mktemp("nbd-cluster"), grace=15.0)
-    try:
-        cluster.start_master()
-        for i in range(3):
-            cluster.start_osd(i)
-            cluster.wait_registered(i)
-        cluster.cli("pool", "create", POOL, "--size", "3", "--pg-num", "16")
-        cluster.wait_healthy()
+    root = tmp_path_factory.mktemp("nbd-cluster")
+    with running_cluster(root, {POOL: (3, 16)}, grace=15.0) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def store(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:

@@ -28,7 +28,7 @@ import pytest
 from botocore.config import Config
 
 from store import tls
-from tests.cluster.harness import Cluster, free_port
+from tests.cluster.harness import Cluster, free_port, running_cluster
 
 POOL = "s3"
 REGION = "us-east-1"
@@ -128,17 +128,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("s3-cluster"))
-    try:
-        c.start_master()
-        for i in range(3):
-            c.start_osd(i)
-            c.wait_registered(i)
-        c.cli("pool", "create", POOL, "--size", "3", "--pg-num", "32")
-        c.wait_healthy()
+    with running_cluster(tmp_path_factory.mktemp("s3-cluster"), {POOL: (3, 32)}) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="package")
