@@ -66,7 +66,9 @@ case "${1:-}" in
         "$venv/bin/ruff" check store tests benchmarks
         "$venv/bin/ruff" format --check store tests benchmarks
         "$venv/bin/mypy"
-        "$venv/bin/pytest" --durations=25 "$@"  # the slowest tests, to keep CI short
+        # Two workers, each taking whole files (a module's cluster is set up once); most
+        # tests wait on daemons rather than compute. The slowest are listed, to keep CI short.
+        "$venv/bin/pytest" -n "${STORE_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
         ;;
     *)
         echo "usage: $0 cluster|test|setup [args...]" >&2

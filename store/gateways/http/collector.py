@@ -2,9 +2,11 @@
 
 Every gateway runs one, over every pool of the map, every ``interval`` seconds; several
 gateways collecting the same pool is harmless (deleting twice is fine). An entry is acted
-on once its time has passed: if its head still points at its upload (the upload was
-published, or a replacement failed), the entry alone is dropped; otherwise the stripes
-are deleted and then the entry. Stripes of an upload cut short by a crash are not
+on once its time has passed: if its head no longer points at its upload, the stripes
+are deleted and then the entry. If the head still points at it, the upload was published,
+or a replacement is on its way (the replacing gateway retires the old stripes before it
+swaps the head), or a replacement failed: the entry is left alone for one upload lease
+more, by which time a replacement has landed or given up, and only then dropped. Stripes of an upload cut short by a crash are not
 counted anywhere; they are probed from 0 until a run of absent ones (an upload has at
 most a few segments in flight, all within two stripes of its end).
 """
@@ -87,7 +89,8 @@ class Collector:
             return 0
         head = await self.objects.head(pool, entry.name)
         if head is not None and head.upload == upload:
-            await self.client.omap_rm(pool, shard, [upload])
+            if entry.not_before + self.objects.upload_lease <= now:
+                await self.client.omap_rm(pool, shard, [upload])
             return 0
         await self._delete_stripes(pool, upload, entry.stripes)
         await self.client.omap_rm(pool, shard, [upload])
