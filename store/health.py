@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from store.placement import ClusterMap, acting_set
 
@@ -55,6 +55,11 @@ class ClusterView:
     pg_states: Counter[str] = field(default_factory=Counter)
     pool_states: dict[int, Counter[str]] = field(default_factory=dict)  # pools of the map
     total_pgs: int = 0
+    # Object counts of the PGs whose reporter is their primary in this map.
+    objects: int = 0
+    object_copies: int = 0  # objects times their pool's size
+    degraded: int = 0
+    misplaced: int = 0
 
     @classmethod
     def from_status(cls, result: dict[str, Any]) -> ClusterView:
@@ -70,11 +75,17 @@ class ClusterView:
         view = cls(map=m, reports=reports, master=dict(master))
         states: Counter[str] = Counter()
         view.pool_states = {p: Counter() for p in m.pools}
-        for report in reports.values():
-            for pool, _, state, _ in reported_pgs(report):
-                states[state] += 1
-                if pool in view.pool_states:
-                    view.pool_states[pool][state] += 1
+        for osd_id, report in reports.items():
+            for row in reported_pgs(report):
+                states[row.state] += 1
+                if row.pool in view.pool_states:
+                    view.pool_states[row.pool][row.state] += 1
+                spec = m.pools.get(row.pool)
+                if spec is not None and acting_set(m, row.pool, row.pg)[:1] == (osd_id,):
+                    view.objects += row.objects
+                    view.object_copies += row.objects * spec.size
+                    view.degraded += row.degraded
+                    view.misplaced += row.misplaced
         view.total_pgs = sum(p.pg_num for p in m.pools.values())
         down = sum(
             1 for p in m.pools.values() for pg in range(p.pg_num) if not acting_set(m, p.id, pg)
@@ -107,9 +118,18 @@ def _dict(value: object) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def reported_pgs(report: dict[str, Any]) -> Iterator[tuple[int, int, str, list[int] | None]]:
-    """(pool, pg, state, version) of the PGs a daemon's report says it leads; malformed
-    entries are skipped."""
+class ReportedPg(NamedTuple):
+    pool: int
+    pg: int
+    state: str
+    version: list[int] | None
+    objects: int  # 0 where the report does not say
+    degraded: int  # object copies missing
+    misplaced: int  # object copies kept away from where placement wants them
+
+
+def reported_pgs(report: dict[str, Any]) -> Iterator[ReportedPg]:
+    """The PGs a daemon's report says it leads; malformed entries are skipped."""
     rows = report.get("pg_list")
     if not isinstance(rows, list):
         return
@@ -122,7 +142,12 @@ def reported_pgs(report: dict[str, Any]) -> Iterator[tuple[int, int, str, list[i
             and isinstance(row[2], str)
         ):
             version = row[3] if len(row) > 3 and isinstance(row[3], list) else None
-            yield row[0], row[1], row[2], version
+            counts = [_count(row[i]) if len(row) > i else 0 for i in (4, 5, 6)]
+            yield ReportedPg(row[0], row[1], row[2], version, *counts)
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _osds(ids: list[int]) -> str:
@@ -195,6 +220,8 @@ def _pgs(v: ClusterView) -> Iterator[HealthCheck]:
         parts = [f"{degraded} degraded"] if degraded else []
         if recovering:
             parts.append(f"{recovering} recovering")
+        if v.degraded:
+            parts.append(f"{v.degraded}/{v.object_copies} object copies degraded")
         yield HealthCheck(
             "PG_DEGRADED",
             WARN,

@@ -40,6 +40,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "pools": len(m.pools),
         "pgs": {"total": view.total_pgs, "states": dict(sorted(view.pg_states.items()))},
         "usage": view.usage(),
+        "objects": {
+            "total": view.objects,
+            "copies_wanted": view.object_copies,
+            "degraded": view.degraded,
+            "misplaced": view.misplaced,
+        },
         "io": _rates(result.get("rates")),
         "recovery": {
             "members": sum(
@@ -73,6 +79,7 @@ def render(s: dict[str, Any]) -> str:
                 subsequent_indent="              ",
             )
         )
+    objects = s["objects"]
     lines = [
         f"cluster {s['fsid']}",
         f"  health: {s['health']}",
@@ -80,10 +87,20 @@ def render(s: dict[str, Any]) -> str:
         f"  map:    epoch {s['epoch']}",
         f"  osds:   {s['osds']['total']} daemons: {s['osds']['up']} up, {s['osds']['in']} in",
         f"  pools:  {s['pools']} pools, {s['pgs']['total']} pgs",
-        f"  data:   {s['usage']['objects']} object copies, {_size(s['usage']['bytes'])} used",
-        "  pgs:    "
-        + ("\n          ".join(f"{n} {st}" for st, n in s["pgs"]["states"].items()) or "none"),
+        f"  data:   {objects['total']} objects, {s['usage']['objects']} copies stored, "
+        f"{_size(s['usage']['bytes'])} used",
     ]
+    for kind in ("degraded", "misplaced"):
+        if objects[kind]:
+            share = objects[kind] / max(1, objects["copies_wanted"])
+            lines.append(
+                f"          {objects[kind]}/{objects['copies_wanted']} object copies "
+                f"{kind} ({share:.3%})"
+            )
+    lines.append(
+        "  pgs:    "
+        + ("\n          ".join(f"{n} {st}" for st, n in s["pgs"]["states"].items()) or "none")
+    )
     io = s.get("io") or {}
     if io:
         lines.append(

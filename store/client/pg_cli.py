@@ -48,16 +48,24 @@ def pg_ls(config: ClientConfig, pool: str | None, states: tuple[str, ...], as_js
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'PG':<8} {'STATE':<34} {'PLACEMENT':<14} {'ACTING':<14} {'PRIMARY':<8} VERSION"
+    header = (
+        f"{'PG':<8} {'STATE':<34} {'OBJECTS':>8} {'DEGRADED':>8} {'MISPLACED':>9}  "
+        f"{'PLACEMENT':<14} {'ACTING':<14} {'PRIMARY':<8} VERSION"
+    )
     lines = [header]
     for r in rows:
         version = "-" if r["version"] is None else "{}'{}".format(*r["version"])
         primary = "-" if r["primary"] is None else f"osd.{r['primary']}"
+        counts = [_count(r.get(k)) for k in ("objects", "degraded", "misplaced")]
         lines.append(
-            f"{r['pgid']:<8} {r['state']:<34} {_osds(r['placement']):<14} "
-            f"{_osds(r['acting']):<14} {primary:<8} {version}"
+            f"{r['pgid']:<8} {r['state']:<34} {counts[0]:>8} {counts[1]:>8} {counts[2]:>9}  "
+            f"{_osds(r['placement']):<14} {_osds(r['acting']):<14} {primary:<8} {version}"
         )
     return "\n".join(lines)
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def _osds(ids: list[int]) -> str:

@@ -327,22 +327,23 @@ def _parse_pgid(server: MasterServer, text: str) -> tuple[int, int]:
 def pg_rows(server: MasterServer) -> list[dict[str, Any]]:
     """Every PG of every pool, with its state as its primary last reported it."""
     m = server.state.map
-    reported: dict[tuple[int, int], tuple[int, str, list[int] | None]] = {}
+    reported: dict[tuple[int, int], tuple[int, health.ReportedPg]] = {}
     for osd_id, report in server._up_reports().items():
-        for pool_id, pg_index, pg_state, pg_version in health.reported_pgs(report):
-            reported[(pool_id, pg_index)] = (osd_id, pg_state, pg_version)
+        for entry in health.reported_pgs(report):
+            reported[(entry.pool, entry.pg)] = (osd_id, entry)
     out: list[dict[str, Any]] = []
     for pool in m.pools.values():
         for pg in range(pool.pg_num):
             chosen = placement(m, pool.id, pg)
             acting = acting_set(m, pool.id, pg)
             found = reported.get((pool.id, pg))
+            row = found[1] if found is not None and acting and found[0] == acting[0] else None
             if not acting:
-                state, version = "down", None
-            elif found is not None and found[0] == acting[0]:
-                state, version = found[1], found[2]
+                state = "down"
+            elif row is not None:
+                state = row.state
             else:
-                state, version = "unknown", None  # its primary has not reported it yet
+                state = "unknown"  # its primary has not reported it yet
             out.append(
                 {
                     "pgid": f"{pool.id}.{pg:x}",
@@ -351,7 +352,10 @@ def pg_rows(server: MasterServer) -> list[dict[str, Any]]:
                     "placement": list(chosen),
                     "acting": list(acting),
                     "primary": acting[0] if acting else None,
-                    "version": version,
+                    "version": row.version if row else None,
+                    "objects": row.objects if row else None,
+                    "degraded": row.degraded if row else None,
+                    "misplaced": row.misplaced if row else None,
                 }
             )
     return out

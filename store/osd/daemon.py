@@ -45,6 +45,7 @@ log = logging.getLogger("store.osd")
 
 RECENT_MAPS = 32
 USAGE_REFRESH = 30.0  # seconds between object counts in the heartbeat report
+PG_COUNT_REFRESH = 10.0  # ... while PGs we lead are recovering (degraded/misplaced counts)
 DISK_CHECK_INTERVAL = 1.0  # seconds between looks at the disk's free space
 
 
@@ -106,6 +107,9 @@ class OsdDaemon:
         self._map_changed = trio.Event()
         self._usage: dict[str, int] = {}
         self._usage_at = -1e9
+        self._pg_objects: dict[tuple[int, int], int] = {}
+        self._pg_objects_at = -1e9
+        self._pg_objects_busy = False
         self._nursery: trio.Nursery | None = None
         self.master: RpcConnection | None = None
         self.udp_address: tuple[str, int] | None = None
@@ -337,6 +341,17 @@ class OsdDaemon:
             # Counting objects scans a table: not on every heartbeat of a big disk.
             self._usage, self._usage_at = self.store.usage(), now
         return self._usage
+
+    def pg_objects(self, *, busy: bool) -> dict[tuple[int, int], int]:
+        """Live objects per PG, counted at most every PG_COUNT_REFRESH seconds while PGs
+        we lead are `busy` (not all clean), every USAGE_REFRESH seconds otherwise."""
+        now = trio.current_time()
+        age = now - self._pg_objects_at
+        # Counted afresh when PGs start recovering: their counts are what is shown then.
+        if age >= (PG_COUNT_REFRESH if busy else USAGE_REFRESH) or busy > self._pg_objects_busy:
+            self._pg_objects, self._pg_objects_at = self.store.pg_object_counts(), now
+        self._pg_objects_busy = busy
+        return self._pg_objects
 
     async def _watch_disk(self) -> None:
         while True:

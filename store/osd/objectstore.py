@@ -91,6 +91,7 @@ _PG_MEMBERS = (
     " UNION ALL SELECT name FROM objects WHERE pool = ? AND pg = ? AND live = 0"
 )
 _USAGE = "SELECT count(*), total(size) FROM objects WHERE live = 1"
+_PG_COUNTS = "SELECT pool, pg, count(*) FROM objects WHERE live = 1 GROUP BY pool, pg"
 
 
 class _Rollback(Exception):
@@ -504,6 +505,10 @@ class ObjectStore:
     def pgs(self) -> list[tuple[int, int]]:
         """Every PG we hold anything of: objects, tombstones or log."""
         return self._read_logs.all()
+
+    def pg_object_counts(self) -> dict[tuple[int, int], int]:
+        """Live objects of every PG we hold objects of."""
+        return {(pool, pg): n for pool, pg, n in self._reader.execute(_PG_COUNTS)}
 
     def usage(self) -> dict[str, int]:
         objects, size = self._reader.execute(_USAGE).fetchone()

@@ -50,6 +50,7 @@ from store.osd.objectstore import ObjectStore
 from store.osd.ops import Op, parse_version_untrusted
 from store.osd.pglog import entries_from_wire
 from store.osd.pgscrub import PgScrub
+from store.osd.pgstats import copy_shortfall
 from store.osd.throttle import RecoveryThrottle
 from store.osd.txns import (
     ObjectState,
@@ -115,6 +116,7 @@ class PlacementGroup:
         self.recovering: set[int] = set()
         self.backfilling: set[int] = set()  # recovering members being compared whole
         self.backfill_waiting: set[int] = set()  # ... waiting for backfill slots to be
+        self.recovery_left: dict[int, int] = {}  # objects a recovering member still lacks
         self.last_forwarded: Version = host.store.pg_info(pool_id, pg).last_version
         self._scope: trio.CancelScope | None = None
         self._interval_nursery: trio.Nursery | None = None
@@ -141,6 +143,7 @@ class PlacementGroup:
         self.recovering.clear()
         self.backfilling.clear()
         self.backfill_waiting.clear()
+        self.recovery_left.clear()
         if self._held is not None:
             self._held.set()
             self._held = None
@@ -164,7 +167,9 @@ class PlacementGroup:
         if self.state != "active":
             return None
         pool = self.host.map.pools.get(self.pool_id)
-        copies = 1 + len(self.active)
+        # Former members still complete and receiving writes count: the data has its
+        # copies, some only away from where placement wants them (+remapped).
+        copies = 1 + len(self.active) + len(self.interim)
         state = "active"
         if self.interim:
             state += "+remapped"
@@ -179,6 +184,15 @@ class PlacementGroup:
         if state == "active":
             state += "+clean"
         return state + self.scrubber.state_suffix()
+
+    def copy_shortfall(self, objects: int) -> tuple[int, int]:
+        """(degraded, misplaced) object copies, for a PG of `objects` objects; (0, 0)
+        where we are not its active primary."""
+        pool = self.host.map.pools.get(self.pool_id)
+        if self.state != "active" or pool is None:
+            return 0, 0
+        pending = [self.recovery_left.get(m) for m in self.acting[1:] if m not in self.active]
+        return copy_shortfall(objects, pool.size, len(self.acting), pending, len(self.interim))
 
     def stop(self) -> None:
         if self._scope is not None:
@@ -481,6 +495,7 @@ class PlacementGroup:
         finally:
             PEER_TRAFFIC.recovery_finished(self.name, member, member in self.active)
             self.recovering.discard(member)
+            self.recovery_left.pop(member, None)
             if self.interim and all(m in self.active for m in self.acting[1:]):
                 log.info(
                     "pg %s: every member recovered; %s no longer needed",
@@ -539,12 +554,14 @@ class PlacementGroup:
             self._held = trio.Event()
         try:
             target = self.last_forwarded
+            self.recovery_left[member] = len(names)
             for name in names:
                 state = store.object_state(self.pool_id, name)
                 if not hold:  # writes wait on a held round: no throttling then
                     await self.host.throttle.spend(len(state.data))
                 await conn.call("push", {**push_args, "state": state.to_wire()}, timeout=60)
                 PEER_TRAFFIC.pushed(state)
+                self.recovery_left[member] -= 1
             # Our log goes along (see _pull_from), up to the version the member now has.
             history = [
                 e.to_wire()

@@ -75,13 +75,31 @@ def _count_objects(daemon: OsdDaemon, pool: int, pg: int) -> int:
 def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
     """What the master shows in `store status` and the dashboard: states of the PGs we
     lead, usage, fullness, counters (cumulative; the master makes rates of them)."""
-    pg_list: list[list[Any]] = []  # [pool, pg, state, version] of the PGs we lead
+    # [pool, pg, state, version, objects, degraded copies, misplaced copies] of the PGs
+    # we lead (see store/osd/pgstats.py).
+    pg_list: list[list[Any]] = []
     recovering = 0
-    for (pool_id, pg), pgobj in daemon.pgs.items():
+    led: list[tuple[PlacementGroup, str]] = []
+    for pgobj in daemon.pgs.values():
         recovering += len(pgobj.recovering)
         state = pgobj.status()
         if state is not None:
-            pg_list.append([pool_id, pg, state, list(pgobj.last_forwarded)])
+            led.append((pgobj, state))
+    counts = daemon.pg_objects(busy=any(state != "active+clean" for _, state in led))
+    for pgobj, state in led:
+        objects = counts.get((pgobj.pool_id, pgobj.pg), 0)
+        degraded, misplaced = pgobj.copy_shortfall(objects)
+        pg_list.append(
+            [
+                pgobj.pool_id,
+                pgobj.pg,
+                state,
+                list(pgobj.last_forwarded),
+                objects,
+                degraded,
+                misplaced,
+            ]
+        )
     disk = daemon.disk
     stats = daemon.front.stats
     ops = {"read": 0, "write": 0}

@@ -106,9 +106,14 @@ def test_writes_during_a_move_keep_size_copies(cluster_factory: ClusterFactory) 
                     continue
                 await client.write_full("default", name, b"n" * 5000)
                 listing = await trio.to_thread.run_sync(lambda: cluster.cli("pg", "ls", "--json"))
-                state = next(r["state"] for r in json.loads(listing.stdout) if r["pgid"] == pg)
-                if not {"backfilling", "backfill_wait"} & set(state.split("+")):
+                row = next(r for r in json.loads(listing.stdout) if r["pgid"] == pg)
+                state = set(row["state"].split("+"))
+                if not {"backfilling", "backfill_wait"} & state:
                     continue  # not seen moving (yet, or any more)
+                # osd.3 still holds every object and receives the writes: copies are
+                # misplaced, none missing.
+                assert "remapped" in state and "degraded" not in state, row
+                assert row["misplaced"] > 0 and row["degraded"] == 0, row
                 moving.append(name)
                 held = await trio.to_thread.run_sync(copies, cluster, name)
                 assert held >= 3, f"{name} written during the move of {pg} has {held} copies"

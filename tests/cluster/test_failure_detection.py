@@ -64,13 +64,17 @@ def test_down_daemon_goes_out_after_the_interval_and_back_in_when_it_boots(
 ) -> None:
     cluster = cluster_factory(osds=4, grace=2.0, master_extra=["--down-out-interval", "3"])
     data = {f"obj-{i}": os.urandom(3000 + i) for i in range(40)}
+    on_3: set[str] = set()
 
     async def write_all() -> None:
         async with Client.connect(cluster.config()) as client:
             for name, body in data.items():
                 await client.write_full("default", name, body)
+                if 3 in client.locate("default", name)["acting"]:
+                    on_3.add(name)
 
     trio.run(write_all)
+    assert on_3
     # Maintenance first: with noout, a daemon that goes down stays in.
     cluster.cli("osd", "set", "noout")
     assert "OSDMAP_FLAGS" in cluster.cli("health", "detail", check=False).stdout.decode()
@@ -78,6 +82,14 @@ def test_down_daemon_goes_out_after_the_interval_and_back_in_when_it_boots(
     wait_for("osd.3 down", lambda: not osds(cluster)[3]["up"])
     time.sleep(5)
     assert osds(cluster)[3]["in"], "noout is set: osd.3 must stay in"
+    # Each object osd.3 held lacks that copy, and no other copy is anywhere but in place.
+    objects = json.loads(cluster.cli("status", "--json", check=False).stdout)["objects"]
+    assert objects == {
+        "total": len(data),
+        "copies_wanted": 3 * len(data),
+        "degraded": len(on_3),
+        "misplaced": 0,
+    }
     cluster.cli("osd", "unset", "noout")
     wait_for("osd.3 out", lambda: not osds(cluster)[3]["in"], timeout=30)
     assert "marking out osd.3: down for more than 3s" in cluster.log("master")

@@ -6,7 +6,7 @@ from typing import Any
 
 from store import health
 from store.health import ClusterView, evaluate, overall, render_detail, render_summary
-from store.placement import ClusterMap, OsdInfo, PoolSpec
+from store.placement import ClusterMap, OsdInfo, PoolSpec, acting_set
 from store.status import render, summarize
 
 GiB = 1024**3
@@ -210,3 +210,33 @@ def test_status_shows_client_io_and_recovery_rates() -> None:
     assert "recovery: 2 copies being brought up to date, 4.0 KiB/s, 4 objects/s" in text
     quiet = render(summarize(status(cluster_map(), healthy_reports())))
     assert "io:" not in quiet and "recovery:" not in quiet
+
+
+def test_object_counts_come_from_each_pg_s_primary() -> None:
+    m = cluster_map()
+    primaries = {pg: acting_set(m, 1, pg)[0] for pg in range(8)}
+    reports: dict[int, dict[str, Any]] = {i: report() for i in range(3)}
+    for pg, osd in primaries.items():
+        state = "active+remapped+backfilling" if pg < 2 else "active+clean"
+        counts = [10, 4, 6] if pg < 2 else [10, 0, 0]
+        reports[osd]["pg_list"].append([1, pg, state, [9, 1], *counts])
+        # A daemon that is not the PG's primary (any more) is not counted.
+        other = (osd + 1) % 3
+        reports[other]["pg_list"].append([1, pg, "active+degraded", [9, 1], 99, 99, 99])
+    # Malformed counts are read as none.
+    reports[0]["pg_list"].append([1, 0, "active+clean", [9, 1], -3, "x", None])
+    view = ClusterView.from_status(status(m, reports))
+    assert (view.objects, view.object_copies, view.degraded, view.misplaced) == (80, 240, 8, 12)
+    s = summarize(status(m, reports))
+    assert s["objects"] == {"total": 80, "copies_wanted": 240, "degraded": 8, "misplaced": 12}
+    text = render(s)
+    assert "data:   80 objects, 30 copies stored" in text
+    assert "8/240 object copies degraded (3.333%)" in text
+    assert "12/240 object copies misplaced (5.000%)" in text
+    degraded = next(c for c in evaluate(view) if c.code == "PG_DEGRADED")
+    assert "8/240 object copies degraded" in degraded.summary
+
+
+def test_no_object_counts_line_when_nothing_is_short() -> None:
+    text = render(summarize(status(cluster_map(), healthy_reports())))
+    assert "degraded" not in text and "misplaced" not in text

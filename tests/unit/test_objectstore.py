@@ -180,6 +180,15 @@ def test_delete_leaves_nothing_behind(store: ObjectStore) -> None:
     assert read_all(store, "obj") == b"\x00\x00y"
 
 
+def test_live_objects_are_counted_per_pg(store: ObjectStore) -> None:
+    assert store.pg_object_counts() == {}
+    for i in range(5):
+        ok(primary(store, f"a{i}", Write(0, b"x"), pg=3))
+    ok(primary(store, "b", Create(True), pg=7))
+    ok(primary(store, "a0", Delete(), pg=3))  # a tombstone is not an object
+    assert store.pg_object_counts() == {(POOL, 3): 4, (POOL, 7): 1}
+
+
 def test_xattrs(store: ObjectStore) -> None:
     ok(primary(store, "obj", SetXattr("b", b"2"), SetXattr("a", b"1"), SetXattr("b", b"3")))
     assert store.execute_read(POOL, "obj", [GetXattrs()]).results == [{"a": b"1", "b": b"3"}]
