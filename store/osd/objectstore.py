@@ -66,6 +66,7 @@ from store.osd.txns import (
     ObjectStateTxn,
     PgRemoveTxn,
     PgResetLogTxn,
+    PgScrubStampTxn,
     PrimaryTxn,
     ReplicaTxn,
     Txn,
@@ -91,7 +92,12 @@ _PG_MEMBERS = (
     " UNION ALL SELECT name FROM objects WHERE pool = ? AND pg = ? AND live = 0"
 )
 _USAGE = "SELECT count(*), total(size) FROM objects WHERE live = 1"
+_META_SET = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 _PG_COUNTS = "SELECT pool, pg, count(*) FROM objects WHERE live = 1 GROUP BY pool, pg"
+
+
+def _scrub_key(pool: int, pg: int) -> str:
+    return f"scrub.{pool}.{pg}"
 
 
 class _Rollback(Exception):
@@ -283,6 +289,10 @@ class ObjectStore:
                 return self._remove_pg(txn)
             case PgSplitTxn():
                 return TxnResult(Code.OK, [split_pool(self._writer, txn)], (0, 0))
+            case PgScrubStampTxn():
+                stamps = f"{txn.last_scrub!r} {txn.last_deep_scrub!r}"
+                self._writer.execute(_META_SET, (_scrub_key(txn.pool, txn.pg), stamps))
+                return TxnResult(Code.OK, [], (0, 0))
         raise TypeError(f"not a transaction: {txn!r}")
 
     def _commit_object(
@@ -367,6 +377,7 @@ class ObjectStore:
         for name in names:
             self._write_rows.forget(self._write_rows.load(txn.pool, name))
         self._write_logs.drop(txn.pool, txn.pg)
+        self._writer.execute("DELETE FROM meta WHERE key = ?", (_scrub_key(txn.pool, txn.pg),))
         return TxnResult(Code.OK, [len(names)], (0, 0))
 
     # --- reader side -----------------------------------------------------------------
@@ -437,6 +448,19 @@ class ObjectStore:
     def pg_log_last(self, pool: int, pg: int, limit: int) -> list[LogEntry]:
         """The newest ``limit`` entries of the PG's log, oldest first."""
         return self._read_logs.last(pool, pg, limit)
+
+    def pg_scrub_stamps(self, pool: int, pg: int) -> tuple[float, float]:
+        """(last scrub, last deep scrub) of the PG as last recorded here; zeros if never."""
+        row = self._reader.execute(
+            "SELECT value FROM meta WHERE key = ?", (_scrub_key(pool, pg),)
+        ).fetchone()
+        if row is None:
+            return 0.0, 0.0
+        try:
+            last, deep = (float(x) for x in str(row[0]).split())
+        except ValueError:  # not two numbers: as if never
+            return 0.0, 0.0
+        return last, deep
 
     def pool_pg_num(self, pool: int) -> int | None:
         """The pg_num this store last split the pool to (None: never seen the pool)."""

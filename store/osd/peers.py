@@ -175,7 +175,8 @@ def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
         # Writes still queued from an interval in which we were primary count too.
         await daemon.writes.barrier().wait()
         info = daemon.store.pg_info(pool, pg)
-        return {"v": list(info.last_version), "tail": info.log_tail}
+        stamps = daemon.store.pg_scrub_stamps(pool, pg)
+        return {"v": list(info.last_version), "tail": info.log_tail, "scrub": list(stamps)}
 
     return answer()
 

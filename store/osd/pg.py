@@ -36,6 +36,7 @@ recovery throttling in docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -289,6 +290,10 @@ class PlacementGroup:
                 timeout=15,
             )
             infos[member] = parse_version_untrusted(result["v"])
+            stamps = result.get("scrub")
+            if isinstance(stamps, list) and len(stamps) == 2:
+                with contextlib.suppress(TypeError, ValueError):
+                    self.scrubber.adopt_stamps(float(stamps[0]), float(stamps[1]))
         # Writes of the previous interval may still be queued here: let them land first,
         # so that our version counts them.
         await self.host.writes.barrier().wait()

@@ -36,7 +36,7 @@ from store.osd.scrub import (
     merge_known_errors,
     read_scrub_page,
 )
-from store.osd.txns import ObjectState, ObjectStateTxn
+from store.osd.txns import ObjectState, ObjectStateTxn, PgScrubStampTxn
 
 if TYPE_CHECKING:
     from store.osd.pg import PlacementGroup
@@ -51,8 +51,10 @@ SCRUB_PAGE_PAUSE = 0.01  # seconds between pages: client I/O comes first
 class PgScrub:
     def __init__(self, group: PlacementGroup) -> None:
         self.group = group
-        self.last_scrub = 0.0  # unix time of the last scrub finished (deep ones count too)
-        self.last_deep_scrub = 0.0
+        # Unix time of the last scrub finished (deep ones count too), as recorded here: the
+        # schedule goes on across restarts, and a new primary adopts its members' stamps.
+        stamps = group.host.store.pg_scrub_stamps(group.pool_id, group.pg)
+        self.last_scrub, self.last_deep_scrub = stamps
         self.scrub_objects = 0
         self.scrub_errors_found = 0
         self.known_errors: list[ScrubError] = []  # found and not repaired: +inconsistent
@@ -76,6 +78,25 @@ class PgScrub:
 
     def scrub_stamps(self) -> ScrubStamps:
         return ScrubStamps(self.last_scrub, self.last_deep_scrub)
+
+    def adopt_stamps(self, last_scrub: float, last_deep_scrub: float) -> None:
+        """A member's stamps, heard in peering: the PG was scrubbed then, by whichever
+        daemon was its primary. Newer ones than ours are kept and recorded."""
+        now = time.time()
+        last_scrub, last_deep_scrub = min(last_scrub, now), min(last_deep_scrub, now)
+        if last_scrub > self.last_scrub or last_deep_scrub > self.last_deep_scrub:
+            self.last_scrub = max(self.last_scrub, last_scrub)
+            self.last_deep_scrub = max(self.last_deep_scrub, last_deep_scrub)
+            self.group.host.writes.submit(self._stamp_txn())
+
+    def _stamp_txn(self) -> PgScrubStampTxn:
+        g = self.group
+        return PgScrubStampTxn(g.pool_id, g.pg, self.last_scrub, self.last_deep_scrub)
+
+    async def _record_stamps(self) -> None:
+        result = await self.group.host.writes.submit(self._stamp_txn()).wait()
+        if result.code != Code.OK:
+            log.warning("pg %s: could not record its scrub time: %s", self.group.name, result)
 
     def scrub_info(self) -> dict[str, Any]:
         return {
@@ -125,6 +146,7 @@ class PgScrub:
             self.last_scrub = now
             if deep:
                 self.last_deep_scrub = now
+            await self._record_stamps()
             self.scrub_objects = tally.objects
             self.scrub_errors_found = tally.found_count
             self.known_errors = merge_known_errors(self.known_errors, tally.left, deep=deep)

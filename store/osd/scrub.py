@@ -403,7 +403,7 @@ PgKey = tuple[int, int]
 
 @dataclass(frozen=True)
 class ScrubStamps:
-    """When a PG was last scrubbed (unix time; 0: not since the daemon started)."""
+    """When a PG was last scrubbed (unix time; 0: never, as far as we know)."""
 
     last_scrub: float
     last_deep_scrub: float

@@ -159,4 +159,22 @@ class PgRemoveTxn:
     pg: int
 
 
-Txn = PrimaryTxn | ReplicaTxn | ObjectStateTxn | PgResetLogTxn | PgRemoveTxn | PgSplitTxn
+@dataclass
+class PgScrubStampTxn:
+    """When the PG was last scrubbed and deep-scrubbed (unix time), kept across restarts."""
+
+    pool: int
+    pg: int
+    last_scrub: float
+    last_deep_scrub: float
+
+
+Txn = (
+    PrimaryTxn
+    | ReplicaTxn
+    | ObjectStateTxn
+    | PgResetLogTxn
+    | PgRemoveTxn
+    | PgSplitTxn
+    | PgScrubStampTxn
+)

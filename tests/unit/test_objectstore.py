@@ -40,7 +40,13 @@ from store.osd.ops import (
     WriteFull,
     Zero,
 )
-from store.osd.txns import ObjectState, ObjectStateTxn, PrimaryTxn
+from store.osd.txns import (
+    ObjectState,
+    ObjectStateTxn,
+    PgRemoveTxn,
+    PgScrubStampTxn,
+    PrimaryTxn,
+)
 from tests.unit.objectstore_support import (
     BS,
     POOL,
@@ -187,6 +193,19 @@ def test_live_objects_are_counted_per_pg(store: ObjectStore) -> None:
     ok(primary(store, "b", Create(True), pg=7))
     ok(primary(store, "a0", Delete(), pg=3))  # a tombstone is not an object
     assert store.pg_object_counts() == {(POOL, 3): 4, (POOL, 7): 1}
+
+
+def test_scrub_stamps_are_kept_until_the_pg_goes(store: ObjectStore) -> None:
+    assert store.pg_scrub_stamps(POOL, 3) == (0.0, 0.0)
+    [result] = store.apply_batch([PgScrubStampTxn(POOL, 3, 1700000000.5, 1690000000.25)])
+    assert result.code == Code.OK
+    assert store.pg_scrub_stamps(POOL, 3) == (1700000000.5, 1690000000.25)
+    assert store.pg_scrub_stamps(POOL, 4) == (0.0, 0.0)
+    store.apply_batch([PgRemoveTxn(POOL, 3)])
+    assert store.pg_scrub_stamps(POOL, 3) == (0.0, 0.0)
+    # A value that is not two numbers reads as never scrubbed.
+    store._writer.execute("INSERT INTO meta (key, value) VALUES ('scrub.1.5', 'x')")
+    assert store.pg_scrub_stamps(POOL, 5) == (0.0, 0.0)
 
 
 def test_xattrs(store: ObjectStore) -> None:

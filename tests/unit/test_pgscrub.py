@@ -107,6 +107,9 @@ class _Daemon(_Host):
     async def pool_ready(self, pool_id: int) -> None:
         pass
 
+    async def wait_for_epoch(self, epoch: int) -> None:
+        pass
+
 
 def _write_everywhere(daemons: list[_Daemon], name: str, data: bytes) -> tuple[int, int]:
     result = ok(primary(daemons[0].store, name, WriteFull(data), SetXattr("k", name.encode())))
@@ -256,3 +259,29 @@ async def test_a_scrub_needs_an_active_primary(daemons: list[_Daemon]) -> None:
     with pytest.raises(RemoteError) as refused:
         await pg.scrubber.scrub(deep=False, repair=False)
     assert refused.value.code == Code.EAGAIN
+
+
+async def test_scrub_stamps_survive_a_restart_and_pass_to_a_new_primary(
+    daemons: list[_Daemon],
+) -> None:
+    _write_everywhere(daemons, "obj", b"x" * BS)
+    pg = _primary_pg(daemons)
+    assert (pg.scrubber.last_scrub, pg.scrubber.last_deep_scrub) == (0.0, 0.0)
+    await pg.scrubber.scrub(deep=True, repair=False)
+    stamps = (pg.scrubber.last_scrub, pg.scrubber.last_deep_scrub)
+    assert stamps[0] > 0 and stamps[1] == stamps[0]
+    # The daemon restarts: its PG object is made anew from the store.
+    again = PlacementGroup(daemons[0], POOL, 0)  # type: ignore[arg-type]
+    assert (again.scrubber.last_scrub, again.scrubber.last_deep_scrub) == stamps
+    # Another member becomes primary: it hears the stamps in peering and keeps them.
+    answer = await _Link(daemons[0]).call("pg_info", {"pool": POOL, "pg": 0, "epoch": 0})
+    assert answer["scrub"] == list(stamps)
+    new = PlacementGroup(daemons[1], POOL, 0)  # type: ignore[arg-type]
+    new.scrubber.adopt_stamps(*answer["scrub"])
+    new.scrubber.adopt_stamps(1.0, 2.0)  # older ones change nothing
+    assert (new.scrubber.last_scrub, new.scrubber.last_deep_scrub) == stamps
+    await daemons[1].writes.barrier().wait()
+    assert daemons[1].store.pg_scrub_stamps(POOL, 0) == stamps
+    # Stamps from the future (a member's clock ahead) are taken as now at most.
+    new.scrubber.adopt_stamps(4e12, 0.0)
+    assert stamps[0] <= new.scrubber.last_scrub < 4e12
