@@ -59,7 +59,7 @@ class Client:
             async with trio.open_nursery() as nursery:
                 master = await MasterLink.open(config, nursery)
                 transport = Transport(
-                    sock,  # type: ignore[arg-type]
+                    sock,
                     credentials=lambda: _credentials(master),
                     epoch=lambda: master.map.epoch if master.map else 0,
                 )

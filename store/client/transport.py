@@ -67,16 +67,53 @@ REHELLO_AFTER = 6
 
 class DatagramSocket(Protocol):
     async def sendto(self, data: bytes, address: Address) -> Any: ...
-    async def recvfrom(self, size: int) -> tuple[bytes, Any]: ...
+    async def recv_many(self, size: int) -> list[bytes]:
+        """The datagrams waiting (at least one), without their addresses."""
+        ...
+
     def close(self) -> None: ...
 
 
-def open_udp_socket(
-    host: str = "0.0.0.0", buffer_bytes: int = 8 * 1024 * 1024
-) -> trio.socket.SocketType:
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+RECEIVE_BURST = 128  # datagrams taken per wakeup before other tasks run
+
+
+class UdpSocket:
+    """A UDP socket for trio that sends without a trip through the scheduler when the
+    kernel takes the datagram at once (it nearly always does), and takes every datagram
+    waiting per wakeup: a 4 MiB transfer is some 70 datagrams each way, and trio's socket
+    methods yield twice for each."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+
+    async def sendto(self, data: bytes, address: Address) -> int:
+        while True:
+            try:
+                return self.sock.sendto(data, address)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+
+    async def recv_many(self, size: int) -> list[bytes]:
+        received: list[bytes] = []
+        while True:
+            try:
+                while len(received) < RECEIVE_BURST:
+                    received.append(self.sock.recv(size))
+            except BlockingIOError:
+                pass
+            if received:
+                return received
+            await trio.lowlevel.wait_readable(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_udp_socket(buffer_bytes: int = 8 * 1024 * 1024) -> UdpSocket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tune_buffers(sock, buffer_bytes)
-    return sock
+    return UdpSocket(sock)
 
 
 def tune_buffers(sock: Any, size: int) -> None:
@@ -200,15 +237,15 @@ class Transport:
     async def run(self) -> None:
         """Receive loop; run it in a nursery for the life of the transport."""
         while True:
-            data, _ = await self.sock.recvfrom(65535)
-            self.stats.datagrams_received += 1
-            self.stats.bytes_received += len(data)
-            try:
-                self._on_datagram(data)
-            except (ProtocolError, AuthError) as exc:
-                self.stats.dropped += 1
-                self.stats.dropped_by[_drop_reason(exc)] += 1
-                log.debug("dropped a datagram: %s", exc)
+            for data in await self.sock.recv_many(65535):
+                self.stats.datagrams_received += 1
+                self.stats.bytes_received += len(data)
+                try:
+                    self._on_datagram(data)
+                except (ProtocolError, AuthError) as exc:
+                    self.stats.dropped += 1
+                    self.stats.dropped_by[_drop_reason(exc)] += 1
+                    log.debug("dropped a datagram: %s", exc)
 
     def _on_datagram(self, data: bytes) -> None:
         header = parse_header_untrusted(data)

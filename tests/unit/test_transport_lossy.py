@@ -98,6 +98,14 @@ class MemorySocket:
         data, source = await self.inbox.receive()
         return data[:size], source
 
+    async def recv_many(self, size: int) -> list[bytes]:
+        received = [(await self.inbox.receive())[0][:size]]
+        while True:
+            try:
+                received.append(self.inbox.receive_nowait()[0][:size])
+            except trio.WouldBlock:
+                return received
+
     def close(self) -> None:
         self.network.inboxes.pop(self.address, None)
 
