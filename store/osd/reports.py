@@ -42,6 +42,8 @@ def pg_query(daemon: OsdDaemon, pgobj: PlacementGroup) -> dict[str, Any]:
     """Everything the primary knows of one PG (`store pg query`)."""
     info = daemon.store.pg_info(pgobj.pool_id, pgobj.pg)
     log_entries = daemon.store.pg_log_last(pgobj.pool_id, pgobj.pg, 1)
+    objects = _count_objects(daemon, pgobj.pool_id, pgobj.pg)
+    degraded, misplaced = pgobj.copy_shortfall(objects)
     return {
         "pgid": pgobj.name,
         "state": pgobj.status(),
@@ -59,7 +61,8 @@ def pg_query(daemon: OsdDaemon, pgobj: PlacementGroup) -> dict[str, Any]:
         "last_forwarded": list(pgobj.last_forwarded),
         "log_tail": info.log_tail,
         "log_head": list(log_entries[-1].version) if log_entries else None,
-        "objects": _count_objects(daemon, pgobj.pool_id, pgobj.pg),
+        "objects": objects,
+        "copies": {"degraded": degraded, "misplaced": misplaced},
     }
 
 
@@ -85,7 +88,8 @@ def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
         state = pgobj.status()
         if state is not None:
             led.append((pgobj, state))
-    counts = daemon.pg_objects(busy=any(state != "active+clean" for _, state in led))
+    # A scrub leaves the counts alone; a member short of objects is what makes them move.
+    counts = daemon.pg_objects(busy=any(not s.startswith("active+clean") for _, s in led))
     for pgobj, state in led:
         objects = counts.get((pgobj.pool_id, pgobj.pg), 0)
         degraded, misplaced = pgobj.copy_shortfall(objects)

@@ -150,6 +150,7 @@ def test_pg_ls_and_query(cluster: Cluster) -> None:
     assert query["pgid"] == pgid
     assert query["state"] == "active+clean"
     assert query["objects"] >= 1
+    assert query["copies"] == {"degraded": 0, "misplaced": 0}
     assert sorted(query["active_replicas"]) == sorted(query["acting"][1:])
     for bad, message in (("nonsense", "bad PG id"), ("1.ff", "has PGs 0..f"), ("9.0", "no pool")):
         result = cluster.cli("pg", "query", bad, check=False)
