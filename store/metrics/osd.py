@@ -147,7 +147,7 @@ def osd_families(daemon: OsdDaemon) -> Iterator[Metric]:
             states[state] += 1
         elif pg.state == "replica":
             replicas += 1
-        recovering += len(pg.recovering)
+        recovering += len(pg.recovery.recovering)
     yield gauge_by("store_osd_pgs", "PGs this daemon is primary of, by state.", "state", states)
     yield gauge("store_osd_pg_replicas", "PGs this daemon holds a replica of.", replicas)
     yield gauge(

@@ -94,6 +94,7 @@ _PG_MEMBERS = (
 _USAGE = "SELECT count(*), total(size) FROM objects WHERE live = 1"
 _META_SET = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 _PG_COUNTS = "SELECT pool, pg, count(*) FROM objects WHERE live = 1 GROUP BY pool, pg"
+_PG_COUNT = "SELECT count(*) FROM objects WHERE pool = ? AND pg = ? AND live = 1"
 
 
 def _scrub_key(pool: int, pg: int) -> str:
@@ -533,6 +534,10 @@ class ObjectStore:
     def pg_object_counts(self) -> dict[tuple[int, int], int]:
         """Live objects of every PG we hold objects of."""
         return {(pool, pg): n for pool, pg, n in self._reader.execute(_PG_COUNTS)}
+
+    def pg_object_count(self, pool: int, pg: int) -> int:
+        """Live objects of one PG."""
+        return int(self._reader.execute(_PG_COUNT, (pool, pg)).fetchone()[0])
 
     def usage(self) -> dict[str, int]:
         objects, size = self._reader.execute(_USAGE).fetchone()

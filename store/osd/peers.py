@@ -21,8 +21,9 @@ import trio
 from store.errors import AuthError, ChecksumError, Code, RemoteError
 from store.metrics.osd import PEER_TRAFFIC
 from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
-from store.osd.pg import ADOPT_LOG_ENTRIES, replica_txn_from_wire
+from store.osd.pg import replica_txn_from_wire
 from store.osd.pglog import entries_from_wire
+from store.osd.pgrecovery import ADOPT_LOG_ENTRIES
 from store.osd.scrub import parse_scrub_map_args_untrusted, read_scrub_page
 from store.osd.txns import ObjectState, ObjectStateTxn, PgResetLogTxn
 from store.placement import primary

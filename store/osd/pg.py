@@ -21,14 +21,12 @@ member has written it durably and the copies number at least ``min_size``. A mem
 fails a forward (connection lost, timeout, or a gap in its log) stops being active and is
 recovered.
 
-*Recovery of a member.* The primary reads the member's newest version ``s``, and for every
-object its own log shows changed after ``s`` (or every object of the PG, when the log does
-not reach back to ``s``) pushes the object's whole current state; then it tells the member
-its history now ends at the last version the primary had *forwarded*, ``f``. Writes with
-versions after ``f`` reach the member as ordinary forwards; a forward older than what a push
-already installed is logged but not re-applied. The member becomes active the moment its
-newest version equals ``f``; to make that moment come under a steady stream of writes, the
-last short round runs with new writes held back.
+*Recovery of a member* (:mod:`store.osd.pgrecovery`). The primary pushes the whole current
+state of every object the member may lack, then tells the member its history now ends at
+the last version the primary had *forwarded*, ``f``. Writes with versions after ``f`` reach
+the member as ordinary forwards; a forward older than what a push already installed is
+logged but not re-applied. The member becomes active the moment its newest version equals
+``f``.
 
 *Scrub and repair* are in :mod:`store.osd.pgscrub`; divergent histories, moves and
 recovery throttling in docs/architecture.md.
@@ -50,6 +48,7 @@ from store.metrics.osd import PEER_TRAFFIC
 from store.osd.objectstore import ObjectStore
 from store.osd.ops import Op, parse_version_untrusted
 from store.osd.pglog import entries_from_wire
+from store.osd.pgrecovery import ADOPT_LOG_ENTRIES, MemberRecovery, local_names, remote_names
 from store.osd.pgscrub import PgScrub
 from store.osd.pgstats import copy_shortfall
 from store.osd.throttle import RecoveryThrottle
@@ -70,10 +69,6 @@ log = logging.getLogger("store.osd")
 
 Version = tuple[int, int]
 REPLICATION_TIMEOUT = 10.0
-PAUSE_BELOW = 32  # entries left to recover under which the last round holds writes back
-# How much of its log a daemon hands over with copied state: the request ids a member
-# that was recovered from scratch still recognises.
-ADOPT_LOG_ENTRIES = 1000
 RETIRE_FIRST_CHECK = 1.0  # seconds before a stray copy first asks whether it may go
 RETIRE_MAX_WAIT = 30.0
 
@@ -114,14 +109,11 @@ class PlacementGroup:
         # Former members, complete when this interval began, that keep receiving forwards
         # until every new member is recovered: redundancy never falls during a move.
         self.interim: dict[int, RpcConnection] = {}
-        self.recovering: set[int] = set()
-        self.backfilling: set[int] = set()  # recovering members being compared whole
-        self.backfill_waiting: set[int] = set()  # ... waiting for backfill slots to be
-        self.recovery_left: dict[int, int] = {}  # objects a recovering member still lacks
+        self.recovery = MemberRecovery(self)
         self.last_forwarded: Version = host.store.pg_info(pool_id, pg).last_version
         self._scope: trio.CancelScope | None = None
-        self._interval_nursery: trio.Nursery | None = None
-        self._held: trio.Event | None = None  # set while writes are held back
+        self.interval_nursery: trio.Nursery | None = None  # recoveries run in it
+        self.held_writes: trio.Event | None = None  # set when writes held back may go
         self._inflight: dict[int, trio.Event] = {}  # seq -> set when its forward is answered
         self.scrubber = PgScrub(self)  # scrubs, repairs and what they found
 
@@ -141,14 +133,11 @@ class PlacementGroup:
             self._scope.cancel()
         self.active.clear()
         self.interim.clear()
-        self.recovering.clear()
-        self.backfilling.clear()
-        self.backfill_waiting.clear()
-        self.recovery_left.clear()
-        if self._held is not None:
-            self._held.set()
-            self._held = None
-        self._interval_nursery = None
+        self.recovery.reset()
+        if self.held_writes is not None:
+            self.held_writes.set()
+            self.held_writes = None
+        self.interval_nursery = None
         if acting and acting[0] == self.host.osd_id:
             self.state = "peering"
             # Made here, not in the task: a second map arriving before the task runs must
@@ -174,11 +163,11 @@ class PlacementGroup:
         state = "active"
         if self.interim:
             state += "+remapped"
-        if self.backfilling:
+        if self.recovery.backfilling:
             state += "+backfilling"
-        elif self.backfill_waiting:
+        elif self.recovery.backfill_waiting:
             state += "+backfill_wait"
-        elif self.recovering:
+        elif self.recovery.recovering:
             state += "+recovering"
         if pool is not None and copies < pool.size:
             state += "+degraded"
@@ -192,7 +181,8 @@ class PlacementGroup:
         pool = self.host.map.pools.get(self.pool_id)
         if self.state != "active" or pool is None:
             return 0, 0
-        pending = [self.recovery_left.get(m) for m in self.acting[1:] if m not in self.active]
+        left = self.recovery.left
+        pending = [left.get(m) for m in self.acting[1:] if m not in self.active]
         return copy_shortfall(objects, pool.size, len(self.acting), pending, len(self.interim))
 
     def stop(self) -> None:
@@ -205,7 +195,7 @@ class PlacementGroup:
             async with trio.open_nursery() as nursery:
                 if scope.cancel_called:
                     return
-                self._interval_nursery = nursery
+                self.interval_nursery = nursery
                 while True:
                     try:
                         await self._peer()
@@ -218,12 +208,12 @@ class PlacementGroup:
                         await trio.sleep(1.0)
                 for member in self.acting[1:]:
                     if member not in self.active:
-                        self._start_recovery(member)
+                        self.recovery.start(member)
                 # The nursery lives as long as the interval: a member dropped later (a
                 # replica that stops answering without being marked down) is recovered in it.
                 await trio.sleep_forever()
         if self._scope is scope:
-            self._interval_nursery = None
+            self.interval_nursery = None
 
     async def _retire(self, scope: trio.CancelScope) -> None:
         """A copy the acting set no longer includes goes once it is redundant: when the
@@ -358,8 +348,8 @@ class PlacementGroup:
                 names |= divergent
         if names is None:
             # The logs do not meet: compare the whole PG.
-            names = set(await _list_names(conn, self.pool_id, self.pg))
-            names |= set(_local_names(store, self.pool_id, self.pg))
+            names = set(await remote_names(conn, self.pool_id, self.pg))
+            names |= set(local_names(store, self.pool_id, self.pg))
         for name in sorted(names):
             raw = await conn.call("object_state", {"pool": self.pool_id, "name": name})
             state = ObjectState.from_wire(raw)
@@ -377,8 +367,8 @@ class PlacementGroup:
     async def client_write(self, txn: PrimaryTxn, raw_ops: list[Any], min_size: int) -> TxnResult:
         if self.state != "active":
             raise RemoteError(Code.EAGAIN, f"pg {self.name} is {self.state}")
-        while self._held is not None:
-            await self._held.wait()
+        while self.held_writes is not None:
+            await self.held_writes.wait()
         if self.state != "active":  # the interval ended while we waited
             raise RemoteError(Code.EAGAIN, f"pg {self.name} is {self.state}")
         if 1 + len(self.active) < min_size:
@@ -464,146 +454,7 @@ class PlacementGroup:
             log.info("pg %s: osd.%d stops receiving interim writes (%s)", self.name, member, why)
         if self.active.pop(member, None) is not None:
             log.warning("pg %s: osd.%d fell behind (%s); recovering it", self.name, member, why)
-            self._start_recovery(member)
-
-    # --- recovery of members -----------------------------------------------------------
-
-    def _start_recovery(self, member: int) -> None:
-        if member in self.recovering or self._interval_nursery is None:
-            return
-        if member not in self.acting:
-            return
-        self.recovering.add(member)
-        PEER_TRAFFIC.recovery_started(self.name, member)
-        self._interval_nursery.start_soon(self._recover, member)
-
-    async def _recover(self, member: int) -> None:
-        delay = 0.2
-        try:
-            while member not in self.active:
-                try:
-                    await self._recover_round(member)
-                    delay = 0.2
-                except Exception as exc:
-                    if isinstance(exc, (StoreError, OSError)):
-                        # Said once at INFO; the retries (every few seconds) at DEBUG.
-                        level = logging.INFO if delay == 0.2 else logging.DEBUG
-                        log.log(
-                            level, "pg %s: recovering osd.%d: %s; retrying", self.name, member, exc
-                        )
-                    else:
-                        log.exception(
-                            "pg %s: recovering osd.%d failed; retrying", self.name, member
-                        )
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        finally:
-            PEER_TRAFFIC.recovery_finished(self.name, member, member in self.active)
-            self.recovering.discard(member)
-            self.recovery_left.pop(member, None)
-            if self.interim and all(m in self.active for m in self.acting[1:]):
-                log.info(
-                    "pg %s: every member recovered; %s no longer needed",
-                    self.name,
-                    ", ".join(f"osd.{m}" for m in sorted(self.interim)),
-                )
-                self.interim.clear()
-
-    async def _recover_round(self, member: int) -> None:
-        conn = await self.host.peer(member)
-        args = {"pool": self.pool_id, "pg": self.pg}
-        info_args = {**args, "epoch": self.interval_epoch}
-        theirs = parse_version_untrusted((await conn.call("pg_info", info_args, timeout=15))["v"])
-        if theirs == self.last_forwarded:
-            self.active[member] = conn
-            log.info("pg %s: osd.%d is up to date", self.name, member)
-            return
-        store = self.host.store
-        # The log serves only if the member's newest version is in our history; a member
-        # that wrote elsewhere (an old primary's unacknowledged writes) is listed whole.
-        entries = store.pg_log_since(self.pool_id, self.pg, theirs[1] - 1) if theirs[1] else None
-        if entries and entries[0].version == theirs and theirs <= self.last_forwarded:
-            await self._push_round(conn, sorted({e.name for e in entries[1:]}), member)
-            return
-        # A backfill: whole PGs compared, maybe a disk's worth of data. It waits for a slot
-        # here and on the member (max_backfills each), and lists once it has them.
-        self.backfill_waiting.add(member)
-        try:
-            async with self.host.throttle.backfill(conn, self.pool_id, self.pg, self.host.osd_id):
-                self.backfill_waiting.discard(member)
-                self.backfilling.add(member)
-                names = sorted(
-                    set(_local_names(store, self.pool_id, self.pg))
-                    | set(await _list_names(conn, self.pool_id, self.pg))
-                )
-                # The member's newest version may be of a divergent history (an old
-                # primary's writes never acknowledged): our state wins, even if older.
-                await self._push_round(conn, names, member, authoritative=True)
-        finally:
-            self.backfill_waiting.discard(member)
-            self.backfilling.discard(member)
-
-    async def _push_round(
-        self, conn: RpcConnection, names: list[str], member: int, authoritative: bool = False
-    ) -> None:
-        """Push the current state of `names` to the member, then its new version."""
-        store = self.host.store
-        args = {"pool": self.pool_id, "pg": self.pg}
-        push_args: dict[str, Any] = dict(args)
-        if authoritative:
-            push_args.update(
-                authoritative=True, epoch=self.interval_epoch, **{"from": self.host.osd_id}
-            )
-        hold = len(names) < PAUSE_BELOW
-        if hold:
-            self._held = trio.Event()
-        try:
-            target = self.last_forwarded
-            self.recovery_left[member] = len(names)
-            for name in names:
-                state = store.object_state(self.pool_id, name)
-                if not hold:  # writes wait on a held round: no throttling then
-                    await self.host.throttle.spend(len(state.data))
-                await conn.call("push", {**push_args, "state": state.to_wire()}, timeout=60)
-                PEER_TRAFFIC.pushed(state)
-                self.recovery_left[member] -= 1
-            # Our log goes along (see _pull_from), up to the version the member now has.
-            history = [
-                e.to_wire()
-                for e in store.pg_log_last(self.pool_id, self.pg, ADOPT_LOG_ENTRIES + 64)
-                if e.version <= target
-            ][-ADOPT_LOG_ENTRIES:]
-            await conn.call("pg_mark", {**args, "v": list(target), "entries": history})
-            if hold and target == self.last_forwarded:
-                self.active[member] = conn
-                log.info("pg %s: osd.%d recovered (%d objects)", self.name, member, len(names))
-        finally:
-            if hold and self._held is not None:
-                self._held.set()
-                self._held = None
-
-
-async def _list_names(conn: RpcConnection, pool: int, pg: int) -> list[str]:
-    names: list[str] = []
-    cursor: str | None = None
-    while True:
-        result = await conn.call(
-            "list_pg", {"pool": pool, "pg": pg, "cursor": cursor, "limit": 1000}
-        )
-        names.extend(entry[0] for entry in result["objects"])
-        cursor = result["next"]
-        if cursor is None:
-            return names
-
-
-def _local_names(store: ObjectStore, pool: int, pg: int) -> list[str]:
-    names: list[str] = []
-    cursor: str | None = None
-    while True:
-        batch, cursor = store.list_pg(pool, pg, cursor, 1000)
-        names.extend(entry[0] for entry in batch)
-        if cursor is None:
-            return names
+            self.recovery.start(member)
 
 
 def replica_txn_from_wire(args: dict[str, Any], ops: list[Op]) -> ReplicaTxn:

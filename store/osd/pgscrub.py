@@ -74,7 +74,11 @@ class PgScrub:
 
     def may_scrub(self) -> bool:
         """Whether a scheduled scrub may start: active, nothing to recover, none running."""
-        return self.group.state == "active" and not self.group.recovering and self.scrubbing is None
+        return (
+            self.group.state == "active"
+            and not self.group.recovery.recovering
+            and self.scrubbing is None
+        )
 
     def scrub_stamps(self) -> ScrubStamps:
         return ScrubStamps(self.last_scrub, self.last_deep_scrub)

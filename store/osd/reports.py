@@ -42,7 +42,7 @@ def pg_query(daemon: OsdDaemon, pgobj: PlacementGroup) -> dict[str, Any]:
     """Everything the primary knows of one PG (`store pg query`)."""
     info = daemon.store.pg_info(pgobj.pool_id, pgobj.pg)
     log_entries = daemon.store.pg_log_last(pgobj.pool_id, pgobj.pg, 1)
-    objects = _count_objects(daemon, pgobj.pool_id, pgobj.pg)
+    objects = daemon.store.pg_object_count(pgobj.pool_id, pgobj.pg)
     degraded, misplaced = pgobj.copy_shortfall(objects)
     return {
         "pgid": pgobj.name,
@@ -53,9 +53,9 @@ def pg_query(daemon: OsdDaemon, pgobj: PlacementGroup) -> dict[str, Any]:
         "acting": list(pgobj.acting),
         "primary": daemon.osd_id,
         "active_replicas": sorted(pgobj.active),
-        "recovering": sorted(pgobj.recovering),
-        "backfilling": sorted(pgobj.backfilling),
-        "backfill_waiting": sorted(pgobj.backfill_waiting),
+        "recovering": sorted(pgobj.recovery.recovering),
+        "backfilling": sorted(pgobj.recovery.backfilling),
+        "backfill_waiting": sorted(pgobj.recovery.backfill_waiting),
         "interim": sorted(pgobj.interim),  # former members kept until the move is done
         "last_version": list(info.last_version),
         "last_forwarded": list(pgobj.last_forwarded),
@@ -64,15 +64,6 @@ def pg_query(daemon: OsdDaemon, pgobj: PlacementGroup) -> dict[str, Any]:
         "objects": objects,
         "copies": {"degraded": degraded, "misplaced": misplaced},
     }
-
-
-def _count_objects(daemon: OsdDaemon, pool: int, pg: int) -> int:
-    count, cursor = 0, None
-    while True:
-        batch, cursor = daemon.store.list_pg(pool, pg, cursor, 10000)
-        count += len(batch)
-        if cursor is None:
-            return count
 
 
 def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
@@ -84,7 +75,7 @@ def heartbeat_report(daemon: OsdDaemon) -> dict[str, Any]:
     recovering = 0
     led: list[tuple[PlacementGroup, str]] = []
     for pgobj in daemon.pgs.values():
-        recovering += len(pgobj.recovering)
+        recovering += len(pgobj.recovery.recovering)
         state = pgobj.status()
         if state is not None:
             led.append((pgobj, state))

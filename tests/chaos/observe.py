@@ -74,37 +74,34 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def wait_clean(cluster: Cluster, timeout: float = 60.0) -> dict[str, Any]:
-    """Wait until every PG is active+clean; the status that said so."""
+async def wait_status(
+    cluster: Cluster, good: Callable[[dict[str, Any]], bool], what: str, timeout: float
+) -> dict[str, Any]:
+    """Wait until the cluster's status is `good`; that status. A timeout says the last."""
     last: dict[str, Any] | None = None
 
-    async def clean() -> bool:
+    async def check() -> bool:
         nonlocal last
         last = await status(cluster)
-        return all_clean(last)
+        return good(last)
 
     try:
-        await wait_for(clean, "all PGs active+clean", timeout)
+        await wait_for(check, what, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last status: {last}") from None
     assert last is not None
     return last
 
 
+async def wait_clean(cluster: Cluster, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until every PG is active+clean; the status that said so."""
+    return await wait_status(cluster, all_clean, "all PGs active+clean", timeout)
+
+
 async def wait_healthy(cluster: Cluster, timeout: float = 90.0) -> None:
     """Wait until the cluster is HEALTH_OK with every PG active+clean, then check that
     `store status` (the command an operator runs) says so with exit code 0."""
-    last: dict[str, Any] | None = None
-
-    async def ok() -> bool:
-        nonlocal last
-        last = await status(cluster)
-        return healthy(last)
-
-    try:
-        await wait_for(ok, "HEALTH_OK with all PGs active+clean", timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last status: {last}") from None
+    await wait_status(cluster, healthy, "HEALTH_OK with all PGs active+clean", timeout)
     result = await trio.to_thread.run_sync(lambda: cluster.cli("status", check=False))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 

@@ -11,21 +11,12 @@ import trio
 
 from store.client.api import Client
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, wait_until
 
 
 def osds(cluster: Cluster) -> dict[int, dict[str, object]]:
     rows = json.loads(cluster.cli("osd", "ls", "--json").stdout)
     return {int(r["id"]): r for r in rows}
-
-
-def wait_for(what: str, check: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pg_states(cluster: Cluster) -> dict[str, int]:
@@ -48,14 +39,14 @@ def test_peers_report_a_stopped_daemon_down_before_the_masters_grace(
     stopped = cluster.procs["osd.2"].pid
     os.killpg(stopped, signal.SIGSTOP)
     try:
-        wait_for("osd.2 marked down", lambda: not osds(cluster)[2]["up"], timeout=30)
+        wait_until(lambda: not osds(cluster)[2]["up"], "osd.2 marked down", timeout=30)
         master_log = cluster.log("master")
         assert "marking osd.2 down: reported silent by osd.0, osd.1" in master_log
         # While both still report it, its own heartbeats to the master do not bring it up.
     finally:
         os.killpg(stopped, signal.SIGCONT)
     # Once it answers its peers again, they withdraw their reports and it is up again.
-    wait_for("osd.2 up again", lambda: osds(cluster)[2]["up"], timeout=60)
+    wait_until(lambda: osds(cluster)[2]["up"], "osd.2 up again", timeout=60)
     cluster.wait_healthy()
 
 
@@ -79,7 +70,7 @@ def test_down_daemon_goes_out_after_the_interval_and_back_in_when_it_boots(
     cluster.cli("osd", "set", "noout")
     assert "OSDMAP_FLAGS" in cluster.cli("health", "detail", check=False).stdout.decode()
     cluster.kill("osd.3")
-    wait_for("osd.3 down", lambda: not osds(cluster)[3]["up"])
+    wait_until(lambda: not osds(cluster)[3]["up"], "osd.3 down", timeout=60)
     time.sleep(5)
     assert osds(cluster)[3]["in"], "noout is set: osd.3 must stay in"
     # Each object osd.3 held lacks that copy, and no other copy is anywhere but in place.
@@ -91,10 +82,10 @@ def test_down_daemon_goes_out_after_the_interval_and_back_in_when_it_boots(
         "misplaced": 0,
     }
     cluster.cli("osd", "unset", "noout")
-    wait_for("osd.3 out", lambda: not osds(cluster)[3]["in"], timeout=30)
+    wait_until(lambda: not osds(cluster)[3]["in"], "osd.3 out", timeout=30)
     assert "marking out osd.3: down for more than 3s" in cluster.log("master")
     # Its copies are made again on the other three: every PG clean at full size.
-    wait_for("3 copies again", lambda: pg_states(cluster) == {"active+clean": 16}, timeout=90)
+    wait_until(lambda: pg_states(cluster) == {"active+clean": 16}, "3 copies again", timeout=90)
 
     async def read_all() -> None:
         async with Client.connect(cluster.config()) as client:
@@ -104,7 +95,9 @@ def test_down_daemon_goes_out_after_the_interval_and_back_in_when_it_boots(
     trio.run(read_all)
     # Out by the master, not by an operator: in again as soon as it boots.
     cluster.start_osd(3)
-    wait_for("osd.3 up and in", lambda: osds(cluster)[3]["up"] and osds(cluster)[3]["in"])
+    wait_until(
+        lambda: osds(cluster)[3]["up"] and osds(cluster)[3]["in"], "osd.3 up and in", timeout=60
+    )
     cluster.wait_healthy(timeout=90)
     trio.run(read_all)
 
@@ -120,8 +113,10 @@ def test_remove_a_daemon_only_once_its_data_lives_elsewhere(
     refused = cluster.cli("osd", "rm", "3", check=False)
     assert refused.returncode != 0  # still up
     cluster.kill("osd.3", signal.SIGTERM)
-    wait_for("osd.3 down", lambda: not osds(cluster)[3]["up"])
-    wait_for("clean without osd.3", lambda: pg_states(cluster) == {"active+clean": 16})
+    wait_until(lambda: not osds(cluster)[3]["up"], "osd.3 down", timeout=60)
+    wait_until(
+        lambda: pg_states(cluster) == {"active+clean": 16}, "clean without osd.3", timeout=60
+    )
     cluster.cli("osd", "rm", "3")
     assert 3 not in osds(cluster)
     assert cluster.cli("osd", "rm", "3", check=False).returncode != 0  # no such daemon

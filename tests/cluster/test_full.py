@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import trio
 
 from store.client.api import Client
 from store.errors import Code, RemoteError
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, wait_until
 
 POOL = "default"
 DISK = "48m"
@@ -69,15 +68,6 @@ def small_cluster(tmp_path: Path) -> Iterator[Cluster]:
 def status_text(cluster: Cluster) -> tuple[int, str]:
     result = cluster.cli("status", check=False)
     return result.returncode, result.stdout.decode()
-
-
-def wait_until(check: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def no_space(exc: BaseException) -> RemoteError | None:

@@ -83,3 +83,24 @@ def stored_blocks(store: ObjectStore, name: str) -> list[tuple[int, bytes]]:
 
 def block_rows(store: ObjectStore, name: str) -> list[int]:
     return [index for index, _ in stored_blocks(store, name)]
+
+
+def block_slot(store: ObjectStore, name: str, index: int = 0) -> int:
+    """The data file slot of block `index` of `name`, read from its block map."""
+    with sqlite3.connect(store.path) as db:
+        (oid,) = db.execute("SELECT oid FROM objects WHERE name = ?", (name,)).fetchone()
+        row_id = oid << BLOCK_INDEX_BITS | index // CHUNK_BLOCKS
+        (raw,) = db.execute("SELECT map FROM blockmap WHERE id = ?", (row_id,)).fetchone()
+    entries = array("q")
+    entries.frombytes(raw)
+    return int(entries[2 * (index % CHUNK_BLOCKS)])
+
+
+def corrupt_block(store: ObjectStore, name: str, index: int) -> None:
+    """Flip a bit of the block in the data file, behind the store's back."""
+    slot = block_slot(store, name, index)
+    with open(store.space.path, "r+b") as f:
+        f.seek(slot * store.block_size)
+        first = f.read(1)
+        f.seek(slot * store.block_size)
+        f.write(bytes([first[0] ^ 1]))

@@ -149,11 +149,14 @@ def fake_daemon() -> Any:
     )
     front.stats.answered("write", 0, 0.01)
     front.stats.data_bytes["written"] += 4096
+    idle = SimpleNamespace(recovering=set())
     pgs = {
-        (1, 0): SimpleNamespace(status=lambda: "active+clean", state="active", recovering=set()),
-        (1, 1): SimpleNamespace(status=lambda: None, state="replica", recovering=set()),
+        (1, 0): SimpleNamespace(status=lambda: "active+clean", state="active", recovery=idle),
+        (1, 1): SimpleNamespace(status=lambda: None, state="replica", recovery=idle),
         (1, 2): SimpleNamespace(
-            status=lambda: "active+recovering+degraded", state="active", recovering={3}
+            status=lambda: "active+recovering+degraded",
+            state="active",
+            recovery=SimpleNamespace(recovering={3}),
         ),
     }
     return SimpleNamespace(

@@ -28,8 +28,7 @@ from store.osd.throttle import RecoveryThrottle
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap
 from store.wire.frames import FrameDecoder, encode_frame
-from tests.unit.objectstore_support import BS, POOL, ok, primary, read_all, replica
-from tests.unit.test_objectstore import corrupt_block
+from tests.unit.objectstore_support import BS, POOL, corrupt_block, ok, primary, read_all, replica
 
 V = (3, 7)
 GOOD = ScrubEntry(True, V, size=10, attrs=1, omap=2, data=3)
