@@ -29,6 +29,7 @@ class Code(IntEnum):
     EFBIG = 13  # object or value too large
     EAUTH = 14  # authentication failed
     INPROGRESS = 15  # a repeated request the daemon is still working on: keep waiting
+    ENOTSTAGED = 16  # a staged write's data is not (or no longer) held: stage it again
 
 
 def code_of(raw: object, default: Code = Code.EINVAL) -> Code:

@@ -7,15 +7,19 @@ client wait for a newer map; "try again" (EAGAIN: the PG is peering) and EDEGRAD
 after a pause; everything stops at the request's deadline. A logical request keeps its
 request id across these retries, so a daemon that already applied it recognises it.
 
-Large reads and writes are split into pieces that each fit one datagram and sent in
-parallel, by at most PIECE_WORKERS tasks per call; the transport's per-daemon window bounds
-how many are in flight.
+Large reads are split into pieces that each fit one datagram, read in parallel by at most
+PIECE_WORKERS tasks per call; the transport's per-daemon window bounds how many are in
+flight. A write larger than one datagram is cut into extents of at most STAGE_EXTENT bytes;
+the pieces of an extent are *staged* with the PG's primary (held in its memory, see
+``store.osd.staging``), then one request commits the extent: the daemons apply and
+replicate it as one write, so each extent lands whole or not at all.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +37,9 @@ from store.rpc import parse_hostport
 log = logging.getLogger("store.client")
 
 RETRY_PAUSE = 0.05
+STAGE_EXTENT = 8 * 1024 * 1024  # bytes committed by one staged write (a daemon takes 32 MiB)
+EXTENT_WORKERS = 4  # extents of one large write staged at a time
+STAGE_ATTEMPTS = 4  # stagings of one extent before its commit's ENOTSTAGED is final
 BODY_OVERHEAD = 512  # header, tag, msgpack framing and object name, generously
 BLOCK = 4096
 
@@ -163,24 +170,63 @@ class Client:
     # --- objects -------------------------------------------------------------------------
 
     async def write(self, pool: str, name: str, data: bytes, offset: int = 0) -> None:
-        """Write `data` at `offset`, in parallel pieces of one datagram each."""
+        """Write `data` at `offset`: one request when it fits a datagram, else staged
+        extents (each applied atomically)."""
         if not data:
             await self.execute(pool, name, [["create", False]])
-            return
-        await self._in_pieces(
-            pool,
-            name,
-            offset,
-            len(data),
-            lambda off, n: [["write", off, data[off - offset : off - offset + n]]],
-        )
+        elif len(data) <= self.max_piece:
+            await self.execute(pool, name, [["write", offset, data]])
+        else:
+            await self._write_staged(pool, name, data, offset, full=False)
 
     async def write_full(self, pool: str, name: str, data: bytes) -> None:
-        """Replace the object's content. Atomic when it fits one datagram."""
-        first = data[: self.max_piece]
-        await self.execute(pool, name, [["write_full", first]])
-        if len(data) > len(first):
-            await self.write(pool, name, data[len(first) :], len(first))
+        """Replace the object's content. Atomic up to STAGE_EXTENT bytes."""
+        if len(data) <= self.max_piece:
+            await self.execute(pool, name, [["write_full", data]])
+        else:
+            await self._write_staged(pool, name, data, 0, full=True)
+
+    async def _write_staged(
+        self, pool: str, name: str, data: bytes, offset: int, *, full: bool
+    ) -> None:
+        extents = _cuts(offset, len(data), STAGE_EXTENT)
+        if full:
+            # The first extent replaces the content; only then may the rest be added.
+            start, n = extents.pop(0)
+            await self._commit_extent(pool, name, data[:n], start, full=True)
+
+        async def one(start: int, n: int) -> None:
+            await self._commit_extent(pool, name, data[start - offset : start - offset + n], start)
+
+        await _each(extents, one, EXTENT_WORKERS)
+
+    async def _commit_extent(
+        self, pool: str, name: str, chunk: bytes, offset: int, *, full: bool = False
+    ) -> None:
+        """Stage `chunk` with the primary in pieces of one datagram, then commit it as one
+        write. The stage is gone if the daemon restarted or the primary changed meanwhile
+        (ENOTSTAGED): stage it again, under a new token."""
+        spec = self.pool(pool)
+        pg = pg_of(spec, name)
+        pieces = [
+            (at, min(self.max_piece, len(chunk) - at))
+            for at in range(0, len(chunk), self.max_piece)
+        ]
+        for attempt in range(STAGE_ATTEMPTS):
+            token = secrets.randbits(63)
+
+            async def stage(at: int, n: int, token: int = token) -> None:
+                body = {"o": name, "stage": [token, at, chunk[at : at + n]]}
+                await self._send(spec, pg, body, None)
+
+            await _each(pieces, stage)
+            try:
+                await self.execute(pool, name, [["staged", token, offset, len(chunk), full]])
+                return
+            except RemoteError as exc:
+                if exc.code != Code.ENOTSTAGED or attempt == STAGE_ATTEMPTS - 1:
+                    raise
+                log.debug("staged write of %r at %d lost its stage (%s); again", name, offset, exc)
 
     async def read(self, pool: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if length is None:
@@ -281,28 +327,30 @@ class Client:
             "epoch": self.map.epoch,
         }
 
-    async def _in_pieces(self, pool: str, name: str, offset: int, length: int, make: Any) -> None:
-        # Pieces start on block boundaries so that daemons never read-modify-write a block
-        # that two pieces share.
-        cuts = [offset]
-        nxt = (offset // BLOCK) * BLOCK + self.max_piece
-        while nxt < offset + length:
-            cuts.append(nxt)
-            nxt += self.max_piece
-        cuts.append(offset + length)
-
-        async def one(off: int, n: int) -> None:
-            await self.execute(pool, name, make(off, n))
-
-        await _each([(start, end - start) for start, end in itertools.pairwise(cuts)], one)
-
 
 PIECE_WORKERS = 32  # tasks sending the pieces of one large read or write
 
 
-async def _each(pieces: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]) -> None:
-    """Run `fn(offset, length)` for every piece, at most PIECE_WORKERS at a time: a few
-    tasks taking pieces in turn rather than one task per piece (a 1 GiB write is 17,000)."""
+def _cuts(offset: int, length: int, step: int) -> list[tuple[int, int]]:
+    """[offset, offset + length) as (start, length) pieces that, but for the first, start
+    on multiples of `step` (so that daemons never read-modify-write a block two pieces
+    share)."""
+    cuts = [offset]
+    nxt = (offset // step + 1) * step
+    while nxt < offset + length:
+        cuts.append(nxt)
+        nxt += step
+    cuts.append(offset + length)
+    return [(start, end - start) for start, end in itertools.pairwise(cuts)]
+
+
+async def _each(
+    pieces: list[tuple[int, int]],
+    fn: Callable[[int, int], Awaitable[None]],
+    workers: int = PIECE_WORKERS,
+) -> None:
+    """Run `fn(offset, length)` for every piece, at most `workers` at a time: a few
+    tasks taking pieces in turn rather than one task per piece (a 1 GiB read is 17,000)."""
     if len(pieces) == 1:
         await fn(*pieces[0])
         return
@@ -313,7 +361,7 @@ async def _each(pieces: list[tuple[int, int]], fn: Callable[[int, int], Awaitabl
             await fn(off, n)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(min(PIECE_WORKERS, len(pieces))):
+        for _ in range(min(workers, len(pieces))):
             nursery.start_soon(worker)
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("store.osd")
 
-OP_KINDS = ("read", "write", "list", "invalid")
+OP_KINDS = ("read", "write", "stage", "list", "invalid")
 
 
 class FrontStats:

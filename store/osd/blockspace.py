@@ -18,6 +18,14 @@ The order of one batch is: ``pwrite`` the new blocks, ``fdatasync`` the data fil
 commit the SQLite transaction that references them (``sync_data`` then the caller's
 COMMIT).
 
+Blocks are written with ``O_DIRECT`` where the file system allows it, through a
+page-aligned buffer: the data goes straight to the device instead of being copied into
+fresh page-cache pages, which on a virtual machine costs far more CPU than the copy
+itself (on the machine of docs/benchmarks.md, buffered writes reached ~370 MB/s and direct
+ones 4 GB/s). Reads stay buffered, on a descriptor of their own; the kernel drops cached
+pages that a direct write replaces. Where ``O_DIRECT`` is refused (tmpfs, a block size
+below the device's) writes are buffered.
+
 Readers run on the daemon's event loop, each read (mapping lookup and ``pread``) in one
 synchronous call; the writer runs in a thread. A slot freed by a commit could still be
 named by a mapping that a reader looked up just before that commit, so freed slots are
@@ -33,11 +41,15 @@ from __future__ import annotations
 
 import bisect
 import errno
+import mmap
 import os
 import threading
 from collections.abc import Iterable, Sequence
 
 Run = tuple[int, int]  # (first slot, number of slots)
+
+IOV_MAX = 1024  # POSIX's minimum is 16; Linux takes 1024
+DIRECT_CHUNK = 4 * 1024 * 1024  # bytes per direct write: the aligned buffer's size
 
 
 class SlotAllocator:
@@ -139,10 +151,21 @@ def runs_of(slots: Sequence[int]) -> list[Run]:
 class BlockSpace:
     """The data file, its allocator and the slot bookkeeping of the writer's transactions."""
 
-    def __init__(self, path: str, block_size: int, used: Iterable[int]) -> None:
+    def __init__(
+        self, path: str, block_size: int, used: Iterable[int], *, direct: bool = True
+    ) -> None:
         self.path = path
         self.block_size = block_size
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Only the writer thread writes, so one aligned buffer serves every direct write.
+        self._direct_fd: int | None = None
+        self._direct_buf: mmap.mmap | None = None
+        if direct and DIRECT_CHUNK % block_size == 0:
+            try:
+                self._direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+                self._direct_buf = mmap.mmap(-1, DIRECT_CHUNK)
+            except (OSError, AttributeError):
+                self._direct_fd = None
         end = -(-os.fstat(self._fd).st_size // block_size)
         self._lock = threading.Lock()
         self._alloc = SlotAllocator(end, used)
@@ -153,8 +176,22 @@ class BlockSpace:
         self._batch_freed: list[int] = []
         self._released_later: list[int] = []
 
+    @property
+    def direct(self) -> bool:
+        """Whether blocks are written with O_DIRECT."""
+        return self._direct_fd is not None
+
     def close(self) -> None:
         os.close(self._fd)
+        self._stop_direct()
+
+    def _stop_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+        if self._direct_buf is not None:
+            self._direct_buf.close()
+            self._direct_buf = None
 
     # --- reading (any thread) -------------------------------------------------------
 
@@ -174,16 +211,42 @@ class BlockSpace:
         self._txn_allocated.extend(runs)
         slots: list[int] = []
         i = 0
-        bs = self.block_size
         for start, count in runs:
-            part = blocks[i : i + count]
-            written = os.pwritev(self._fd, part, start * bs)
-            if written != sum(len(b) for b in part):
-                raise OSError(errno.ENOSPC, f"short write to {self.path}")
+            self._write_run(blocks[i : i + count], start)
             slots.extend(range(start, start + count))
             i += count
         self._dirty = True
         return slots
+
+    def _write_run(self, blocks: Sequence[bytes | bytearray | memoryview], start: int) -> None:
+        """Write whole blocks to the consecutive slots from `start`."""
+        bs = self.block_size
+        if self._direct_fd is not None and self._direct_buf is not None:
+            per_chunk = DIRECT_CHUNK // bs
+            buf = self._direct_buf
+            try:
+                for at in range(0, len(blocks), per_chunk):
+                    part = blocks[at : at + per_chunk]
+                    for k, block in enumerate(part):
+                        buf[k * bs : (k + 1) * bs] = block
+                    size = len(part) * bs
+                    view = memoryview(buf)[:size]
+                    try:
+                        written = os.pwrite(self._direct_fd, view, (start + at) * bs)
+                    finally:
+                        view.release()
+                    if written != size:
+                        raise OSError(errno.ENOSPC, f"short write to {self.path}")
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._stop_direct()  # the file system refuses direct I/O after all
+        for at in range(0, len(blocks), IOV_MAX):  # pwritev takes at most IOV_MAX buffers
+            part = blocks[at : at + IOV_MAX]
+            written = os.pwritev(self._fd, part, (start + at) * bs)
+            if written != sum(len(b) for b in part):
+                raise OSError(errno.ENOSPC, f"short write to {self.path}")
 
     def free_later(self, slots: Iterable[int]) -> None:
         """These slots stop being referenced when the current transaction commits."""

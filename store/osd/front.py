@@ -33,12 +33,16 @@ from store.osd.ops import (
     OmapRm,
     Op,
     RmXattr,
+    Staged,
+    Write,
+    WriteFull,
     is_mutating,
     parse_cond_untrusted,
     parse_ops_untrusted,
     validate_object_name,
 )
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
+from store.osd.staging import NotStaged, StagingArea, StagingFull
 from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
 from store.wire.datagram import DatagramType, Header, parse_header_untrusted
@@ -67,6 +71,7 @@ class UdpFront:
         self.sessions: SessionTable | None = None
         self.dropped: Counter[str] = Counter()
         self.stats = FrontStats()  # plain counters, read at scrape time
+        self.staging = StagingArea(time.monotonic)
         self._nursery: trio.Nursery | None = None
         self._last_refusal_log = -1e9
         self._refusals_unlogged = 0
@@ -188,11 +193,14 @@ class UdpFront:
         started = time.perf_counter()
         kind = "invalid"
         try:
-            if "ls" in body:
+            if "stage" in body:
+                kind = "stage"
+                answer = self._stage(session, header, body)
+            elif "ls" in body:
                 kind = "list"
                 answer = self._list(session, header, body)
             else:
-                ops = parse_ops_untrusted(body.get("ops"))
+                ops = parse_ops_untrusted(body.get("ops"), staged=True)
                 kind = "write" if is_mutating(ops) else "read"
                 found = self._object_request(session, header, body, address, ops, started)
                 if found is None:
@@ -261,6 +269,61 @@ class UdpFront:
             kept.append([name, size, list(version)])
         return {"r": 0, "objs": kept, "next": next_cursor}
 
+    def _stage(self, session: Session, header: Header, body: dict[Any, Any]) -> dict[str, Any]:
+        """Hold one piece of a large write until a ``staged`` operation commits it."""
+        pool, pool_id = self._route(session, header, body, write=True)
+        name = validate_object_name(body.get("o"))
+        spec = body.get("stage")
+        if not (isinstance(spec, list) and len(spec) == 3 and type(spec[2]) is bytes):
+            raise InvalidRequest("a stage is [token, offset, data]")
+        token, offset, data = spec
+        if type(token) is not int or type(offset) is not int:
+            raise InvalidRequest("a stage's token and offset are integers")
+        pgobj = self._check_primary(pool_id, pg_of(pool, name), header)
+        daemon = self.daemon
+        if daemon.full or daemon.full_osds:
+            why = daemon.full_reason(pgobj.acting)
+            if why is not None:
+                raise RemoteError(Code.ENOSPC, why)
+        try:
+            self.staging.put((session.client, session.instance), token, pool_id, name, offset, data)
+        except StagingFull as exc:
+            raise RemoteError(Code.EAGAIN, f"staging area full: {exc}") from None
+        self.stats.data_bytes["staged"] += len(data)
+        return {"r": 0}
+
+    def _unstage(
+        self, session: Session, pool_id: int, name: str, ops: list[Op]
+    ) -> tuple[list[Op], list[Any], list[int]]:
+        """Replace ``staged`` operations by writes of the staged bytes: the operations,
+        their wire form (forwarded to the replicas) and the stage tokens taken. A stage
+        not found stays a ``staged`` operation: the object store answers ENOTSTAGED, unless
+        the PG log shows that this very request was applied already (a retransmission
+        whose stage was dropped when it succeeded)."""
+        owner = (session.client, session.instance)
+        resolved: list[Op] = []
+        tokens: list[int] = []
+        try:
+            for op in ops:
+                if isinstance(op, Staged):
+                    try:
+                        data = self.staging.take(owner, op.token, pool_id, name, op.length)
+                    except NotStaged:
+                        resolved.append(op)
+                        continue
+                    tokens.append(op.token)
+                    resolved.append(WriteFull(data) if op.full else Write(op.offset, data))
+                else:
+                    resolved.append(op)
+        except InvalidRequest:
+            self._release(session, tokens, done=False)
+            raise
+        return resolved, [op.to_wire() for op in resolved], tokens
+
+    def _release(self, session: Session, tokens: list[int], *, done: bool) -> None:
+        for token in tokens:
+            self.staging.release((session.client, session.instance), token, done=done)
+
     def _object_request(
         self,
         session: Session,
@@ -304,6 +367,9 @@ class UdpFront:
             why = daemon.full_reason(pgobj.acting)
             if why is not None and not frees_space_only(ops):
                 raise RemoteError(Code.ENOSPC, why)
+        tokens: list[int] = []
+        if any(isinstance(op, Staged) for op in ops):
+            ops, raw_ops, tokens = self._unstage(session, pool_id, name, ops)
         session.in_progress.add(header.request_id)
         txn = PrimaryTxn(
             pool=pool_id,
@@ -316,7 +382,16 @@ class UdpFront:
         )
         assert self._nursery is not None
         self._nursery.start_soon(
-            self._write, session, header, address, pgobj, txn, raw_ops, pool.min_size, started
+            self._write,
+            session,
+            header,
+            address,
+            pgobj,
+            txn,
+            raw_ops,
+            pool.min_size,
+            started,
+            tokens,
         )
         return None
 
@@ -352,7 +427,9 @@ class UdpFront:
         raw_ops: list[Any],
         min_size: int,
         started: float,
+        tokens: list[int],
     ) -> None:
+        body: dict[str, Any] = {"r": int(Code.ETIMEDOUT), "m": "write abandoned"}
         try:
             result = await pgobj.client_write(txn, raw_ops, min_size)
             body = _result_body(result)
@@ -362,6 +439,8 @@ class UdpFront:
             body = {"r": int(exc.code), "m": exc.message}
         finally:
             session.in_progress.discard(header.request_id)
+            # A decided write drops its stages; one to be retried keeps them.
+            self._release(session, tokens, done=body["r"] not in TRANSIENT)
         datagram = self.reply(session, header, address, body, "write", started)
         if datagram is not None and body["r"] not in TRANSIENT:
             session.remember_reply(header.request_id, datagram)

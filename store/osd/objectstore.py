@@ -54,6 +54,7 @@ from store.osd.objectdata import (
 )
 from store.osd.ops import (
     Op,
+    Staged,
     is_mutating,
     leaves_absent,
 )
@@ -308,6 +309,10 @@ class ObjectStore:
         if logged is not None:
             # A retransmission that reached a new primary: it is already in our history.
             return TxnResult(Code.OK, [None] * len(txn.ops), logged, "already applied")
+        if any(isinstance(op, Staged) for op in txn.ops):
+            # The front found no stage for it, and it is not a repeat of a logged write.
+            message = "nothing is staged under this token: stage the data again"
+            return TxnResult(Code.ENOTSTAGED, [], (0, 0), message)
         obj = self._write_rows.load(txn.pool, txn.name)
         before = obj.visible_version()
         if txn.cond is not None and not txn.cond.holds(obj.live, before):

@@ -124,6 +124,23 @@ class WriteFull:
 
 
 @dataclass(frozen=True, slots=True)
+class Staged:
+    """A write of data staged with the primary beforehand (``store.osd.staging``): the
+    front replaces it by a ``write`` (or, with ``full``, a ``write_full``) of those bytes
+    before anything applies it, so it is never logged, forwarded or stored as such."""
+
+    WIRE: ClassVar[str] = "staged"
+    MUTATING: ClassVar[bool] = True
+    token: int
+    offset: int
+    length: int
+    full: bool
+
+    def to_wire(self) -> list[object]:
+        return [self.WIRE, self.token, self.offset, self.length, self.full]
+
+
+@dataclass(frozen=True, slots=True)
 class Truncate:
     WIRE: ClassVar[str] = "truncate"
     MUTATING: ClassVar[bool] = True
@@ -214,6 +231,7 @@ Op = (
     | Create
     | Write
     | WriteFull
+    | Staged
     | Truncate
     | Zero
     | Delete
@@ -391,24 +409,40 @@ _PARSERS: dict[str, tuple[int, Callable[[list[object]], Op]]] = {
 }
 
 
-def _parse_op_untrusted(raw: object) -> Op:
+def _parse_staged(args: list[object]) -> Staged:
+    token = _integer(args[0], "stage token")
+    offset = _integer(args[1], "offset")
+    length = _integer(args[2], "staged length", MAX_OBJECT_SIZE)
+    full = _boolean(args[3], "staged full")
+    if full and offset != 0:
+        raise InvalidRequest("a staged write_full starts at offset 0")
+    return Staged(token, offset, length, full)
+
+
+def _parse_op_untrusted(raw: object, staged: bool = False) -> Op:
     if not isinstance(raw, list | tuple) or not raw:
         raise InvalidRequest("each operation must be a non-empty array [name, *args]")
     name, *args = raw
-    if type(name) is not str or name not in _PARSERS:
+    parse: Callable[[list[object]], Op]
+    if staged and name == Staged.WIRE:
+        arity, parse = 4, _parse_staged
+    elif type(name) is not str or name not in _PARSERS:
         raise InvalidRequest(f"unknown operation {name!r}")
-    arity, parse = _PARSERS[name]
+    else:
+        arity, parse = _PARSERS[name]
     if len(args) != arity:
         raise InvalidRequest(f"operation {name} takes {arity} arguments, not {len(args)}")
     return parse(args)
 
 
-def parse_ops_untrusted(raw: object) -> list[Op]:
+def parse_ops_untrusted(raw: object, *, staged: bool = False) -> list[Op]:
+    """The operations of a request; `staged` accepts ``staged`` writes (from clients only:
+    the primary resolves them before ordering the write)."""
     if not isinstance(raw, list | tuple):
         raise InvalidRequest(f"operations must be an array, not {type(raw).__name__}")
     if not 1 <= len(raw) <= MAX_OPS:
         raise InvalidRequest(f"a request carries 1 to {MAX_OPS} operations, not {len(raw)}")
-    return [_parse_op_untrusted(op) for op in raw]
+    return [_parse_op_untrusted(op, staged) for op in raw]
 
 
 def parse_version_untrusted(raw: object) -> tuple[int, int]:

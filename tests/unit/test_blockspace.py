@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.osd.blockspace import SlotAllocator, runs_of
+from store.osd.blockspace import DIRECT_CHUNK, IOV_MAX, BlockSpace, SlotAllocator, runs_of
 from store.osd.objectstore import ObjectStore
 from store.osd.ops import Cond, Write
 from store.osd.txns import PrimaryTxn
@@ -102,3 +104,45 @@ def test_blocks_written_but_never_committed_are_free_after_a_restart(tmp_path: P
     assert store.space.stats()["data_span_bytes"] == 5 * BS  # their slots were reused
     assert read_all(store, "new") == b"n" * 3 * BS
     store.close()
+
+
+def _patterned(count: int, seed: int) -> list[bytes]:
+    return [bytes([(seed + i) % 251]) * BS for i in range(count)]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_direct_and_buffered_writes_store_the_same_bytes(tmp_path: Path, direct: bool) -> None:
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [], direct=direct)
+    try:
+        # This test directory is on a file system that takes O_DIRECT (not tmpfs).
+        assert space.direct is direct
+        # More blocks than one aligned buffer and than one pwritev call take.
+        blocks = _patterned(DIRECT_CHUNK // BS + IOV_MAX + 3, 7)
+        slots = space.write_blocks(blocks)
+        assert slots == list(range(len(blocks)))
+        assert space.read_run(0, len(blocks)) == b"".join(blocks)
+        # Cached pages of a slot that is written again are not served stale.
+        again = _patterned(2, 99)
+        space._write_run(again, 1)
+        assert space.read_run(0, 4) == blocks[0] + again[0] + again[1] + blocks[3]
+    finally:
+        space.close()
+
+
+def test_a_file_system_refusing_direct_writes_falls_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [])
+    try:
+        assert space.direct
+
+        def refuse(fd: int, data: object, offset: int) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(os, "pwrite", refuse)
+        blocks = _patterned(5, 1)
+        assert space.write_blocks(blocks) == [0, 1, 2, 3, 4]
+        assert not space.direct
+        assert space.read_run(0, 5) == b"".join(blocks)
+    finally:
+        space.close()

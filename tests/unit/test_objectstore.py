@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from store.osd.ops import (
     Read,
     RmXattr,
     SetXattr,
+    Staged,
     Stat,
     Truncate,
     Write,
@@ -65,6 +67,29 @@ def test_write_then_read_stat_and_version(store: ObjectStore) -> None:
     assert read.version == (7, 1)
     meta = store.stat(POOL, "obj")
     assert meta is not None and (meta.size, meta.version) == (5, (7, 1))
+
+
+def test_one_write_of_more_blocks_than_one_pwritev_takes(store: ObjectStore) -> None:
+    # A staged write commits up to 32 MiB at once: thousands of blocks, more buffers than
+    # one pwritev call accepts (IOV_MAX).
+    data = os.urandom(2500 * BS + 123)
+    ok(primary(store, "big", Write(BS, data)))
+    assert ok(store.execute_read(POOL, "big", [Read(BS, len(data))])).results == [data]
+    ok(primary(store, "big", WriteFull(data[::-1])))
+    assert ok(store.execute_read(POOL, "big", [Read(0, len(data))])).results == [data[::-1]]
+
+
+def test_a_staged_write_whose_stage_is_gone_applies_only_if_it_was_logged(
+    store: ObjectStore,
+) -> None:
+    # The front leaves a `staged` operation in place when it finds no stage for it.
+    ok(primary(store, "obj", Write(0, b"committed"), reqid="c.1:5"))
+    again = primary(store, "obj", Staged(9, 0, 9, False), reqid="c.1:5")
+    assert again.code == Code.OK and again.version == (1, 1)  # a repeat: already applied
+    lost = primary(store, "obj", Staged(9, 0, 9, False), reqid="c.1:6")
+    assert lost.code == Code.ENOTSTAGED and "stage the data again" in lost.message
+    assert read_all(store, "obj") == b"committed"
+    assert store.pg_info(POOL, 0).last_version == (1, 1)
 
 
 def test_reads_past_the_end_are_short_or_empty(store: ObjectStore) -> None:
@@ -302,17 +327,22 @@ def test_a_full_data_file_fails_the_whole_batch(
 ) -> None:
     ok(primary(store, "obj", Write(0, b"small")))
     slots_before = store.space.stats()["data_slots"]
-    real_pwritev = os.pwritev
+    real_pwritev, real_pwrite = os.pwritev, os.pwrite
     calls = 0
 
-    def pwritev_then_full(fd: int, buffers: Sequence[bytes], offset: int) -> int:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwritev(fd, buffers, offset)
+    def then_full(real: Any) -> Any:
+        def write(fd: int, data: Any, offset: int) -> int:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(real(fd, data, offset))
 
-    monkeypatch.setattr(os, "pwritev", pwritev_then_full)
+        return write
+
+    # Direct writes use pwrite, buffered ones pwritev: either way the disk fills up.
+    monkeypatch.setattr(os, "pwritev", then_full(real_pwritev))
+    monkeypatch.setattr(os, "pwrite", then_full(real_pwrite))
     results = store.apply_batch(
         [
             PrimaryTxn(POOL, 0, "obj", [Write(0, b"x")], None, 1, "r1"),
@@ -322,6 +352,7 @@ def test_a_full_data_file_fails_the_whole_batch(
     assert [r.code for r in results] == [Code.ENOSPC, Code.ENOSPC]
     assert "disk full" in results[0].message
     monkeypatch.setattr(os, "pwritev", real_pwritev)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
     store.release_freed()
     assert read_all(store, "obj") == b"small"
     assert store.stat(POOL, "big") is None
