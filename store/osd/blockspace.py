@@ -22,9 +22,11 @@ Blocks are written with ``O_DIRECT`` where the file system allows it, through a
 page-aligned buffer: the data goes straight to the device instead of being copied into
 fresh page-cache pages, which on a virtual machine costs far more CPU than the copy
 itself (on the machine of docs/benchmarks.md, buffered writes reached ~370 MB/s and direct
-ones 4 GB/s). Reads stay buffered, on a descriptor of their own; the kernel drops cached
-pages that a direct write replaces. Where ``O_DIRECT`` is refused (tmpfs, a block size
-below the device's) writes are buffered.
+ones 4 GB/s). Only calls of at least ``DIRECT_MIN`` bytes are written directly: a direct
+write waits for the device, which small writes would pay once each instead of once per
+batch's fsync (4 KiB writes ran at half speed). Reads stay buffered, on a descriptor of
+their own; the kernel writes back and drops cached pages that a direct write replaces.
+Where ``O_DIRECT`` is refused (tmpfs, a block size below the device's) writes are buffered.
 
 Readers run on the daemon's event loop, each read (mapping lookup and ``pread``) in one
 synchronous call; the writer runs in a thread. A slot freed by a commit could still be
@@ -50,6 +52,9 @@ Run = tuple[int, int]  # (first slot, number of slots)
 
 IOV_MAX = 1024  # POSIX's minimum is 16; Linux takes 1024
 DIRECT_CHUNK = 4 * 1024 * 1024  # bytes per direct write: the aligned buffer's size
+# Fewer bytes than this in one call are written buffered: a direct write waits for the
+# device, which a batch of small writes would pay once per run instead of once per fsync.
+DIRECT_MIN = 256 * 1024
 
 
 class SlotAllocator:
@@ -211,17 +216,21 @@ class BlockSpace:
         self._txn_allocated.extend(runs)
         slots: list[int] = []
         i = 0
+        direct = len(blocks) * self.block_size >= DIRECT_MIN
         for start, count in runs:
-            self._write_run(blocks[i : i + count], start)
+            self._write_run(blocks[i : i + count], start, direct)
             slots.extend(range(start, start + count))
             i += count
         self._dirty = True
         return slots
 
-    def _write_run(self, blocks: Sequence[bytes | bytearray | memoryview], start: int) -> None:
-        """Write whole blocks to the consecutive slots from `start`."""
+    def _write_run(
+        self, blocks: Sequence[bytes | bytearray | memoryview], start: int, direct: bool
+    ) -> None:
+        """Write whole blocks to the consecutive slots from `start`, with O_DIRECT if
+        `direct` and the file system allows it."""
         bs = self.block_size
-        if self._direct_fd is not None and self._direct_buf is not None:
+        if direct and self._direct_fd is not None and self._direct_buf is not None:
             per_chunk = DIRECT_CHUNK // bs
             buf = self._direct_buf
             try:

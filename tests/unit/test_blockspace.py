@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.osd.blockspace import DIRECT_CHUNK, IOV_MAX, BlockSpace, SlotAllocator, runs_of
+from store.osd.blockspace import (
+    DIRECT_CHUNK,
+    DIRECT_MIN,
+    IOV_MAX,
+    BlockSpace,
+    SlotAllocator,
+    runs_of,
+)
 from store.osd.objectstore import ObjectStore
 from store.osd.ops import Cond, Write
 from store.osd.txns import PrimaryTxn
@@ -123,7 +130,7 @@ def test_direct_and_buffered_writes_store_the_same_bytes(tmp_path: Path, direct:
         assert space.read_run(0, len(blocks)) == b"".join(blocks)
         # Cached pages of a slot that is written again are not served stale.
         again = _patterned(2, 99)
-        space._write_run(again, 1)
+        space._write_run(again, 1, direct)
         assert space.read_run(0, 4) == blocks[0] + again[0] + again[1] + blocks[3]
     finally:
         space.close()
@@ -140,9 +147,12 @@ def test_a_file_system_refusing_direct_writes_falls_back_to_buffered(
             raise OSError(errno.EINVAL, "Invalid argument")
 
         monkeypatch.setattr(os, "pwrite", refuse)
-        blocks = _patterned(5, 1)
-        assert space.write_blocks(blocks) == [0, 1, 2, 3, 4]
+        small = _patterned(5, 1)
+        assert space.write_blocks(small) == [0, 1, 2, 3, 4]  # small: buffered anyway
+        assert space.direct
+        big = _patterned(DIRECT_MIN // BS, 2)
+        assert space.write_blocks(big) == list(range(5, 5 + len(big)))
         assert not space.direct
-        assert space.read_run(0, 5) == b"".join(blocks)
+        assert space.read_run(0, 5 + len(big)) == b"".join(small + big)
     finally:
         space.close()
