@@ -246,9 +246,9 @@ def _front_families(front: Any) -> Iterator[Metric]:
     )
     yield counter_by(
         "store_osd_op_data_bytes",
-        "Object data read and written by client requests.",
+        "Object data read, written and staged by client requests.",
         "direction",
-        {"read": stats.data_bytes["read"], "written": stats.data_bytes["written"]},
+        {d: stats.data_bytes[d] for d in ("read", "written", "staged")},
     )
     yield counter_by(
         "store_osd_repeated_writes",
@@ -267,6 +267,11 @@ def _front_families(front: Any) -> Iterator[Metric]:
         "store_osd_sessions", "Open client sessions.", len(sessions.sessions) if sessions else 0
     )
     yield counter("store_osd_sessions_opened", "Client sessions opened.", stats.sessions_opened)
+    yield gauge(
+        "store_osd_staged_bytes",
+        "Bytes of large writes staged, not yet committed.",
+        front.staging.held,
+    )
 
 
 def osd_collector(daemon: OsdDaemon) -> ScrapeCollector:

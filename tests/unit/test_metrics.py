@@ -146,8 +146,10 @@ def fake_daemon() -> Any:
         stats=FrontStats(),
         dropped={"malformed": 3, "stale_epoch": 1},
         sessions=SimpleNamespace(sessions={1: object(), 2: object()}),
+        staging=SimpleNamespace(held=8192),
     )
     front.stats.answered("write", 0, 0.01)
+    front.stats.data_bytes["staged"] += 8192
     front.stats.data_bytes["written"] += 4096
     idle = SimpleNamespace(recovering=set())
     pgs = {
@@ -195,6 +197,8 @@ def test_osd_families() -> None:
     assert s[("store_osd_pg_replicas", frozenset())] == 1
     assert s[("store_osd_recovering_members", frozenset())] == 1
     assert s[("store_osd_sessions", frozenset())] == 2
+    assert s[("store_osd_staged_bytes", frozenset())] == 8192
+    assert s[("store_osd_op_data_bytes_total", frozenset({("direction", "staged")}))] == 8192
     assert s[("store_osd_disk_used_ratio", frozenset())] == 0.75
     assert s[("store_osd_objects", frozenset())] == 5
     assert s[("store_osd_op_latency_seconds_count", frozenset({("op", "write")}))] == 1
