@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 A request on the image is cut at object boundaries (:mod:`store.image.layout`) and the
-pieces run concurrently, each one a request (or, past one datagram, several) to the
-primary of that object's placement group. A missing object reads as zeros; a read that
+pieces run concurrently, each one a request to the primary of that object's placement
+group (past one datagram, a write is staged in pieces and committed by one more request,
+landing whole; a read is several requests). A missing object reads as zeros; a read that
 comes back short ends where the object ends.
 
 The image remembers what it learns of its objects: missing, or how large
