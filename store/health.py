@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from store.placement import ClusterMap, acting_set
+from store.placement import ClusterMap, acting_set, primary
 
 OK, WARN, ERR = "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"
 _RANK = {OK: 0, WARN: 1, ERR: 2}
@@ -81,7 +81,7 @@ class ClusterView:
                 if row.pool in view.pool_states:
                     view.pool_states[row.pool][row.state] += 1
                 spec = m.pools.get(row.pool)
-                if spec is not None and acting_set(m, row.pool, row.pg)[:1] == (osd_id,):
+                if spec is not None and primary(m, row.pool, row.pg) == osd_id:
                     view.objects += row.objects
                     view.object_copies += row.objects * spec.size
                     view.degraded += row.degraded

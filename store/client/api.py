@@ -189,19 +189,20 @@ class Client:
     async def _write_staged(
         self, pool: str, name: str, data: bytes, offset: int, *, full: bool
     ) -> None:
+        view = memoryview(data)  # extents and pieces are views: packing them copies once
         extents = _cuts(offset, len(data), STAGE_EXTENT)
         if full:
             # The first extent replaces the content; only then may the rest be added.
             start, n = extents.pop(0)
-            await self._commit_extent(pool, name, data[:n], start, full=True)
+            await self._commit_extent(pool, name, view[:n], start, full=True)
 
         async def one(start: int, n: int) -> None:
-            await self._commit_extent(pool, name, data[start - offset : start - offset + n], start)
+            await self._commit_extent(pool, name, view[start - offset : start - offset + n], start)
 
         await _each(extents, one, EXTENT_WORKERS)
 
     async def _commit_extent(
-        self, pool: str, name: str, chunk: bytes, offset: int, *, full: bool = False
+        self, pool: str, name: str, chunk: memoryview, offset: int, *, full: bool = False
     ) -> None:
         """Stage `chunk` with the primary in pieces of one datagram, then commit it as one
         write. The stage is gone if the daemon restarted or the primary changed meanwhile

@@ -183,7 +183,7 @@ class BlockSpace:
 
     @property
     def direct(self) -> bool:
-        """Whether blocks are written with O_DIRECT."""
+        """Whether large writes (``DIRECT_MIN`` bytes or more) go with O_DIRECT."""
         return self._direct_fd is not None
 
     def close(self) -> None:

@@ -19,7 +19,6 @@ from store.osd.ops import Delete, SetXattr, WriteFull
 from store.osd.peers import PEER_OPS
 from store.osd.pg import PlacementGroup
 from store.osd.scrub import (
-    ScrubEntry,
     ScrubError,
     ScrubTally,
     compare_maps,
@@ -29,12 +28,6 @@ from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap
 from store.wire.frames import FrameDecoder, encode_frame
 from tests.unit.objectstore_support import BS, POOL, corrupt_block, ok, primary, read_all, replica
-
-V = (3, 7)
-GOOD = ScrubEntry(True, V, size=10, attrs=1, omap=2, data=3)
-ORDER = [0, 1, 2]
-HEADS = {0: V, 1: V, 2: V}
-
 
 # --- the PG's state while scrubbing ------------------------------------------------------------
 
