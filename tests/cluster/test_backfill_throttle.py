@@ -22,7 +22,9 @@ def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> N
         # 1 MB/s of recovery each, so the backfills last long enough to be watched.
         cluster.start_osd(i, extra=["--max-backfills", "1", "--recovery-max-rate", "1"])
     cluster.wait_healthy()
-    data = {f"obj-{i}": os.urandom(40_000) for i in range(120)}
+    # About 0.7 MB per PG: at 1 MB/s a backfill lasts long enough that the PGs waiting
+    # for a slot are seen by the polling below even on a loaded machine.
+    data = {f"obj-{i}": os.urandom(100_000) for i in range(120)}
 
     async def write_all() -> None:
         async with Client.connect(cluster.config()) as client:
