@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -105,6 +107,55 @@ def test_daemon_with_a_certificate_from_another_ca_is_refused(
     finally:
         proc.kill()
         proc.wait()
+
+
+def _peer_handshake(port: int, tls_dir: Path, name: str) -> str:
+    """Connect to a daemon's peer port with `name`'s certificate from `tls_dir` and say
+    how it went: "refused" if the daemon closed the link, else "served"."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(tls_dir / f"{name}.crt", tls_dir / f"{name}.key")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw) as conn:
+                # TLS 1.3: a refused client certificate is learnt on the first read.
+                conn.sendall(b"\x00\x00\x00\x01\x80")
+                conn.settimeout(3)
+                return "served" if conn.recv(1) else "refused"
+        except (ssl.SSLError, ConnectionError):
+            return "refused"
+        except TimeoutError:
+            return "served"
+
+
+def test_peer_port_admits_only_daemons_of_this_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    port = cluster.osd_ports[0]
+    other = tmp_path / "other-ca"
+    tls.init_ca(other)
+    tls.issue(other, "osd", role="osd")
+    assert _peer_handshake(port, other, "osd") == "refused"
+    assert "refused a peer connection" in cluster.log("osd.0")
+    # A certificate of this cluster, but not a daemon's.
+    assert _peer_handshake(port, cluster.tls_dir, "master") == "refused"
+    assert "not a daemon certificate" in cluster.log("osd.0")
+    # Bytes that are not TLS at all.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 50)
+        raw.settimeout(10)
+        try:
+            while raw.recv(4096):
+                pass
+        except ConnectionError:
+            pass
+    # The daemon still replicates: a write needs all three copies.
+    data = bytes(range(256)) * 4096
+    source = tmp_path / "one-mib"
+    source.write_bytes(data)
+    cluster.cli("write", "--pool", "default", "after-intruders", "--data-file", str(source))
+    out = tmp_path / "back"
+    cluster.cli("read", "--pool", "default", "after-intruders", "-o", str(out))
+    assert out.read_bytes() == data
 
 
 def test_a_non_empty_directory_without_identity_is_refused(

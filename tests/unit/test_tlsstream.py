@@ -1,0 +1,193 @@
+"""TlsStream over in-memory streams (no sockets): handshake, bulk reads, EOF, faults."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from store import tls
+from store.tlsstream import RECEIVE_SIZE, TlsStream
+
+RECORD = 16 * 1024  # TLS plaintext record size
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("cluster") / "tls"
+    tls.init_ca(directory)
+    tls.issue(directory, "osd.1", role="osd")
+    tls.issue(directory, "osd.2", role="osd")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("other") / "tls"
+    tls.init_ca(directory)
+    tls.issue(directory, "osd.2", role="osd")
+    return directory
+
+
+def contexts(server_dir: Path, client_dir: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = tls.server_context(
+        server_dir / "osd.1.crt", server_dir / "osd.1.key", server_dir / "ca.crt", "required"
+    )
+    server.num_tickets = 0
+    client = tls.client_context(
+        server_dir / "ca.crt", client_dir / "osd.2.crt", client_dir / "osd.2.key", False
+    )
+    return server, client
+
+
+async def connected(certs: Path) -> tuple[TlsStream, TlsStream]:
+    server_ctx, client_ctx = contexts(certs, certs)
+    left, right = trio.testing.memory_stream_pair()
+    server = TlsStream(left, server_ctx, server_side=True)
+    client = TlsStream(right, client_ctx, server_side=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    return server, client
+
+
+async def test_handshake_verifies_both_sides(certs: Path) -> None:
+    server, client = await connected(certs)
+    identity = tls.peer_identity(server.ssl_object)
+    assert identity is not None and identity.name == "osd.2" and identity.role == "osd"
+    assert tls.peer_identity(client.ssl_object) is not None
+    assert client.getpeercert() == client.ssl_object.getpeercert()
+
+
+async def test_bulk_data_arrives_whole_in_few_reads(certs: Path) -> None:
+    server, client = await connected(certs)
+    payload = os.urandom(4 * 1024 * 1024)
+    await client.send_all(payload)  # memory streams buffer everything
+    received = bytearray()
+    reads = 0
+    while len(received) < len(payload):
+        chunk = await server.receive_some(1024 * 1024)
+        assert 0 < len(chunk) <= 1024 * 1024
+        received += chunk
+        reads += 1
+    assert bytes(received) == payload
+    # 256 records were waiting; each read decrypted every record of one socket read
+    # (RECEIVE_SIZE bytes), not one record.
+    assert len(payload) // RECORD == 256
+    assert reads <= len(payload) // RECEIVE_SIZE + 2
+
+
+async def test_max_bytes_is_respected(certs: Path) -> None:
+    server, client = await connected(certs)
+    await client.send_all(b"abcdefghij")
+    assert await server.receive_some(3) == b"abc"
+    assert await server.receive_some(100) == b"defghij"
+    with pytest.raises(ValueError):
+        await server.receive_some(0)
+
+
+async def test_concurrent_reader_and_writer_on_each_side(certs: Path) -> None:
+    server, client = await connected(certs)
+    blocks = [os.urandom(100_000 + 37 * i) for i in range(20)]
+    expected = b"".join(blocks)
+
+    async def echo() -> None:
+        got = 0
+        while got < len(expected):
+            chunk = await server.receive_some()
+            got += len(chunk)
+            await server.send_all(chunk)
+
+    async def write() -> None:
+        for block in blocks:
+            await client.send_all(block)
+
+    echoed = bytearray()
+
+    async def read() -> None:
+        while len(echoed) < len(expected):
+            echoed.extend(await client.receive_some())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        nursery.start_soon(write)
+        nursery.start_soon(read)
+    assert bytes(echoed) == expected
+
+
+async def test_close_notify_reads_as_end_of_stream(certs: Path) -> None:
+    server, client = await connected(certs)
+    await client.send_all(b"last words")
+    await client.aclose()
+    assert await server.receive_some() == b"last words"
+    assert await server.receive_some() == b""
+    assert await server.receive_some() == b""
+
+
+async def test_socket_closed_without_close_notify_is_end_of_stream(certs: Path) -> None:
+    server, client = await connected(certs)
+    await client.send_all(b"data")
+    await client.transport_stream.aclose()
+    assert await server.receive_some() == b"data"
+    assert await server.receive_some() == b""
+
+
+async def test_closed_stream_refuses_use(certs: Path) -> None:
+    server, client = await connected(certs)
+    await client.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"x")
+    with pytest.raises(trio.BrokenResourceError):
+        await client.receive_some()
+    assert server.ssl_object is not None
+
+
+async def test_certificate_from_another_ca_is_refused(certs: Path, stranger: Path) -> None:
+    server_ctx, client_ctx = contexts(certs, stranger)
+    left, right = trio.testing.memory_stream_pair()
+    server = TlsStream(left, server_ctx, server_side=True)
+    client = TlsStream(right, client_ctx, server_side=False)
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def shake(name: str, stream: TlsStream) -> None:
+        try:
+            await stream.do_handshake()
+            # TLS 1.3: the client learns of the refusal on its first read.
+            if name == "client":
+                await stream.receive_some()
+        except trio.BrokenResourceError as exc:
+            outcomes[name] = exc
+            await stream.transport_stream.aclose()
+        else:
+            outcomes[name] = None
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shake, "server", server)
+            nursery.start_soon(shake, "client", client)
+    assert isinstance(outcomes["server"], trio.BrokenResourceError)
+    assert "certificate" in str(outcomes["server"])
+    assert isinstance(outcomes["client"], trio.BrokenResourceError)
+
+
+async def test_tampered_record_breaks_the_stream(certs: Path) -> None:
+    server_ctx, client_ctx = contexts(certs, certs)
+    left, right = trio.testing.memory_stream_pair()
+    server = TlsStream(left, server_ctx, server_side=True)
+    client = TlsStream(right, client_ctx, server_side=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    # Encrypt by hand and flip one bit of the ciphertext on its way.
+    client.ssl_object.write(b"important payload")
+    record = bytearray(client._outgoing.read())
+    record[-5] ^= 0x01
+    await right.send_all(bytes(record))
+    with pytest.raises(trio.BrokenResourceError):
+        await server.receive_some()
+    with pytest.raises(trio.BrokenResourceError):
+        await server.receive_some()
