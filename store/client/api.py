@@ -7,7 +7,11 @@ client wait for a newer map; "try again" (EAGAIN: the PG is peering) and EDEGRAD
 after a pause; everything stops at the request's deadline. A logical request keeps its
 request id across these retries, so a daemon that already applied it recognises it.
 
-Large reads are split into pieces that each fit one datagram, read in parallel by at most
+Large reads are split into extents of READ_EXTENT bytes, each one request answered in
+fragments (several datagrams, see ``store.wire.fragments``); at most as many extents are in
+flight as the socket's receive buffer holds, so that a burst of answers is not dropped.
+Without a receive buffer that large (an unprivileged process on a default kernel), reads
+are split into pieces that each fit one datagram, read in parallel by at most
 PIECE_WORKERS tasks per call; the transport's per-daemon window bounds how many are in
 flight. A write larger than one datagram is cut into extents of at most STAGE_EXTENT bytes;
 the pieces of an extent are *staged* with the PG's primary (held in its memory, see
@@ -42,6 +46,8 @@ EXTENT_WORKERS = 4  # extents of one large write staged at a time
 STAGE_ATTEMPTS = 4  # stagings of one extent before its commit's ENOTSTAGED is final
 BODY_OVERHEAD = 512  # header, tag, msgpack framing and object name, generously
 BLOCK = 4096
+READ_EXTENT = 1024 * 1024  # bytes of one read answered in fragments
+FRAGMENT_SLACK = 4096  # msgpack around the data of a fragmented reply
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,21 @@ class ObjectStat:
 
 
 class Client:
-    def __init__(self, config: ClientConfig, master: MasterLink, transport: Transport) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        master: MasterLink,
+        transport: Transport,
+        receive_buffer: int = 0,
+    ) -> None:
         self.config = config
         self.master = master
         self.transport = transport
         self.max_piece = ((config.max_datagram - BODY_OVERHEAD - 1024) // BLOCK) * BLOCK
         self.parallel = trio.CapacityLimiter(64)
+        # Fragmented reads in flight at once: three quarters of the receive buffer.
+        slots = (receive_buffer * 3 // 4) // (READ_EXTENT + FRAGMENT_SLACK)
+        self.read_slots = trio.Semaphore(slots) if slots >= 2 else None
 
     @classmethod
     @asynccontextmanager
@@ -70,10 +85,11 @@ class Client:
                     sock,
                     credentials=lambda: _credentials(master),
                     epoch=lambda: master.map.epoch if master.map else 0,
+                    max_datagram=config.max_datagram,
                 )
                 nursery.start_soon(transport.run)
                 try:
-                    yield cls(config, master, transport)
+                    yield cls(config, master, transport, sock.receive_buffer())
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -98,15 +114,23 @@ class Client:
         cond: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        fragments: int = 0,
     ) -> dict[Any, Any]:
+        """One request; `fragments` lets a read's reply of up to that many bytes come in
+        several datagrams."""
         body: dict[str, Any] = {"o": name, "ops": ops}
         if cond:
             body["if"] = cond
         spec = self.pool(pool)
-        return await self._send(spec, pg_of(spec, name), body, timeout)
+        return await self._send(spec, pg_of(spec, name), body, timeout, fragments)
 
     async def _send(
-        self, spec: PoolSpec, pg: int, body: dict[str, Any], timeout: float | None
+        self,
+        spec: PoolSpec,
+        pg: int,
+        body: dict[str, Any],
+        timeout: float | None,
+        fragments: int = 0,
     ) -> dict[Any, Any]:
         deadline = trio.current_time() + (timeout or self.config.timeout)
         request_id = self.transport.new_request_id()
@@ -139,6 +163,7 @@ class Client:
                         deadline=deadline,
                         request_id=request_id,
                         give_up=moved,
+                        fragments=fragments,
                     )
                 except TargetMoved as exc:
                     last_problem = str(exc)
@@ -236,16 +261,21 @@ class Client:
             reply = await self.execute(pool, name, [["read", offset, length]])
             return bytes(reply["res"][0])
         pieces: dict[int, bytes] = {}
+        slots = self.read_slots
 
         async def one(off: int, n: int) -> None:
-            reply = await self.execute(pool, name, [["read", off, n]])
+            if slots is None:
+                reply = await self.execute(pool, name, [["read", off, n]])
+            else:
+                async with slots:
+                    reply = await self.execute(
+                        pool, name, [["read", off, n]], fragments=n + FRAGMENT_SLACK
+                    )
             pieces[off] = bytes(reply["res"][0])
 
         end = offset + length
-        await _each(
-            [(off, min(self.max_piece, end - off)) for off in range(offset, end, self.max_piece)],
-            one,
-        )
+        step = self.max_piece if slots is None else READ_EXTENT
+        await _each([(off, min(step, end - off)) for off in range(offset, end, step)], one)
         ordered, expected = [], offset
         for off in sorted(pieces):
             if off != expected:

@@ -6,7 +6,10 @@ One UDP socket serves all daemons. Per daemon the client keeps a ``DaemonLink``:
 session (opened by a HELLO carrying the ticket), a round-trip estimator and a window that
 bounds the requests in flight to that daemon.
 
-A request is one datagram and its reply one datagram. The sender waits for the reply for one
+A request is one datagram and its reply one datagram, except that a read may ask for a
+reply of up to N bytes in fragments (``store.wire.fragments``): the fragments of one
+reply are collected by version, and an RTO in which fragments arrived passes without a
+resend. A resend makes the daemon serve the read again; fragments already held are kept. The sender waits for the reply for one
 retransmission timeout (RTO), then sends the request again under a new sequence number (the
 anti-replay window would drop the old one) and the same request id, doubling the RTO each
 time (Karn: only first transmissions feed the estimator). The daemon recognises a repeated
@@ -49,6 +52,7 @@ from store.errors import (
 from store.metrics.stats import LatencyHistogram
 from store.wire import body as wire_body
 from store.wire.datagram import (
+    MAX_DATAGRAM,
     DatagramCipher,
     DatagramType,
     derive_datagram_keys,
@@ -56,6 +60,8 @@ from store.wire.datagram import (
     open_unsealed_untrusted,
     parse_header_untrusted,
 )
+from store.wire.fragments import Reassembly
+from store.wire.fragments import parse_untrusted as parse_fragment_untrusted
 
 log = logging.getLogger("store.client")
 
@@ -106,11 +112,16 @@ class UdpSocket:
                 return received
             await trio.lowlevel.wait_readable(self.sock)
 
+    def receive_buffer(self) -> int:
+        """Bytes of datagrams the kernel holds for us before it drops (it reports twice
+        that, counting its own overhead)."""
+        return int(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
+
     def close(self) -> None:
         self.sock.close()
 
 
-def open_udp_socket(buffer_bytes: int = 8 * 1024 * 1024) -> UdpSocket:
+def open_udp_socket(buffer_bytes: int = 16 * 1024 * 1024) -> UdpSocket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tune_buffers(sock, buffer_bytes)
     return UdpSocket(sock)
@@ -172,6 +183,8 @@ class _Waiter:
     reply: dict[Any, Any] | None = None
     epoch: int = 0
     reset: bool = False
+    assembly: Reassembly | None = None  # for a request that takes a fragmented reply
+    progress: int = 0  # fragments received so far
 
 
 @dataclass
@@ -214,12 +227,14 @@ class Transport:
         *,
         window: int = 64,
         clock: Callable[[], float] = time.time,
+        max_datagram: int = MAX_DATAGRAM,
     ) -> None:
         self.sock = sock
         self._credentials = credentials  # () -> (ticket, session_key), always fresh
         self._epoch = epoch
         self._window = window
         self._clock = clock
+        self.max_datagram = max_datagram  # the largest datagram daemons may send us
         self.instance = int.from_bytes(os.urandom(8), "big")
         self.links: dict[tuple[int, Address], DaemonLink] = {}
         self._by_session: dict[int, DaemonLink] = {}
@@ -282,7 +297,17 @@ class Transport:
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
-        waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
+        if header.fragment:
+            if waiter.assembly is None:
+                raise ProtocolError("a fragment answering a request that asked for none")
+            whole = waiter.assembly.add(parse_fragment_untrusted(raw))
+            waiter.progress += 1
+            if whole is None:
+                return
+            reply = wire_body.unpack_untrusted(whole, waiter.assembly.limit)
+        else:
+            reply = wire_body.unpack_untrusted(raw)
+        waiter.reply, waiter.epoch = reply, header.epoch
         waiter.event.set()
 
     def _forget_session(self, link: DaemonLink) -> None:
@@ -362,13 +387,15 @@ class Transport:
         """Send, wait one RTO, resend with backoff until answered or the deadline passes.
 
         An INPROGRESS answer means the daemon has the request and is working on it: the
-        next RTO passes without a resend. Only unambiguous round trips feed the RTT estimator
+        next RTO passes without a resend; so does one in which fragments of the reply came
+        in (they are still coming). Only unambiguous round trips feed the RTT estimator
         (Karn's rule): a first transmission answered directly, or a request the daemon said
         it was working on, timed from its first send.
         """
         first, send = True, True
         sent = started = trio.current_time()
         acknowledged = False  # the daemon said INPROGRESS: our first send reached it
+        progress = 0  # fragments seen when the last wait began
         while True:
             if send:
                 sent = trio.current_time()
@@ -393,6 +420,9 @@ class Transport:
                     # the time since then is how long this daemon takes to answer now.
                     link.rtt.sample(trio.current_time() - started)
                 return waiter.reply
+            if waiter.progress != progress and trio.current_time() < deadline:
+                progress, send, link.unanswered = waiter.progress, False, 0
+                continue
             if give_up is not None and (reason := give_up()) is not None:
                 raise TargetMoved(f"osd.{link.osd_id} did not answer; {reason}")
             if trio.current_time() >= deadline:
@@ -431,8 +461,12 @@ class Transport:
         deadline: float,
         request_id: int | None = None,
         give_up: GiveUp | None = None,
+        fragments: int = 0,
     ) -> tuple[dict[Any, Any], int]:
         """Send one request to a daemon; returns (reply body, daemon's epoch).
+
+        With `fragments`, the request (a read) takes a reply of up to that many bytes in
+        several datagrams (see ``store.wire.fragments``); mind the receive buffer.
 
         Pass the same `request_id` when retrying one logical request after a transient
         error answer, so that the daemon recognises a write it already applied. `give_up`
@@ -444,11 +478,16 @@ class Transport:
             request_id = self.new_request_id()
         self.stats.requests += 1
         started = trio.current_time()
+        if fragments:
+            body = {**body, "frag": [fragments, self.max_datagram]}
         packed = wire_body.pack(body)
+        # One reassembly for every session the request goes through: pieces are joined
+        # by version, so pieces that came in on a session since lost still count.
+        assembly = Reassembly(fragments) if fragments else None
         async with link.window:
             while True:
                 session = link.session or await self._hello(link, deadline, give_up)
-                waiter = _Waiter()
+                waiter = _Waiter(assembly=assembly)
                 key = (session.session_id, request_id)
                 self._waiters[key] = waiter
 

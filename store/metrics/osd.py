@@ -31,6 +31,7 @@ class FrontStats:
 
     __slots__ = (
         "data_bytes",
+        "fragmented",
         "latency",
         "ops",
         "received",
@@ -47,6 +48,7 @@ class FrontStats:
         self.sent = 0
         self.sent_bytes = 0
         self.sessions_opened = 0
+        self.fragmented = 0  # replies sent in several datagrams
         self.ops: Counter[tuple[str, int]] = Counter()  # (kind, result code) -> requests
         self.data_bytes: Counter[str] = Counter()  # "read" / "written" -> object bytes
         # Writes sent again after they were done, answered from the reply cache.
@@ -267,6 +269,11 @@ def _front_families(front: Any) -> Iterator[Metric]:
         "store_osd_sessions", "Open client sessions.", len(sessions.sessions) if sessions else 0
     )
     yield counter("store_osd_sessions_opened", "Client sessions opened.", stats.sessions_opened)
+    yield counter(
+        "store_osd_fragmented_replies",
+        "Read replies sent in several datagrams (fragments).",
+        stats.fragmented,
+    )
     yield gauge(
         "store_osd_staged_bytes",
         "Bytes of large writes staged, not yet committed.",

@@ -27,6 +27,7 @@ import trio
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
 from store.osd.ops import (
+    MAX_READ_LENGTH,
     Delete,
     InvalidRequest,
     OmapClear,
@@ -45,7 +46,16 @@ from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, 
 from store.osd.staging import NotStaged, StagingArea, StagingFull
 from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
-from store.wire.datagram import DatagramType, Header, parse_header_untrusted
+from store.wire import body as wire_body
+from store.wire.datagram import (
+    HEADER_SIZE,
+    MAX_DATAGRAM,
+    TAG_SIZE,
+    DatagramType,
+    Header,
+    parse_header_untrusted,
+)
+from store.wire.fragments import split as split_fragments
 
 if TYPE_CHECKING:
     from store.osd.daemon import OsdDaemon
@@ -54,6 +64,9 @@ log = logging.getLogger("store.osd")
 
 # Replies that describe a passing condition; a retry of the same request must run again.
 TRANSIENT = {Code.EAGAIN, Code.ESTALE, Code.EDEGRADED, Code.ETIMEDOUT, Code.EBADSESSION}
+# A reply a read may ask to get in fragments: its data and a little msgpack around it.
+MAX_FRAGMENTED_REPLY = MAX_READ_LENGTH + 4096
+MIN_DATAGRAM = 1400
 LIST_REPLY_BUDGET = 60000  # bytes of names per listing reply, well inside one datagram
 # What a full daemon still accepts: operations that only free space.
 FREEING_OPS = (Delete, RmXattr, OmapRm, OmapClear)
@@ -176,14 +189,27 @@ class UdpFront:
         body: dict[str, Any],
         kind: str,
         started: float,
+        fragments: tuple[int, int] | None = None,
     ) -> bytes | None:
-        assert self.sessions is not None
-        try:
-            datagram = self.sessions.seal_reply(session, header, self.daemon.map.epoch, body)
-        except ValueError:
+        """Seal and send `body`; returns the datagram (for the reply cache), or None when
+        the reply went out in fragments (only reads that asked for it, never cached)."""
+        sessions = self.sessions
+        assert sessions is not None
+        epoch = self.daemon.map.epoch
+        packed = wire_body.pack(body)
+        datagram: bytes | None = None
+        if HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
+            datagram = sessions.seal_packed(session, header, epoch, packed)
+            self.send(datagram, address)
+        elif fragments is not None and body["r"] == Code.OK and len(packed) <= fragments[0]:
+            version = (int(body["v"][0]), int(body["v"][1]))
+            for piece in split_fragments(packed, version, fragments[1]):
+                self.send(sessions.seal_packed(session, header, epoch, piece, True), address)
+            self.stats.fragmented += 1
+        else:
             body = {"r": int(Code.EFBIG), "m": "reply too large for one datagram: ask for less"}
-            datagram = self.sessions.seal_reply(session, header, self.daemon.map.epoch, body)
-        self.send(datagram, address)
+            datagram = sessions.seal_reply(session, header, epoch, body)
+            self.send(datagram, address)
         self.stats.answered(kind, body["r"], time.perf_counter() - started)
         return datagram
 
@@ -192,6 +218,7 @@ class UdpFront:
     ) -> None:
         started = time.perf_counter()
         kind = "invalid"
+        fragments = None
         try:
             if "stage" in body:
                 kind = "stage"
@@ -202,7 +229,11 @@ class UdpFront:
             else:
                 ops = parse_ops_untrusted(body.get("ops"), staged=True)
                 kind = "write" if is_mutating(ops) else "read"
-                found = self._object_request(session, header, body, address, ops, started)
+                if kind == "read":
+                    fragments = parse_fragments_untrusted(body.get("frag"))
+                found = self._object_request(
+                    session, header, body, address, ops, started, fragments
+                )
                 if found is None:
                     return  # a write under way, or answered from the reply cache
                 answer = found
@@ -210,7 +241,7 @@ class UdpFront:
             answer = {"r": int(exc.code), "m": exc.message}
         except InvalidRequest as exc:
             answer = {"r": int(Code.EINVAL), "m": str(exc)}
-        self.reply(session, header, address, answer, kind, started)
+        self.reply(session, header, address, answer, kind, started, fragments)
 
     def _route(
         self, session: Session, header: Header, body: dict[Any, Any], write: bool
@@ -332,6 +363,7 @@ class UdpFront:
         address: Any,
         ops: list[Op],
         started: float,
+        fragments: tuple[int, int] | None = None,
     ) -> dict[str, Any] | None:
         """The answer to a read; None for a write (answered when it is done)."""
         raw_ops = body.get("ops")
@@ -348,7 +380,16 @@ class UdpFront:
                 # Our copy failed its checksum: answer once a good copy has replaced it.
                 assert self._nursery is not None
                 self._nursery.start_soon(
-                    self._read_repaired, session, header, address, pgobj, name, ops, result, started
+                    self._read_repaired,
+                    session,
+                    header,
+                    address,
+                    pgobj,
+                    name,
+                    ops,
+                    result,
+                    started,
+                    fragments,
                 )
                 return None
             if result.code == Code.OK:
@@ -405,6 +446,7 @@ class UdpFront:
         ops: list[Op],
         result: TxnResult,
         started: float,
+        fragments: tuple[int, int] | None,
     ) -> None:
         """Read repair: replace our damaged copy from a member holding the same version,
         then answer the read from it; EIO, as before, when no good copy is found."""
@@ -415,7 +457,7 @@ class UdpFront:
             log.exception("read repair of %r in pg %s failed", name, pgobj.name)
         if result.code == Code.OK:
             self.stats.data_bytes["read"] += data_bytes_of_results(result.results)
-        self.reply(session, header, address, _result_body(result), "read", started)
+        self.reply(session, header, address, _result_body(result), "read", started, fragments)
 
     async def _write(
         self,
@@ -444,6 +486,24 @@ class UdpFront:
         datagram = self.reply(session, header, address, body, "write", started)
         if datagram is not None and body["r"] not in TRANSIENT:
             session.remember_reply(header.request_id, datagram)
+
+
+def parse_fragments_untrusted(raw: object) -> tuple[int, int] | None:
+    """A read's ``"frag": [most reply bytes, datagram size]`` (see store.wire.fragments)."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw)
+    ):
+        raise InvalidRequest("frag must be [most reply bytes, datagram size]")
+    limit, datagram = raw
+    if not 0 < limit <= MAX_FRAGMENTED_REPLY:
+        raise InvalidRequest(f"frag asks for 1 to {MAX_FRAGMENTED_REPLY} bytes, not {limit}")
+    if not MIN_DATAGRAM <= datagram <= MAX_DATAGRAM:
+        raise InvalidRequest(f"frag datagram size must be {MIN_DATAGRAM} to {MAX_DATAGRAM}")
+    return limit, datagram
 
 
 def _result_body(result: Any) -> dict[str, Any]:

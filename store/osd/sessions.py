@@ -205,12 +205,18 @@ class SessionTable:
     def seal_reply(
         self, session: Session, request: Header, epoch: int, reply: dict[str, object]
     ) -> bytes:
+        return self.seal_packed(session, request, epoch, wire_body.pack(reply))
+
+    def seal_packed(
+        self, session: Session, request: Header, epoch: int, packed: bytes, fragment: bool = False
+    ) -> bytes:
         return session.cipher.seal(
             DatagramType.REPLY,
             session.session_id,
             session.next_seq(),
             request.request_id,
             epoch,
-            wire_body.pack(reply),
+            packed,
             request.encrypted,
+            fragment,
         )

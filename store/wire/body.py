@@ -31,11 +31,14 @@ def pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack_untrusted(data: bytes) -> dict[Any, Any]:
-    if len(data) > MAX_DATAGRAM:
-        raise MalformedDatagram(f"body of {len(data)} bytes is larger than a datagram")
+def unpack_untrusted(data: bytes, limit: int = MAX_DATAGRAM) -> dict[Any, Any]:
+    """One msgpack map of at most `limit` bytes (a datagram's worth unless the caller
+    reassembled a larger reply it asked for)."""
+    if len(data) > limit:
+        raise MalformedDatagram(f"body of {len(data)} bytes is larger than {limit} bytes")
+    limits = _LIMITS if limit <= MAX_DATAGRAM else {**_LIMITS, "max_bin_len": limit}
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, **_LIMITS)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, **limits)
     except (ValueError, TypeError) as e:
         raise MalformedDatagram(f"undecodable body: {e}") from None
     if not isinstance(obj, dict):

@@ -47,7 +47,8 @@ KEY_SIZE = 32
 MAX_DATAGRAM = 65507
 
 FLAG_ENCRYPTED = 0x01
-_KNOWN_FLAGS = FLAG_ENCRYPTED
+FLAG_FRAGMENT = 0x02  # a REPLY carrying one piece of a larger reply (store.wire.fragments)
+_KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_FRAGMENT
 _U32 = 1 << 32
 _U64 = 1 << 64
 
@@ -82,6 +83,10 @@ class Header:
     @property
     def encrypted(self) -> bool:
         return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def fragment(self) -> bool:
+        return bool(self.flags & FLAG_FRAGMENT)
 
     @property
     def sealed(self) -> bool:
@@ -212,6 +217,7 @@ class DatagramCipher:
         epoch: int,
         body: bytes,
         encrypt: bool,
+        fragment: bool = False,
     ) -> bytes:
         if type != self._send_type:
             raise ValueError(f"this side seals only {self._send_type.name} datagrams")
@@ -219,7 +225,9 @@ class DatagramCipher:
             raise ValueError("seq 0 is not valid in a sealed datagram")
         if HEADER_SIZE + len(body) + TAG_SIZE > MAX_DATAGRAM:
             raise ValueError(f"body of {len(body)} bytes does not fit in a sealed datagram")
-        flags = FLAG_ENCRYPTED if encrypt else 0
+        if fragment and type != DatagramType.REPLY:
+            raise ValueError("only replies are sent in fragments")
+        flags = (FLAG_ENCRYPTED if encrypt else 0) | (FLAG_FRAGMENT if fragment else 0)
         header = _pack_header(type, flags, session_id, seq, request_id, epoch)
         nonce = _NONCE.pack(seq)
         if encrypt:
@@ -239,6 +247,8 @@ class DatagramCipher:
             raise MalformedDatagram(f"datagram of {size} bytes is too long")
         if header.seq == 0:
             raise MalformedDatagram("seq 0 in a sealed datagram")
+        if header.fragment and header.type != DatagramType.REPLY:
+            raise MalformedDatagram("a request cannot be a fragment")
         nonce = _NONCE.pack(header.seq)
         # Views, not slices: the body can be most of 64 KiB and this runs per datagram.
         view = memoryview(data)

@@ -37,6 +37,21 @@ async def test_write_read_delete_of_every_size(cluster: Cluster) -> None:
         assert err.value.code == Code.ENOENT
 
 
+async def test_large_reads_come_in_fragments(cluster: Cluster) -> None:
+    data = random.Random(3).randbytes(3 << 20)
+    async with Client.connect(cluster.config()) as client:
+        await client.write_full("default", "fragmented", data)
+        assert client.read_slots is not None  # the receive buffer was granted (root)
+        stats = client.transport.stats
+        requests, received = stats.requests, stats.datagrams_received
+        assert await client.read("default", "fragmented", 0, len(data)) == data
+        # Three 1 MiB extents, one request each, each answered by seventeen datagrams.
+        assert stats.requests - requests == 3
+        assert stats.datagrams_received - received >= 3 * 17
+        # A short read past the end still comes back whole, as the object's tail.
+        assert await client.read("default", "fragmented", (3 << 20) - 1000, 5 << 20) == data[-1000:]
+
+
 async def test_offset_writes_and_ranged_reads(cluster: Cluster) -> None:
     rng = random.Random(2)
     model = bytearray()

@@ -66,7 +66,7 @@ def sealed_request(body_bytes: bytes = b"body", encrypt: bool = True, seq: int =
 
 @given(
     type=st.sampled_from(list(DatagramType)),
-    flags=st.sampled_from([0, 1]),
+    flags=st.sampled_from([0, 1, 2, 3]),
     session_id=session_ids,
     seq=u64,
     request_id=u64,
@@ -88,7 +88,8 @@ def test_header_parses_every_valid_field_combination(
     assert len(data) == HEADER_SIZE
     header = parse_header_untrusted(data + tail)
     assert header == Header(type, flags, session_id, seq, request_id, epoch)
-    assert header.encrypted == bool(flags)
+    assert header.encrypted == bool(flags & 1)
+    assert header.fragment == bool(flags & 2)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_header_parses_every_valid_field_combination(
         {"type": 0},
         {"type": 6},
         {"type": 255},
-        {"flags": 2},
+        {"flags": 4},
         {"flags": 0x80},
         {"reserved8": 1},
         {"reserved16": 0x8000},
