@@ -126,6 +126,10 @@ class ClusterMap:
     _placements: dict[int, _PoolPlacement] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # (pool, pg) -> acting set: asked for every request a daemon serves.
+    _acting: dict[tuple[int, int], tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         # Read-only views over private copies: a map is shared by everyone who got it.
@@ -312,7 +316,11 @@ def placement(m: ClusterMap, pool_id: int, pg: int) -> tuple[int, ...]:
 
 def acting_set(m: ClusterMap, pool_id: int, pg: int) -> tuple[int, ...]:
     """The placement's daemons that are up, in placement order."""
-    return tuple(i for i in placement(m, pool_id, pg) if m.osds[i].up)
+    acting = m._acting.get((pool_id, pg))
+    if acting is None:
+        acting = tuple(i for i in placement(m, pool_id, pg) if m.osds[i].up)
+        m._acting[(pool_id, pg)] = acting
+    return acting
 
 
 def primary(m: ClusterMap, pool_id: int, pg: int) -> int | None:

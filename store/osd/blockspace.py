@@ -207,55 +207,65 @@ class BlockSpace:
 
     # --- the writer's transactions --------------------------------------------------
 
-    def write_blocks(self, blocks: Sequence[bytes | bytearray | memoryview]) -> list[int]:
-        """Write whole blocks to fresh slots; returns the slot of each, in order."""
-        if not blocks:
+    def write_blocks(self, runs: Sequence[bytes | bytearray | memoryview]) -> list[int]:
+        """Write whole blocks to fresh slots; returns the slot of each block, in order.
+
+        Each item of `runs` holds one or more consecutive blocks (a multiple of the block
+        size): a large write passes its aligned middle as one run and is copied in bulk."""
+        bs = self.block_size
+        total = 0
+        for run in runs:
+            if len(run) % bs or not len(run):
+                raise ValueError(f"a run of {len(run)} bytes is not whole blocks of {bs}")
+            total += len(run)
+        if not total:
             return []
         with self._lock:
-            runs = self._alloc.allocate(len(blocks))
-        self._txn_allocated.extend(runs)
+            allocated = self._alloc.allocate(total // bs)
+        self._txn_allocated.extend(allocated)
         slots: list[int] = []
-        i = 0
-        direct = len(blocks) * self.block_size >= DIRECT_MIN
-        for start, count in runs:
-            self._write_run(blocks[i : i + count], start, direct)
+        feed = _Feed(runs)
+        direct = total >= DIRECT_MIN
+        for start, count in allocated:
+            self._write_run(feed.take(count * bs), start, direct)
             slots.extend(range(start, start + count))
-            i += count
         self._dirty = True
         return slots
 
-    def _write_run(
-        self, blocks: Sequence[bytes | bytearray | memoryview], start: int, direct: bool
-    ) -> None:
-        """Write whole blocks to the consecutive slots from `start`, with O_DIRECT if
-        `direct` and the file system allows it."""
+    def _write_run(self, pieces: list[memoryview], start: int, direct: bool) -> None:
+        """Write `pieces` (whole blocks together) to the consecutive slots from `start`,
+        with O_DIRECT if `direct` and the file system allows it."""
         bs = self.block_size
+        size = sum(len(p) for p in pieces)
         if direct and self._direct_fd is not None and self._direct_buf is not None:
-            per_chunk = DIRECT_CHUNK // bs
             buf = self._direct_buf
+            feed = _Feed(pieces)
             try:
-                for at in range(0, len(blocks), per_chunk):
-                    part = blocks[at : at + per_chunk]
-                    for k, block in enumerate(part):
-                        buf[k * bs : (k + 1) * bs] = block
-                    size = len(part) * bs
-                    view = memoryview(buf)[:size]
+                for at in range(0, size, DIRECT_CHUNK):
+                    part = min(DIRECT_CHUNK, size - at)
+                    pos = 0
+                    for piece in feed.take(part):
+                        buf[pos : pos + len(piece)] = piece
+                        pos += len(piece)
+                    view = memoryview(buf)[:part]
                     try:
-                        written = os.pwrite(self._direct_fd, view, (start + at) * bs)
+                        written = os.pwrite(self._direct_fd, view, start * bs + at)
                     finally:
                         view.release()
-                    if written != size:
+                    if written != part:
                         raise OSError(errno.ENOSPC, f"short write to {self.path}")
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._stop_direct()  # the file system refuses direct I/O after all
-        for at in range(0, len(blocks), IOV_MAX):  # pwritev takes at most IOV_MAX buffers
-            part = blocks[at : at + IOV_MAX]
-            written = os.pwritev(self._fd, part, (start + at) * bs)
-            if written != sum(len(b) for b in part):
+        offset = start * bs
+        for at in range(0, len(pieces), IOV_MAX):  # pwritev takes at most IOV_MAX buffers
+            group = pieces[at : at + IOV_MAX]
+            want = sum(len(p) for p in group)
+            if os.pwritev(self._fd, group, offset) != want:
                 raise OSError(errno.ENOSPC, f"short write to {self.path}")
+            offset += want
 
     def free_later(self, slots: Iterable[int]) -> None:
         """These slots stop being referenced when the current transaction commits."""
@@ -309,3 +319,26 @@ class BlockSpace:
             "data_span_bytes": end * self.block_size,
             "data_allocated_bytes": allocated,
         }
+
+
+class _Feed:
+    """Hands out the bytes of a sequence of buffers in spans of any size, as views."""
+
+    __slots__ = ("_at", "_buffers", "_index")
+
+    def __init__(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        self._buffers = [memoryview(b).cast("B") for b in buffers]
+        self._index = 0
+        self._at = 0
+
+    def take(self, size: int) -> list[memoryview]:
+        out: list[memoryview] = []
+        while size > 0:
+            buffer = self._buffers[self._index]
+            n = min(size, len(buffer) - self._at)
+            out.append(buffer[self._at : self._at + n])
+            size -= n
+            self._at += n
+            if self._at == len(buffer):
+                self._index, self._at = self._index + 1, 0
+        return out

@@ -372,15 +372,35 @@ class ObjectRows:
     def _put_blocks(
         self, maps: BlockMaps, blocks: Sequence[tuple[int, bytes | bytearray | memoryview]]
     ) -> None:
-        """Give each (index, content) a fresh slot; all-zero content becomes a hole."""
-        old = [found[0] for index, _ in blocks if (found := maps.get(index)) is not None]
+        """Give each block a fresh slot; all-zero content becomes a hole. Each item is
+        (index, content) where content holds one block or several consecutive ones."""
+        bs, zeros = self._bs, self._zeros
+        kept: list[tuple[int, memoryview]] = []  # (index, block) of the blocks to write
+        runs: list[memoryview] = []  # the same blocks, as spans of consecutive ones
+        indexes: list[int] = []
+        for first, content in blocks:
+            view = memoryview(content).cast("B")
+            run_start = None
+            for j in range(len(view) // bs):
+                block = view[j * bs : (j + 1) * bs]
+                indexes.append(first + j)
+                if block == zeros:
+                    if run_start is not None:
+                        runs.append(view[run_start * bs : j * bs])
+                        run_start = None
+                    continue
+                kept.append((first + j, block))
+                if run_start is None:
+                    run_start = j
+            if run_start is not None:
+                runs.append(view[run_start * bs :])
+        old = [found[0] for index in indexes if (found := maps.get(index)) is not None]
         self._space.free_later(old)
-        kept = [(index, content) for index, content in blocks if content != self._zeros]
-        slots = self._space.write_blocks([content for _, content in kept])
-        for index, _ in blocks:
+        slots = self._space.write_blocks(runs)
+        for index in indexes:
             maps.clear(index)
-        for (index, content), slot in zip(kept, slots, strict=True):
-            maps.set(index, slot, block_checksum(content))
+        for (index, block), slot in zip(kept, slots, strict=True):
+            maps.set(index, slot, block_checksum(block))
         maps.save()
 
     def _drop_blocks(self, oid: int, first: int, last: int) -> None:
@@ -433,18 +453,22 @@ class ObjectRows:
         maps = self._maps(oid, first, last)
         view = memoryview(data)
         blocks: list[tuple[int, bytes | bytearray | memoryview]] = []
-        for index in range(first, last + 1):
+        # The blocks the write covers whole go as one run, straight from the data.
+        whole_first, whole_last = -(-offset // bs), end // bs - 1
+        for index in sorted({first, last}):
+            if whole_first <= index <= whole_last:
+                continue
             start = index * bs
             lo, hi = max(offset, start), min(end, start + bs)
-            if lo == start and hi == start + bs:
-                blocks.append((index, view[lo - offset : hi - offset]))
-            else:
-                # Bytes of the block outside the write keep their old content, and
-                # those past the object's end are zeros already (the invariant).
-                block = bytearray(self._load_block(obj, maps, index))
-                block[lo - start : hi - start] = view[lo - offset : hi - offset]
-                blocks.append((index, block))
-        self._put_blocks(maps, blocks)
+            # Bytes of the block outside the write keep their old content, and those
+            # past the object's end are zeros already (the invariant).
+            block = bytearray(self._load_block(obj, maps, index))
+            block[lo - start : hi - start] = view[lo - offset : hi - offset]
+            blocks.append((index, block))
+        if whole_first <= whole_last:
+            middle = view[whole_first * bs - offset : (whole_last + 1) * bs - offset]
+            blocks.append((whole_first, middle))
+        self._put_blocks(maps, sorted(blocks, key=lambda item: item[0]))
         obj.size = max(obj.size, end)
 
     def write_full(self, obj: ObjectHeader, data: bytes) -> None:
