@@ -9,6 +9,9 @@ One call adds it to any trio process (daemon, master, gateway)::
         config=configfile.document(click_context, "s3"), # secrets already masked
     )
 
+A process that brings the port up before anything else (the gateways) serves it for the
+duration of a block instead: ``async with serving_metrics(address, role, ...) as endpoint``.
+
 ``/healthz`` answers 200 whenever the process's event loop does (liveness: restart me if
 this fails); ``/readyz`` answers 200 when `ready()` returns None and 503 with its reason
 otherwise (readiness: do not send me work yet). ``/config`` shows the process's effective
@@ -21,7 +24,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
@@ -165,26 +169,35 @@ async def start_metrics(
     return endpoint
 
 
-async def open_metrics(
-    nursery: trio.Nursery,
+@asynccontextmanager
+async def serving_metrics(
     address: str | None,
     role: str,
     *,
     collectors: Iterable[ScrapeCollector] = (),
     ready: ReadyCheck | None = None,
     config: Mapping[str, Any] | None = None,
-) -> MetricsEndpoint | None:
-    """:func:`start_metrics`, where an address that cannot be served is a ConfigError
-    that names it (for processes that report errors to an operator, not a traceback)."""
-    try:
-        return await start_metrics(
-            nursery, address, role, collectors=collectors, ready=ready, config=config
-        )
-    except (OSError, ValueError, BaseExceptionGroup) as exc:
-        inner = single_error(exc)
-        if isinstance(inner, ValueError):
-            raise ConfigError(f"metrics address {address!r}: {inner}") from None
-        if isinstance(inner, OSError):
-            reason = inner.strerror or str(inner)
-            raise ConfigError(f"cannot serve metrics on {address}: {reason}") from None
-        raise
+) -> AsyncIterator[MetricsEndpoint | None]:
+    """:func:`start_metrics` for the duration of a block, in a nursery of its own: the port
+    answers from before the block starts until it ends (for processes that bring the port
+    up first, so that ``/healthz`` and ``/readyz`` answer while the rest starts).
+
+    An address that cannot be served is a ConfigError that names it (for processes that
+    report errors to an operator, not a traceback)."""
+    async with trio.open_nursery() as nursery:
+        try:
+            try:
+                endpoint = await start_metrics(
+                    nursery, address, role, collectors=collectors, ready=ready, config=config
+                )
+            except (OSError, ValueError, BaseExceptionGroup) as exc:
+                inner = single_error(exc)
+                if isinstance(inner, ValueError):
+                    raise ConfigError(f"metrics address {address!r}: {inner}") from None
+                if isinstance(inner, OSError):
+                    reason = inner.strerror or str(inner)
+                    raise ConfigError(f"cannot serve metrics on {address}: {reason}") from None
+                raise
+            yield endpoint
+        finally:
+            nursery.cancel_scope.cancel()

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from store.client.api import Client
 from store.client.master_link import MasterLink
@@ -27,9 +26,9 @@ from store.rpc import parse_hostport
 from store.wire.datagram import DatagramType
 from tests.cluster.harness import Cluster
 from tests.cluster.test_hostile import RawSession, object_led_by, raw_header
+from tests.metric_samples import Samples, delta, parse_samples, value
 
 POOL = "default"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(url: str) -> Samples:
@@ -37,20 +36,7 @@ def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert answer.status == 200
         assert answer.headers["Content-Type"].startswith("text/plain")
-        text = answer.read().decode()
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+        return parse_samples(answer.read().decode())
 
 
 def get(url: str) -> tuple[int, str]:

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from store.client.transport import Transport
 from store.errors import Code
@@ -18,6 +17,7 @@ from store.metrics.families import ScrapeCollector, counter, gauge
 from store.metrics.osd import FrontStats, PeerTraffic, data_bytes_of, osd_families
 from store.metrics.stats import LatencyHistogram
 from store.osd.ops import Write, WriteFull
+from tests.metric_samples import Samples, parse_samples, samples_of
 
 
 def test_histogram_buckets_are_prometheus_buckets() -> None:
@@ -43,13 +43,9 @@ def request(
     return Request(method, path, headers or [], "1.1", "http", ("127.0.0.1", 1), None)  # type: ignore[arg-type]
 
 
-def parse(response: Response) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def parse(response: Response) -> Samples:
     assert isinstance(response.body, bytes)
-    out = {}
-    for family in text_string_to_metric_families(response.body.decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
+    return parse_samples(response.body.decode())
 
 
 async def test_endpoint_routes() -> None:
@@ -175,14 +171,6 @@ def fake_daemon() -> Any:
         writes=SimpleNamespace(batches=2, applied=9),
         peers=SimpleNamespace(links={}),
     )
-
-
-def samples_of(families: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in families
-        for s in family.samples
-    }
 
 
 def test_osd_families() -> None:

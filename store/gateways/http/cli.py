@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from pathlib import Path
 
 import click
-import trio
 
 from store import configfile, logs
 from store.client.cli import client_options
 from store.client.config import ClientConfig
-from store.errors import ConfigError, single_error
+from store.errors import ConfigError
+from store.gateways import cli as gateway_cli
 from store.gateways.http.access import AccessPolicy, load_tokens
 from store.gateways.http.gateway import DEFAULT_MAX_OBJECT_SIZE
 from store.gateways.http.process import GatewaySettings, run_gateway
-from store.rpc import parse_hostport
 
 
 def _ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
@@ -39,9 +39,7 @@ def http_group() -> None:
 
 @http_group.command("serve")
 @configfile.config_option
-@click.option(
-    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to serve on."
-)
+@gateway_cli.listen_option("127.0.0.1:8080")
 @click.option(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -86,12 +84,7 @@ def http_group() -> None:
     type=click.FloatRange(min=0),
     help="Seconds replaced or deleted data is kept for reads already under way.",
 )
-@click.option(
-    "--metrics",
-    default=None,
-    metavar="HOST:PORT",
-    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
-)
+@gateway_cli.metrics_option
 @logs.format_option
 @client_options
 def serve_command(
@@ -111,17 +104,9 @@ def serve_command(
     """Serve GET/HEAD/PUT/DELETE of /<pool>/<object> and listings of /<pool>/.
 
     Settings may come from a TOML file (`--config FILE`, keys are the long flag names)."""
-    ctx = click.get_current_context()
-    logs.setup(max(int(ctx.params.get("verbose") or 0), 1), "http", log_format)
-    try:
-        host, port = parse_hostport(listen)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from None
-    if metrics is not None:
-        try:
-            parse_hostport(metrics)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--metrics") from None
+    gateway_cli.setup_logging("http", log_format)
+    host, port = gateway_cli.host_port(listen, "--listen")
+    gateway_cli.check_metrics(metrics)
     tokens = load_tokens(token_file) if token_file is not None else ()
     settings = GatewaySettings(
         host=host,
@@ -133,14 +118,6 @@ def serve_command(
         upload_lease=upload_lease,
         read_grace=read_grace,
         metrics=metrics,
-        running_config=configfile.document(ctx, "http"),
+        running_config=configfile.document(click.get_current_context(), "http"),
     )
-    try:
-        trio.run(run_gateway, config, settings)
-    except KeyboardInterrupt:
-        pass
-    except (OSError, BaseExceptionGroup) as exc:
-        inner = single_error(exc)
-        if isinstance(inner, OSError):
-            raise click.ClickException(f"cannot serve on {listen}: {inner}") from None
-        raise
+    gateway_cli.run_until_interrupted(functools.partial(run_gateway, config, settings), listen)

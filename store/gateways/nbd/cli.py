@@ -13,11 +13,11 @@ import click
 
 from store import configfile, logs
 from store.client.config import config_path
+from store.gateways import cli as gateway_cli
 from store.gateways.nbd.launcher import ensure_launcher
 from store.gateways.nbd.settings import DOCUMENT_VARIABLE
 from store.image.errors import ImageError
 from store.image.model import parse_image_spec
-from store.rpc import parse_hostport
 
 NBDKIT_PACKAGES = "nbdkit nbdkit-plugin-python"
 
@@ -113,12 +113,7 @@ def plugin_path_command() -> None:
 @click.option("--name", "client_name", default=None, help="Client name (must match the key).")
 @click.option("--keyring", default=None, type=click.Path(path_type=Path), help="Key file.")
 @click.option("--timeout", default=None, type=float, help="Seconds before a request fails.")
-@click.option(
-    "--metrics",
-    default=None,
-    metavar="HOST:PORT",
-    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
-)
+@gateway_cli.metrics_option
 @click.option("-v", "--verbose", is_flag=True, help="nbdkit's debug log (every request).")
 @logs.format_option
 @click.option("--dry-run", is_flag=True, help="Print the nbdkit command instead of running it.")
@@ -146,11 +141,7 @@ def serve_command(
         parse_image_spec(spec)
     except ImageError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL/NAME") from None
-    if metrics is not None:
-        try:
-            parse_hostport(metrics)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--metrics") from None
+    gateway_cli.check_metrics(metrics)
     if unix is not None and (port is not None or bind is not None):
         raise click.UsageError("give --unix or --port/--bind, not both")
     conf_file = config_path(conf).expanduser().resolve()

@@ -22,13 +22,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
-
 from store.client.config import ClientConfig
 from store.gateways.nbd.service import ImageGateway
 from store.gateways.nbd.settings import DOCUMENT_VARIABLE, PluginSettings
 from store.metrics.client import client_collector
-from store.metrics.endpoint import open_metrics
+from store.metrics.endpoint import serving_metrics
 from store.metrics.nbd import nbd_collector
 
 log = logging.getLogger("store.nbd")
@@ -79,19 +77,15 @@ async def serve_image(
             return f"connecting to the cluster and opening image {settings.spec}"
         return None
 
-    async with trio.open_nursery() as nursery:
+    async with (
+        serving_metrics(settings.metrics, "nbd", ready=not_ready, config=document) as endpoint,
+        ImageGateway.serve(settings, config) as gateway,
+    ):
+        if endpoint is not None:
+            endpoint.add(client_collector(gateway.client))
+            endpoint.add(nbd_collector(gateway))
+        served.append(gateway)
         try:
-            endpoint = await open_metrics(
-                nursery, settings.metrics, "nbd", ready=not_ready, config=document
-            )
-            async with ImageGateway.serve(settings, config) as gateway:
-                if endpoint is not None:
-                    endpoint.add(client_collector(gateway.client))
-                    endpoint.add(nbd_collector(gateway))
-                served.append(gateway)
-                try:
-                    yield gateway
-                finally:
-                    served.clear()
+            yield gateway
         finally:
-            nursery.cancel_scope.cancel()
+            served.clear()

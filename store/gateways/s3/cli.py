@@ -3,6 +3,7 @@ keys, collect garbage."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -12,20 +13,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import trio
 
 from store import configfile, logs
 from store.client.api import Client
 from store.client.cli import client_options, with_client
 from store.client.config import ClientConfig
-from store.errors import single_error
+from store.gateways import cli as gateway_cli
 from store.gateways.s3.backend import Backend
 from store.gateways.s3.gateway import Settings
 from store.gateways.s3.layout import DEFAULT_INDEX_SHARDS
 from store.gateways.s3.pool import ensure_pool
-from store.gateways.s3.process import ProcessSettings, run_gateway
+from store.gateways.s3.process import GatewaySettings, run_gateway
 from store.gateways.s3.users import UserError, Users
-from store.rpc import parse_hostport
 
 log = logging.getLogger("store.s3")
 T = TypeVar("T")
@@ -76,9 +75,7 @@ def s3_group() -> None:
 
 @s3_group.command("serve")
 @configfile.config_option
-@click.option(
-    "--listen", default="127.0.0.1:7480", show_default=True, help="HOST:PORT to serve on."
-)
+@gateway_cli.listen_option("127.0.0.1:7480")
 @click.option(
     "--tls-cert",
     type=click.Path(exists=True, path_type=Path),
@@ -112,12 +109,7 @@ def s3_group() -> None:
     type=click.FloatRange(0),
     help="Seconds before overwritten or deleted data is freed.",
 )
-@click.option(
-    "--metrics",
-    default=None,
-    metavar="HOST:PORT",
-    help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
-)
+@gateway_cli.metrics_option
 @logs.format_option
 @pool_option
 @client_options
@@ -139,13 +131,11 @@ def serve_command(
     """Serve the S3 API on HOST:PORT.
 
     Settings may come from a TOML file (`--config FILE`, keys are the long flag names)."""
-    ctx = click.get_current_context()
-    logs.setup(max(int(ctx.params.get("verbose") or 0), 1), "s3", log_format)
+    gateway_cli.setup_logging("s3", log_format)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    host, port = _address(listen, "--listen")
-    if metrics is not None:
-        _address(metrics, "--metrics")
+    host, port = gateway_cli.host_port(listen, "--listen")
+    gateway_cli.check_metrics(metrics)
     context = None
     if tls_cert is not None and tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -153,7 +143,7 @@ def serve_command(
             context.load_cert_chain(str(tls_cert), str(tls_key))
         except (OSError, ssl.SSLError) as exc:
             raise click.ClickException(f"cannot load {tls_cert} and {tls_key}: {exc}") from None
-    settings = ProcessSettings(
+    settings = GatewaySettings(
         host=host,
         port=port,
         ssl_context=context,
@@ -167,26 +157,9 @@ def serve_command(
             gc_delay=gc_delay,
         ),
         metrics=metrics,
-        running_config=configfile.document(ctx, "s3"),
+        running_config=configfile.document(click.get_current_context(), "s3"),
     )
-    try:
-        trio.run(run_gateway, config, settings)
-    except KeyboardInterrupt:
-        pass
-    except (OSError, BaseExceptionGroup) as exc:
-        inner = single_error(exc)
-        if isinstance(inner, OSError):
-            raise click.ClickException(f"cannot serve on {listen}: {inner}") from None
-        if isinstance(inner, click.ClickException):
-            raise inner from None
-        raise
-
-
-def _address(value: str, flag: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=flag) from None
+    gateway_cli.run_until_interrupted(functools.partial(run_gateway, config, settings), listen)
 
 
 # --- users and keys -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from store.gateways.s3 import acl, errors, xmldoc
 from store.gateways.s3.gateway import Call
-from store.gateways.s3.layout import Entry
+from store.gateways.s3.layout import Bucket, Entry
+from store.gateways.s3.listing import Page
 from store.gateways.s3.listing_params import (
     decode_token,
     enc,
@@ -239,6 +240,47 @@ async def delete_unconfigured(call: Call) -> Response:
 # --- listings -------------------------------------------------------------------------------
 
 
+class _Listing:
+    """One ListObjects, ListObjectsV2 or ListObjectVersions request: what the three read
+    alike from it (after checking that the caller owns the bucket), and how each one's
+    answer ends."""
+
+    def __init__(self, call: Call, bucket: Bucket) -> None:
+        self.call = call
+        self.bucket = bucket
+        params = call.params
+        self.url = url_encoding(params)
+        self.requested = requested_max_keys(params)  # echoed as MaxKeys
+        self.prefix = params.get("prefix", "")
+        self.delimiter = params.get("delimiter", "")
+
+    @classmethod
+    async def of(cls, call: Call) -> _Listing:
+        return cls(call, await call.owned_bucket())
+
+    def enc(self, text: str) -> str:
+        return enc(text, self.url)
+
+    async def page(self, marker: str | None) -> Page:
+        return await self.call.gateway.index.page(
+            self.bucket,
+            prefix=self.prefix,
+            delimiter=self.delimiter,
+            marker=marker,
+            max_keys=min(self.requested, 1000),
+        )
+
+    def answer(self, doc: xmldoc.Doc, page: Page, *, owner: bool, version: bool) -> Response:
+        """The encoding, the page's keys and its common prefixes, after what `doc` holds."""
+        if self.url:
+            doc.leaf("EncodingType", "url")
+        for key, raw in page.contents:
+            _contents(doc, key, raw, self.url, owner=owner, version=version)
+        for common in page.prefixes:
+            doc.open("CommonPrefixes").leaf("Prefix", self.enc(common)).close()
+        return xml(200, doc.to_bytes())
+
+
 def _contents(doc: xmldoc.Doc, key: str, raw: bytes, url: bool, owner: bool, version: bool) -> None:
     entry = Entry.from_bytes(raw)
     doc.open("Version" if version else "Contents")
@@ -257,57 +299,37 @@ def _contents(doc: xmldoc.Doc, key: str, raw: bytes, url: bool, owner: bool, ver
 
 
 async def list_objects(call: Call) -> Response:
-    bucket = await call.owned_bucket()
-    params = call.params
-    url = url_encoding(params)
-    requested = requested_max_keys(params)
-    max_keys = min(requested, 1000)
-    prefix = params.get("prefix", "")
-    delimiter = params.get("delimiter", "")
-    marker = params.get("marker", "")
-    page = await call.gateway.index.page(
-        bucket, prefix=prefix, delimiter=delimiter, marker=marker or None, max_keys=max_keys
-    )
+    listing = await _Listing.of(call)
+    marker = call.params.get("marker", "")
+    page = await listing.page(marker or None)
     doc = xmldoc.Doc("ListBucketResult")
     # ListObjects (v1) encodes keys, markers and the delimiter, but not the prefix.
-    doc.leaf("Name", bucket.name).leaf("Prefix", prefix).leaf("Marker", enc(marker, url))
-    if page.truncated and delimiter and page.last is not None:
-        doc.leaf("NextMarker", enc(page.last, url))
-    doc.leaf("MaxKeys", requested)
-    if delimiter:
-        doc.leaf("Delimiter", enc(delimiter, url))
+    doc.leaf("Name", listing.bucket.name).leaf("Prefix", listing.prefix)
+    doc.leaf("Marker", listing.enc(marker))
+    if page.truncated and listing.delimiter and page.last is not None:
+        doc.leaf("NextMarker", listing.enc(page.last))
+    doc.leaf("MaxKeys", listing.requested)
+    if listing.delimiter:
+        doc.leaf("Delimiter", listing.enc(listing.delimiter))
     doc.leaf("IsTruncated", page.truncated)
-    if url:
-        doc.leaf("EncodingType", "url")
-    for key, raw in page.contents:
-        _contents(doc, key, raw, url, owner=True, version=False)
-    for common in page.prefixes:
-        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
-    return xml(200, doc.to_bytes())
+    return listing.answer(doc, page, owner=True, version=False)
 
 
 async def list_objects_v2(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    listing = await _Listing.of(call)
     params = call.params
-    url = url_encoding(params)
-    requested = requested_max_keys(params)
-    max_keys = min(requested, 1000)
-    prefix = params.get("prefix", "")
-    delimiter = params.get("delimiter", "")
     start_after = params.get("start-after")
     token = params.get("continuation-token")
     marker = start_after or None
     if token:  # an empty token is no token
         marker = decode_token(token, "continuation-token")
     fetch_owner = params.get("fetch-owner", "").lower() == "true"
-    page = await call.gateway.index.page(
-        bucket, prefix=prefix, delimiter=delimiter, marker=marker, max_keys=max_keys
-    )
+    page = await listing.page(marker)
     doc = xmldoc.Doc("ListBucketResult")
-    doc.leaf("Name", bucket.name).leaf("Prefix", enc(prefix, url))
-    if delimiter:
-        doc.leaf("Delimiter", enc(delimiter, url))
-    doc.leaf("MaxKeys", requested)
+    doc.leaf("Name", listing.bucket.name).leaf("Prefix", listing.enc(listing.prefix))
+    if listing.delimiter:
+        doc.leaf("Delimiter", listing.enc(listing.delimiter))
+    doc.leaf("MaxKeys", listing.requested)
     doc.leaf("KeyCount", len(page.contents) + len(page.prefixes))
     doc.leaf("IsTruncated", page.truncated)
     if token is not None:
@@ -315,26 +337,14 @@ async def list_objects_v2(call: Call) -> Response:
     if page.truncated and page.last is not None:
         doc.leaf("NextContinuationToken", encode_token(page.last))
     if start_after is not None:
-        doc.leaf("StartAfter", enc(start_after, url))
-    if url:
-        doc.leaf("EncodingType", "url")
-    for key, raw in page.contents:
-        _contents(doc, key, raw, url, owner=fetch_owner, version=False)
-    for common in page.prefixes:
-        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
-    return xml(200, doc.to_bytes())
+        doc.leaf("StartAfter", listing.enc(start_after))
+    return listing.answer(doc, page, owner=fetch_owner, version=False)
 
 
 async def list_object_versions(call: Call) -> Response:
-    bucket = await call.owned_bucket()
-    params = call.params
-    url = url_encoding(params)
-    requested = requested_max_keys(params)
-    max_keys = min(requested, 1000)
-    prefix = params.get("prefix", "")
-    delimiter = params.get("delimiter", "")
-    key_marker = params.get("key-marker", "")
-    version_marker = params.get("version-id-marker")
+    listing = await _Listing.of(call)
+    key_marker = call.params.get("key-marker", "")
+    version_marker = call.params.get("version-id-marker")
     if version_marker and not key_marker:
         raise errors.invalid_argument(
             "A version-id marker cannot be specified without a key marker.",
@@ -345,24 +355,16 @@ async def list_object_versions(call: Call) -> Response:
         raise errors.invalid_argument(
             "Invalid version id specified", "version-id-marker", version_marker
         )
-    page = await call.gateway.index.page(
-        bucket, prefix=prefix, delimiter=delimiter, marker=key_marker or None, max_keys=max_keys
-    )
+    page = await listing.page(key_marker or None)
     doc = xmldoc.Doc("ListVersionsResult")
-    doc.leaf("Name", bucket.name).leaf("Prefix", enc(prefix, url))
-    doc.leaf("KeyMarker", enc(key_marker, url)).leaf("VersionIdMarker", version_marker or "")
+    doc.leaf("Name", listing.bucket.name).leaf("Prefix", listing.enc(listing.prefix))
+    doc.leaf("KeyMarker", listing.enc(key_marker)).leaf("VersionIdMarker", version_marker or "")
     if page.truncated and page.last is not None:
-        doc.leaf("NextKeyMarker", enc(page.last, url))
+        doc.leaf("NextKeyMarker", listing.enc(page.last))
         if page.contents and page.contents[-1][0] == page.last:
             doc.leaf("NextVersionIdMarker", "null")
-    doc.leaf("MaxKeys", requested)
-    if delimiter:
-        doc.leaf("Delimiter", enc(delimiter, url))
+    doc.leaf("MaxKeys", listing.requested)
+    if listing.delimiter:
+        doc.leaf("Delimiter", listing.enc(listing.delimiter))
     doc.leaf("IsTruncated", page.truncated)
-    if url:
-        doc.leaf("EncodingType", "url")
-    for key, raw in page.contents:
-        _contents(doc, key, raw, url, owner=True, version=True)
-    for common in page.prefixes:
-        doc.open("CommonPrefixes").leaf("Prefix", enc(common, url)).close()
-    return xml(200, doc.to_bytes())
+    return listing.answer(doc, page, owner=True, version=True)

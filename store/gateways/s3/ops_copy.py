@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 
 from store.gateways.s3 import (
     acl,
@@ -18,7 +17,7 @@ from store.gateways.s3 import (
 )
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.ops_objects import publish
+from store.gateways.s3.ops_objects import new_entry, publish
 from store.gateways.s3.responses import xml
 from store.gateways.s3.sigv4 import decode_component
 from store.gateways.web.server import Response
@@ -128,17 +127,14 @@ async def copy_object(call: Call) -> Response:
     size, etag = 0, _EMPTY_MD5
     if source.size:
         size, etag, _ = await copy_data(call, source, 0, source.size, head)
-    entry = Entry(
-        size=size,
-        etag=etag,
-        mtime=time.time(),
-        owner=call.user.name,
-        owner_id=call.user.id,
-        head=head if size else None,
+    entry = new_entry(
+        call,
+        head,
+        size,
+        etag,
         headers=stored,
         meta=meta,
         checksum=source.checksum if not source.parts else None,
-        checksum_type="FULL_OBJECT",
         acl=canned,
         tags=tags,
     )

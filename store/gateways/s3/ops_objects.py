@@ -92,6 +92,35 @@ async def publish(call: Call, bucket: Bucket, key: str, entry: Entry) -> Entry |
         raise
 
 
+def new_entry(
+    call: Call,
+    head: str,
+    size: int,
+    etag: str,
+    *,
+    headers: dict[str, str],
+    meta: dict[str, str],
+    checksum: tuple[str, str] | None,
+    acl: str,
+    tags: dict[str, str],
+) -> Entry:
+    """The entry of an object the caller has just written whole into data object `head`
+    (an empty one has none), as of now."""
+    return Entry(
+        size=size,
+        etag=etag,
+        mtime=time.time(),
+        owner=call.user.name,
+        owner_id=call.user.id,
+        head=head if size else None,
+        headers=headers,
+        meta=meta,
+        checksum=checksum,
+        acl=acl,
+        tags=tags,
+    )
+
+
 def written_headers(entry: Entry) -> list[tuple[str, str]]:
     headers = [("ETag", entry.quoted_etag)]
     if entry.checksum:
@@ -115,18 +144,8 @@ async def put_object(call: Call) -> Response:
         conditions.check_put(call.header, call.key, current.etag if current else None)
     head = layout.data_name(bucket.id)
     size, etag, checksum = await store_body(call, head, payload)
-    entry = Entry(
-        size=size,
-        etag=etag,
-        mtime=time.time(),
-        owner=call.user.name,
-        owner_id=call.user.id,
-        head=head if size else None,
-        headers=stored,
-        meta=meta,
-        checksum=checksum,
-        acl=canned,
-        tags=tags,
+    entry = new_entry(
+        call, head, size, etag, headers=stored, meta=meta, checksum=checksum, acl=canned, tags=tags
     )
     await publish(call, bucket, call.key, entry)
     return empty(200, written_headers(entry))

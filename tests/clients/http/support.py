@@ -6,9 +6,8 @@ import http.client
 import time
 import urllib.parse
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.clients.http.conftest import TOKEN, Gateway
+from tests.metric_samples import Samples, parse_samples, value
 
 
 class Reply:
@@ -52,26 +51,11 @@ def path_of(pool: str, name: str) -> str:
     return f"/{urllib.parse.quote(pool)}/{urllib.parse.quote(name)}"
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 def scrape(gateway: Gateway) -> Samples:
     """Every sample of the gateway's /metrics: (name, labels) -> value."""
     status, body = gateway.metrics_get("/metrics")
     assert status == 200, body
-    out: Samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+    return parse_samples(body.decode())
 
 
 def settled(gateway: Gateway, timeout: float = 30.0) -> Samples:

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import trio
 from store import tls
 from store.client.api import Client
 from tests.clients.http.conftest import POOL, PUBLIC_POOL, TOKEN, Gateway
-from tests.clients.http.support import call, path_of, scrape, value
-from tests.cluster.harness import Cluster
+from tests.clients.http.support import call, path_of, scrape
+from tests.cluster.harness import Cluster, wait_until
+from tests.metric_samples import value
 
 MiB = 1024 * 1024
 GatewayFactory = Callable[..., Gateway]
@@ -44,15 +44,6 @@ def stripe_uploads(cluster: Cluster) -> set[str]:
             return await client.ls(POOL, ".http/d/")
 
     return {name.split("/")[2] for name, _ in trio.run(listing)}
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_curl_put_get_ranges_and_errors(gateway: Gateway, curl: str, tmp_path: Path) -> None:
@@ -186,7 +177,7 @@ def test_kill_9_mid_put_leaves_no_partial_object_and_data_is_collected(
         block = os.urandom(MiB)
         for _ in range(12):
             sock.sendall(block)
-        wait_for(lambda: bool(stripe_uploads(cluster) - known), "the upload's first stripes")
+        wait_until(lambda: bool(stripe_uploads(cluster) - known), "the upload's first stripes")
         new = stripe_uploads(cluster) - known
         doomed.kill()
     finally:
@@ -198,7 +189,7 @@ def test_kill_9_mid_put_leaves_no_partial_object_and_data_is_collected(
     successor = gateway_factory("--gc-interval", "0.3", "--read-grace", "0")
     assert call(successor, "GET", path).body == old
     assert call(successor, "PUT", path_of(POOL, "crash/after"), b"works").status == 201
-    wait_for(lambda: not (stripe_uploads(cluster) & new), "the orphaned stripes to go")
+    wait_until(lambda: not (stripe_uploads(cluster) & new), "the orphaned stripes to go")
     assert call(successor, "GET", path).body == old  # referenced stripes stay
 
 
@@ -218,7 +209,7 @@ def test_replaced_and_abandoned_stripes_are_collected(
     first = put_and_find_upload(os.urandom(5 * MiB))
     second_data = os.urandom(5 * MiB)
     second = put_and_find_upload(second_data)
-    wait_for(lambda: not (stripe_uploads(cluster) & first), "replaced stripes to go")
+    wait_until(lambda: not (stripe_uploads(cluster) & first), "replaced stripes to go")
     assert second <= stripe_uploads(cluster)
     assert call(gateway, "GET", path).body == second_data
     # A client that disconnects mid-upload: its stripes go too.
@@ -231,9 +222,9 @@ def test_replaced_and_abandoned_stripes_are_collected(
             ).encode()
             + os.urandom(6 * MiB)
         )
-        wait_for(lambda: bool(stripe_uploads(cluster) - known), "the upload's first stripes")
+        wait_until(lambda: bool(stripe_uploads(cluster) - known), "the upload's first stripes")
         started = stripe_uploads(cluster) - known
-    wait_for(lambda: not (stripe_uploads(cluster) & started), "abandoned stripes to go")
+    wait_until(lambda: not (stripe_uploads(cluster) & started), "abandoned stripes to go")
     assert call(gateway, "GET", path).body == second_data
     # Its metrics saw the upload its client cut short. (Which gateway collected the
     # stripes is not known: every gateway of the module collects the pool.)
@@ -241,7 +232,7 @@ def test_replaced_and_abandoned_stripes_are_collected(
     assert value(samples, "store_http_requests_cut_short_total", stage="request") == 1
     # Deleting an object frees its stripes.
     assert call(gateway, "DELETE", path).status == 204
-    wait_for(lambda: not (stripe_uploads(cluster) & second), "deleted stripes to go")
+    wait_until(lambda: not (stripe_uploads(cluster) & second), "deleted stripes to go")
 
 
 def test_two_gateways_serve_the_same_objects(

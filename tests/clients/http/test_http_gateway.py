@@ -20,8 +20,9 @@ import pytest
 
 from store.client.config import write_config
 from tests.clients.http.conftest import MAX_OBJECT_SIZE, POOL, PUBLIC_POOL, TOKEN, Gateway
-from tests.clients.http.support import Reply, call, delta, path_of, scrape, settled, value
+from tests.clients.http.support import Reply, call, path_of, scrape, settled
 from tests.cluster.harness import Cluster
+from tests.metric_samples import delta, value
 
 pytestmark = pytest.mark.usefixtures("gateway")
 

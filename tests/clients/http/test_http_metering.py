@@ -6,13 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-import trio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from store.gateways.http.process import GatewayState
 from store.gateways.web.server import (
-    BodyReader,
     BodyTooLarge,
     ClientDisconnected,
     MalformedBody,
@@ -21,39 +17,12 @@ from store.gateways.web.server import (
 )
 from store.metrics.http import http_collector
 from store.metrics.web import CountedBody, RequestStats, failure_status, metered, method_label
+from tests.clients.memory_requests import FakeClock, chunks, request
+from tests.metric_samples import Samples, collected
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def request(method: str, received: int = 0) -> Request:
-    body = BodyReader(None, received or None)
-    body.bytes_read = received  # as if the handler had read that much
-    return Request(method, "/pool/x", [], "1.1", "http", ("127.0.0.1", 1), body)
-
-
-async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        await trio.lowlevel.checkpoint()
-        yield part
-
-
-def samples(
-    stats: RequestStats, removed: int = 0
-) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(http_collector(stats, lambda: removed))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def samples(stats: RequestStats, removed: int = 0) -> Samples:
+    return collected(http_collector(stats, lambda: removed))
 
 
 async def test_bytes_answers_are_counted_when_the_handler_returns() -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from store.errors import ClientTimeout, Code, ConfigError, RemoteError
 from store.gateways.nbd.cli import nbdkit_command
@@ -34,10 +33,10 @@ from store.gateways.nbd.settings import SettingsBuilder
 from store.metrics.nbd import NbdStats
 from tests.clients.nbd.conftest import QemuIo, Serve, new_image, run
 from tests.cluster.harness import Cluster, free_port
+from tests.metric_samples import Samples, parse_samples, value
 
 REPO = Path(__file__).resolve().parents[3]
 KiB, MiB = 1 << 10, 1 << 20
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def get(address: str, path: str) -> tuple[int, bytes]:
@@ -54,15 +53,7 @@ def get(address: str, path: str) -> tuple[int, bytes]:
 def scrape(address: str) -> Samples:
     status, body = get(address, "/metrics")
     assert status == 200, body
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse_samples(body.decode())
 
 
 def wait_for_metric(address: str, name: str, wanted: float, **labels: str) -> Samples:
@@ -219,21 +210,21 @@ def test_the_systemd_unit_and_the_example_configuration_agree(tmp_path: Path) ->
 
 def test_metrics_and_log_format_parameters() -> None:
     builder = SettingsBuilder()
-    for key, value in {"image": "rbd/x", "metrics": "127.0.0.1:9112", "log-format": "json"}.items():
-        builder.set(key, value)
+    for key, given in {"image": "rbd/x", "metrics": "127.0.0.1:9112", "log-format": "json"}.items():
+        builder.set(key, given)
     settings = builder.build()
     assert (settings.metrics, settings.log_format) == ("127.0.0.1:9112", "json")
     described = builder.described()
     assert described["metrics"] == {"value": "127.0.0.1:9112", "source": "nbdkit parameter"}
     assert described["timeout"] == {"value": None, "source": "default"}
-    for key, value, message in [
+    for key, given, message in [
         ("metrics", "nowhere", "metrics=nowhere: expected HOST:PORT"),
         ("metrics", "host:99999", "port out of range"),
         ("log-format", "xml", "log-format=xml: give one of human, json"),
     ]:
         bad = SettingsBuilder()
         bad.set("image", "rbd/x")
-        bad.set(key, value)
+        bad.set(key, given)
         with pytest.raises(ConfigError, match=message):
             bad.build()
     args = nbdkit_command(

@@ -9,14 +9,11 @@ never in the user's home, and an environment without the machine's ``AWS_*`` var
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
-import signal
 import ssl
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,60 +25,27 @@ import pytest
 from botocore.config import Config
 
 from store import tls
-from tests.cluster.harness import Cluster, free_port, running_cluster
+from tests.clients.gateway_process import GatewayProcess, started_gateways
+from tests.cluster.harness import Cluster, running_cluster
 
 POOL = "s3"
 REGION = "us-east-1"
 
 
-class Gateway:
-    """One `store s3 serve` process."""
+class Gateway(GatewayProcess):
+    """One `store s3 serve` process, ready when it answers /healthz itself."""
+
+    start_timeout = 60.0
+    log_tail = 8000
 
     def __init__(self, cluster: Cluster, root: Path, name: str, *extra: str) -> None:
-        self.cluster = cluster
-        self.port = free_port()
-        self.log_path = root / f"{name}.log"
-        self.scheme = "https" if "--tls-cert" in extra else "http"
-        self.args = [
-            sys.executable,
-            "-m",
-            "store",
-            "s3",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--conf",
-            str(cluster.conf),
-            "--pool",
-            POOL,
-            "--region",
-            REGION,
-            "-v",
-            *extra,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cluster, root, name, extra)
+        self.args = self.serve_args(
+            "s3", cluster.conf, "--pool", POOL, "--region", REGION, "-v", *extra
+        )
 
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def start(self) -> Gateway:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.log()}")
-            if self.healthy():
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"gateway did not start:\n{self.log()}")
+    def ready(self) -> bool:
+        return self.healthy()
 
     def healthy(self) -> bool:
         context = None
@@ -92,21 +56,6 @@ class Gateway:
                 return bool(r.status == 200)
         except OSError:
             return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-8000:]
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-
-    def peak_memory_kib(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc status")
 
 
 class User:
@@ -137,18 +86,8 @@ def gateway_factory(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Gateway]]:
     root = tmp_path_factory.mktemp("s3-gateways")
-    made: list[Gateway] = []
-
-    def make(*extra: str) -> Gateway:
-        gateway = Gateway(cluster, root, f"gateway{len(made)}", *extra)
-        made.append(gateway)
-        return gateway.start()
-
-    try:
+    with started_gateways(functools.partial(Gateway, cluster, root)) as make:
         yield make
-    finally:
-        for gateway in made:
-            gateway.kill()
 
 
 @pytest.fixture(scope="package")

@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clients.s3.conftest import POOL, Gateway, User, error_of, make_user, s3_client
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, wait_until
 
 MIB = 1024 * 1024
 
@@ -28,15 +28,6 @@ def pool_objects(cluster: Cluster) -> set[str]:
 
 def data_objects(cluster: Cluster) -> set[str]:
     return {name for name in pool_objects(cluster) if name.startswith(("s3.data.", "s3.part."))}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_two_gateways_serve_the_same_buckets(
@@ -102,7 +93,11 @@ def test_kill_the_gateway_mid_upload(
         for conn in conns:
             conn.send(chunk)
     # Half sent: wait until stripes have reached the cluster, then kill -9.
-    wait_for(lambda: len(data_objects(cluster) - before) >= 4, "stripes written to the cluster")
+    wait_until(
+        lambda: len(data_objects(cluster) - before) >= 4,
+        "stripes written to the cluster",
+        timeout=60.0,
+    )
     doomed.kill()
     for conn in conns:
         conn.close()
@@ -138,10 +133,18 @@ def test_overwritten_and_deleted_data_is_freed(cluster: Cluster, s3: Any, bucket
     second = data_objects(cluster) - before - first
     assert len(second) == 1
     # The main gateway frees replaced data after 1 s (--gc-delay 1), on its next pass.
-    wait_for(lambda: not (data_objects(cluster) & first), "the replaced stripes to be freed")
+    wait_until(
+        lambda: not (data_objects(cluster) & first),
+        "the replaced stripes to be freed",
+        timeout=60.0,
+    )
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"small now"
     s3.delete_object(Bucket=bucket, Key="k")
-    wait_for(lambda: not (data_objects(cluster) & second), "the deleted object's data to be freed")
+    wait_until(
+        lambda: not (data_objects(cluster) & second),
+        "the deleted object's data to be freed",
+        timeout=60.0,
+    )
 
 
 def test_streaming_upload_memory_is_bounded(
@@ -190,7 +193,7 @@ def test_users_and_keys_from_the_cli(cluster: Cluster, gateway: Gateway) -> None
             return error_of(exc) == (403, "InvalidAccessKeyId")
         return False
 
-    wait_for(first_key_refused, "the removed key to be refused", timeout=20)
+    wait_until(first_key_refused, "the removed key to be refused", timeout=20)
     s3_client(gateway.url, second).delete_bucket(Bucket=name)
     cluster.cli("s3", "user", "rm", "carol", "--pool", POOL)
     assert "carol" not in cluster.cli("s3", "user", "ls", "--pool", POOL).stdout.decode()

@@ -4,13 +4,10 @@ with a fake clock, and the families a scrape makes of them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from store.gateways.s3.backend import Backend
 from store.gateways.s3.gateway import Gateway, Settings
@@ -20,48 +17,19 @@ from store.gateways.s3.handler import (
     operation_label,
 )
 from store.gateways.s3.process import GatewayState
-from store.gateways.web.server import BodyReader, Request, Response
+from store.gateways.web.server import Response
 from store.metrics.s3 import S3Stats, s3_collector
 from store.metrics.web import CountedBody
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def request(
-    method: str, target: str, headers: list[tuple[str, str]] | None = None, received: int = 0
-) -> Request:
-    body = BodyReader(None, received or None)
-    body.bytes_read = received  # as if the handler had read that much
-    return Request(method, target, headers or [], "1.1", "http", ("127.0.0.1", 1), body)
+from tests.clients.memory_requests import FakeClock, chunks, request
+from tests.metric_samples import Samples, collected
 
 
 def samples(stats: S3Stats, freed: int = 0) -> Samples:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(s3_collector(stats, lambda: freed))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return collected(s3_collector(stats, lambda: freed))
 
 
 def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return name, frozenset(labels.items())
-
-
-async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        await trio.lowlevel.checkpoint()
-        yield part
 
 
 async def test_refusals_are_counted_by_operation_status_and_reason() -> None:

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients.s3.conftest import Gateway, User, raw_request, s3_client
 from tests.cluster.harness import free_port
+from tests.metric_samples import Samples, delta, parse_samples, value
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 SIZE = 300_000  # more than one chunk of a streamed answer
 
 
@@ -49,22 +48,11 @@ class Metered:
         while True:
             status, text = self.get("/metrics")
             assert status == 200
-            samples: Samples = {}
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            samples = parse_samples(text)
             if value(samples, "store_s3_requests_in_flight") == 0:
                 return samples
             assert time.monotonic() < deadline, "requests stay in flight"
             time.sleep(0.05)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
 
 
 @pytest.fixture(scope="module")
