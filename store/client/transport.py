@@ -72,7 +72,7 @@ REHELLO_AFTER = 6
 
 
 class DatagramSocket(Protocol):
-    async def sendto(self, data: bytes, address: Address) -> Any: ...
+    async def sendto(self, data: bytes | bytearray, address: Address) -> Any: ...
     async def recv_many(self, size: int) -> list[bytes]:
         """The datagrams waiting (at least one), without their addresses."""
         ...
@@ -93,7 +93,7 @@ class UdpSocket:
         sock.setblocking(False)
         self.sock = sock
 
-    async def sendto(self, data: bytes, address: Address) -> int:
+    async def sendto(self, data: bytes | bytearray, address: Address) -> int:
         while True:
             try:
                 return self.sock.sendto(data, address)
@@ -379,7 +379,7 @@ class Transport:
         self,
         link: DaemonLink,
         waiter: _Waiter,
-        make: Callable[[], bytes],
+        make: Callable[[], bytes | bytearray],
         deadline: float,
         session: _ClientSession | None = None,
         give_up: GiveUp | None = None,
@@ -491,7 +491,7 @@ class Transport:
                 key = (session.session_id, request_id)
                 self._waiters[key] = waiter
 
-                def make(session: _ClientSession = session) -> bytes:
+                def make(session: _ClientSession = session) -> bytes | bytearray:
                     return session.cipher.seal(
                         DatagramType.REQUEST,
                         session.session_id,

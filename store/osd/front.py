@@ -113,7 +113,7 @@ class UdpFront:
                         log.exception("handling a datagram from %s failed", address)
                 await trio.lowlevel.checkpoint()
 
-    def send(self, data: bytes | None, address: Any) -> None:
+    def send(self, data: bytes | bytearray | None, address: Any) -> None:
         if data is None:
             return
         try:
@@ -190,14 +190,14 @@ class UdpFront:
         kind: str,
         started: float,
         fragments: tuple[int, int] | None = None,
-    ) -> bytes | None:
+    ) -> bytes | bytearray | None:
         """Seal and send `body`; returns the datagram (for the reply cache), or None when
         the reply went out in fragments (only reads that asked for it, never cached)."""
         sessions = self.sessions
         assert sessions is not None
         epoch = self.daemon.map.epoch
         packed = wire_body.pack(body)
-        datagram: bytes | None = None
+        datagram: bytes | bytearray | None = None
         if HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
             datagram = sessions.seal_packed(session, header, epoch, packed)
             self.send(datagram, address)

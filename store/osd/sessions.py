@@ -67,14 +67,14 @@ class Session:
     hello_reply: bytes
     window: ReplayWindow = field(default_factory=ReplayWindow)
     send_seq: int = 0
-    replies: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    replies: OrderedDict[int, bytes | bytearray] = field(default_factory=OrderedDict)
     in_progress: set[int] = field(default_factory=set)
 
     def next_seq(self) -> int:
         self.send_seq += 1
         return self.send_seq
 
-    def remember_reply(self, request_id: int, datagram: bytes) -> None:
+    def remember_reply(self, request_id: int, datagram: bytes | bytearray) -> None:
         self.replies[request_id] = datagram
         if len(self.replies) > REPLY_CACHE_SIZE:
             self.replies.popitem(last=False)
@@ -204,12 +204,12 @@ class SessionTable:
 
     def seal_reply(
         self, session: Session, request: Header, epoch: int, reply: dict[str, object]
-    ) -> bytes:
+    ) -> bytes | bytearray:
         return self.seal_packed(session, request, epoch, wire_body.pack(reply))
 
     def seal_packed(
         self, session: Session, request: Header, epoch: int, packed: bytes, fragment: bool = False
-    ) -> bytes:
+    ) -> bytes | bytearray:
         return session.cipher.seal(
             DatagramType.REPLY,
             session.session_id,

@@ -218,7 +218,7 @@ class DatagramCipher:
         body: bytes,
         encrypt: bool,
         fragment: bool = False,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         if type != self._send_type:
             raise ValueError(f"this side seals only {self._send_type.name} datagrams")
         if seq == 0:
@@ -231,7 +231,12 @@ class DatagramCipher:
         header = _pack_header(type, flags, session_id, seq, request_id, epoch)
         nonce = _NONCE.pack(seq)
         if encrypt:
-            return header + self._seal_aead.encrypt(nonce, body, header)
+            # Header, ciphertext and tag in one buffer: no copy of the body after sealing.
+            sealed = bytearray(HEADER_SIZE + len(body) + TAG_SIZE)
+            sealed[:HEADER_SIZE] = header
+            with memoryview(sealed) as view:
+                self._seal_aead.encrypt_into(nonce, body, header, view[HEADER_SIZE:])
+            return sealed
         authenticated = header + body
         return authenticated + self._seal_aead.encrypt(nonce, b"", authenticated)
 

@@ -69,7 +69,7 @@ class Fragment:
     index: int
     count: int
     version: tuple[int, int]
-    piece: bytes
+    piece: bytes | memoryview  # a view into the datagram's body: no copy until joined
 
 
 def parse_untrusted(body: bytes) -> Fragment:
@@ -78,7 +78,7 @@ def parse_untrusted(body: bytes) -> Fragment:
     index, count, epoch, seq = PREFIX.unpack_from(body)
     if not 0 < count <= MAX_FRAGMENTS or index >= count:
         raise MalformedDatagram(f"fragment {index} of {count} is out of range")
-    return Fragment(index, count, (epoch, seq), body[PREFIX_SIZE:])
+    return Fragment(index, count, (epoch, seq), memoryview(body)[PREFIX_SIZE:])
 
 
 class Reassembly:
@@ -89,7 +89,7 @@ class Reassembly:
     def __init__(self, limit: int) -> None:
         self.limit = limit  # the most reply bytes this request accepts
         self._key: tuple[int, tuple[int, int]] | None = None
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[int, bytes | memoryview] = {}
         self._size = 0
 
     @property

@@ -91,7 +91,7 @@ class MemorySocket:
     ) -> None:
         self.network, self.address, self.inbox = network, address, inbox
 
-    async def sendto(self, data: bytes, address: Address) -> int:
+    async def sendto(self, data: bytes | bytearray, address: Address) -> int:
         await trio.lowlevel.checkpoint()
         self.network.transmit(bytes(data), self.address, address)
         return len(data)
