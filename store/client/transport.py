@@ -80,6 +80,8 @@ class DatagramSocket(Protocol):
     def close(self) -> None: ...
 
 
+# The shortest wait for more fragments of a reply once some came in.
+QUIET_MIN = 0.002
 RECEIVE_BURST = 128  # datagrams taken per wakeup before other tasks run
 
 
@@ -387,8 +389,9 @@ class Transport:
         """Send, wait one RTO, resend with backoff until answered or the deadline passes.
 
         An INPROGRESS answer means the daemon has the request and is working on it: the
-        next RTO passes without a resend; so does one in which fragments of the reply came
-        in (they are still coming). Only unambiguous round trips feed the RTT estimator
+        next RTO passes without a resend. A wait in which fragments of the reply came in is
+        followed by short quiet waits (a quarter RTO) for as long as more keep coming, then
+        the request is sent again for the pieces lost on the way. Only unambiguous round trips feed the RTT estimator
         (Karn's rule): a first transmission answered directly, or a request the daemon said
         it was working on, timed from its first send.
         """
@@ -396,6 +399,7 @@ class Transport:
         sent = started = trio.current_time()
         acknowledged = False  # the daemon said INPROGRESS: our first send reached it
         progress = 0  # fragments seen when the last wait began
+        quiet = False  # the last wait saw fragments come in: wait only briefly now
         while True:
             if send:
                 sent = trio.current_time()
@@ -403,7 +407,10 @@ class Transport:
                 self.stats.datagrams_sent += 1
                 self.stats.bytes_sent += len(datagram)
                 await self.sock.sendto(datagram, link.address)
-            with trio.move_on_at(min(deadline, trio.current_time() + link.rtt.rto())):
+            wait = link.rtt.rto()
+            if quiet:
+                wait = max(QUIET_MIN, wait / 4)
+            with trio.move_on_at(min(deadline, trio.current_time() + wait)):
                 await waiter.event.wait()
             if waiter.reset:
                 raise _SessionReset()
@@ -420,7 +427,8 @@ class Transport:
                     # the time since then is how long this daemon takes to answer now.
                     link.rtt.sample(trio.current_time() - started)
                 return waiter.reply
-            if waiter.progress != progress and trio.current_time() < deadline:
+            quiet = waiter.progress != progress
+            if quiet and trio.current_time() < deadline:
                 progress, send, link.unanswered = waiter.progress, False, 0
                 continue
             if give_up is not None and (reason := give_up()) is not None:
