@@ -48,6 +48,12 @@ async def test_large_reads_come_in_fragments(cluster: Cluster) -> None:
         # Three 1 MiB extents, one request each, each answered by seventeen datagrams.
         assert stats.requests - requests == 3
         assert stats.datagrams_received - received >= 3 * 17
+        # Without a receive buffer for fragments, reads go as one-datagram pieces.
+        client.read_slots = None
+        requests = stats.requests
+        assert await client.read("default", "fragmented", 0, len(data)) == data
+        assert stats.requests - requests == -(-len(data) // client.max_piece)
+        client.read_slots = trio.Semaphore(4)
         # A short read past the end still comes back whole, as the object's tail.
         assert await client.read("default", "fragmented", (3 << 20) - 1000, 5 << 20) == data[-1000:]
 

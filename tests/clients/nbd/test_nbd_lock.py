@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,17 @@ def test_a_broken_lock_fences_the_old_writer(
     run("qemu-io", "-f", "raw", "-c", "read -P 0x71 0 64k", second.uri)
 
 
+# Copies a file to stdout in 1 MiB chunks, ten per second.
+SLOW_FEED = """
+import sys, time
+with open(sys.argv[1], "rb") as f:
+    while chunk := f.read(1 << 20):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        time.sleep(0.1)
+"""
+
+
 def random_bytes(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -87,19 +99,29 @@ def test_kill_9_during_nbdcopy_keeps_what_was_flushed(
     writer = serve(image)
     run("nbdcopy", str(tmp_path / "a.bin"), writer.uri, timeout=300)  # ends with a flush
 
+    # The copy reads its source from a pipe fed at ~10 MiB/s, so it lasts about five
+    # seconds however fast the cluster writes, and the kill lands in its middle.
+    feeder = subprocess.Popen(
+        [sys.executable, "-c", SLOW_FEED, str(tmp_path / "b.bin")], stdout=subprocess.PIPE
+    )
+    assert feeder.stdout is not None
     copy = subprocess.Popen(
-        [tool("nbdcopy"), str(tmp_path / "b.bin"), writer.uri],
+        [tool("nbdcopy"), "-", writer.uri],
+        stdin=feeder.stdout,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    feeder.stdout.close()  # the copy holds the pipe now
     try:
-        time.sleep(1.0)
+        time.sleep(1.5)
+        assert copy.poll() is None, "the copy finished before nbdkit was killed"
         writer.kill()  # -9, in the middle of the copy
-        assert copy.wait(timeout=60) != 0, "the copy finished before nbdkit was killed"
+        assert copy.wait(timeout=60) != 0
     finally:
-        if copy.poll() is None:
-            copy.kill()
-            copy.wait()
+        for proc in (copy, feeder):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
     reader = serve(image, "--readonly")
     run("nbdcopy", reader.uri, str(tmp_path / "out.bin"), timeout=300)
