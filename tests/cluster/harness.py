@@ -94,25 +94,38 @@ class Cluster:
         if dashboard:
             self.dashboard_port = self.dashboard_port or free_port()
             http += ["--dashboard", f"127.0.0.1:{self.dashboard_port}"]
-        self._spawn(
-            "master",
-            [
-                "master",
-                "--data-dir",
-                str(self.root / "master"),
-                "--listen",
-                self.master_listen,
-                "--tls-dir",
-                str(self.tls_dir),
-                "--osd-grace",
-                str(self.grace),
-                "-vv",
-                *http,
-                *(extra or self.master_extra),
-            ],
-        )
+        # A first start may find its free port taken since free_port() looked (by another
+        # test's process): then it moves to another one, as nothing knows the old yet.
+        movable = "master" not in self.procs and self.master_listen == self.master_addr
         key = self.root / "master" / "admin.key"
-        self._wait(lambda: key.exists() and self._accepting(self.port), "master start")
+        for attempt in range(3):
+            logged = self._log_size("master")
+            self._spawn(
+                "master",
+                [
+                    "master",
+                    "--data-dir",
+                    str(self.root / "master"),
+                    "--listen",
+                    self.master_listen,
+                    "--tls-dir",
+                    str(self.tls_dir),
+                    "--osd-grace",
+                    str(self.grace),
+                    "-vv",
+                    *http,
+                    *(extra or self.master_extra),
+                ],
+            )
+            try:
+                self._wait(lambda: key.exists() and self._accepting(self.port), "master start")
+                break
+            except AssertionError:
+                taken = "Address already in use" in self.log("master")[logged:]
+                if not (movable and taken) or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.master_addr = self.master_listen = f"127.0.0.1:{self.port}"
         conf = self.root / "store.conf"
         write_config(
             conf, master=self.master_addr, ca=self.tls_dir / "ca.crt", keyring=key, timeout=20.0
@@ -179,6 +192,12 @@ class Cluster:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGKILL)
+
+    def _log_size(self, name: str) -> int:
+        try:
+            return len(self.log(name))
+        except OSError:
+            return 0
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
