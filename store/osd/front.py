@@ -55,6 +55,7 @@ from store.wire.datagram import (
     Header,
     parse_header_untrusted,
 )
+from store.wire.fragments import fits as fragments_fit
 from store.wire.fragments import split as split_fragments
 
 if TYPE_CHECKING:
@@ -201,13 +202,18 @@ class UdpFront:
         if HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
             datagram = sessions.seal_packed(session, header, epoch, packed)
             self.send(datagram, address)
-        elif fragments is not None and body["r"] == Code.OK and len(packed) <= fragments[0]:
+        elif (
+            fragments is not None
+            and body["r"] == Code.OK
+            and len(packed) <= fragments[0]
+            and fragments_fit(len(packed), fragments[1])
+        ):
             version = (int(body["v"][0]), int(body["v"][1]))
             for piece in split_fragments(packed, version, fragments[1]):
                 self.send(sessions.seal_packed(session, header, epoch, piece, True), address)
             self.stats.fragmented += 1
         else:
-            body = {"r": int(Code.EFBIG), "m": "reply too large for one datagram: ask for less"}
+            body = {"r": int(Code.EFBIG), "m": "reply too large to send: ask for less"}
             datagram = sessions.seal_reply(session, header, epoch, body)
             self.send(datagram, address)
         self.stats.answered(kind, body["r"], time.perf_counter() - started)

@@ -44,6 +44,12 @@ def piece_size(datagram_size: int) -> int:
     return min(datagram_size, MAX_DATAGRAM) - HEADER_SIZE - TAG_SIZE - PREFIX_SIZE
 
 
+def fits(size: int, datagram_size: int) -> bool:
+    """Whether a packed reply of `size` bytes can be sent in fragments of that size."""
+    piece = piece_size(datagram_size)
+    return piece > 0 and -(-size // piece) <= MAX_FRAGMENTS
+
+
 def split(packed: bytes, version: tuple[int, int], datagram_size: int) -> list[bytes]:
     """The fragment bodies of the packed reply `packed` of object version `version`."""
     size = piece_size(datagram_size)

@@ -54,6 +54,15 @@ async def test_large_reads_come_in_fragments(cluster: Cluster) -> None:
         assert await client.read("default", "fragmented", 0, len(data)) == data
         assert stats.requests - requests == -(-len(data) // client.max_piece)
         client.read_slots = trio.Semaphore(4)
+        # A reply that would need more fragments than a reply may have is refused, not
+        # dropped: 3 MiB in datagrams of 1400 bytes would be some 2,400.
+        client.transport.max_datagram = 1400
+        with pytest.raises(RemoteError) as err:
+            await client.execute(
+                "default", "fragmented", [["read", 0, len(data)]], fragments=len(data) + 4096
+            )
+        assert err.value.code == Code.EFBIG
+        client.transport.max_datagram = 65000
         # A short read past the end still comes back whole, as the object's tail.
         assert await client.read("default", "fragmented", (3 << 20) - 1000, 5 << 20) == data[-1000:]
 

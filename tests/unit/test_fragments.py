@@ -137,6 +137,17 @@ def test_malformed_prefixes_are_refused(raw: bytes) -> None:
         fragments.parse_untrusted(raw)
 
 
+def test_fits_says_what_split_takes() -> None:
+    largest = fragments.piece_size(1400) * fragments.MAX_FRAGMENTS
+    assert fragments.fits(largest, 1400)
+    assert not fragments.fits(largest + 1, 1400)
+    with pytest.raises(ValueError):
+        fragments.split(b"x" * (largest + 1), (1, 1), 1400)
+    assert len(fragments.split(b"x" * largest, (1, 1), 1400)) == fragments.MAX_FRAGMENTS
+    assert fragments.fits(16 << 20, MAX_DATAGRAM)
+    assert not fragments.fits(10, 60)  # no room for a piece at all
+
+
 def test_split_refuses_what_it_cannot_describe() -> None:
     with pytest.raises(ValueError):
         fragments.split(b"x" * 10, (1, 1), 60)  # no room for a piece
