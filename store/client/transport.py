@@ -8,8 +8,9 @@ bounds the requests in flight to that daemon.
 
 A request is one datagram and its reply one datagram, except that a read may ask for a
 reply of up to N bytes in fragments (``store.wire.fragments``): the fragments of one
-reply are collected by version, and an RTO in which fragments arrived passes without a
-resend. A resend makes the daemon serve the read again; fragments already held are kept. The sender waits for the reply for one
+reply are collected by version, and once some came in the client waits only while more
+keep coming before it asks again. A resend makes the daemon serve the read again;
+fragments already held are kept. The sender waits for the reply for one
 retransmission timeout (RTO), then sends the request again under a new sequence number (the
 anti-replay window would drop the old one) and the same request id, doubling the RTO each
 time (Karn: only first transmissions feed the estimator). The daemon recognises a repeated
@@ -391,9 +392,9 @@ class Transport:
         An INPROGRESS answer means the daemon has the request and is working on it: the
         next RTO passes without a resend. A wait in which fragments of the reply came in is
         followed by short quiet waits (a quarter RTO) for as long as more keep coming, then
-        the request is sent again for the pieces lost on the way. Only unambiguous round trips feed the RTT estimator
-        (Karn's rule): a first transmission answered directly, or a request the daemon said
-        it was working on, timed from its first send.
+        the request is sent again for the pieces lost on the way. Only unambiguous round
+        trips feed the RTT estimator (Karn's rule): a first transmission answered directly,
+        or a request the daemon said it was working on, timed from its first send.
         """
         first, send = True, True
         sent = started = trio.current_time()

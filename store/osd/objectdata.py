@@ -419,21 +419,7 @@ class ObjectRows:
         first, last = offset // bs, (end - 1) // bs
         maps = self._maps(obj.oid, first, last)
         present = maps.present(first, last)
-        if len(present) == last - first + 1 and all(
-            present[k][1] == present[k - 1][1] + 1 for k in range(1, len(present))
-        ):
-            # Every block there, in consecutive slots (a large write lands so): one
-            # pread, the checksums, and the answer is a slice of what was read.
-            whole = self._space.read_run(present[0][1], len(present))
-            with memoryview(whole) as view:
-                for k, (index, _, csum) in enumerate(present):
-                    with view[k * bs : (k + 1) * bs] as piece:
-                        self._verified(obj, index, csum, piece)
-            lo = offset - first * bs
-            if lo == 0 and len(whole) == end - offset:
-                return whole
-            return whole[lo : lo + end - offset]
-        out = bytearray(end - offset)
+        out: bytearray | None = None  # made only when the range is not one run
         i = 0
         while i < len(present):
             # A run: consecutive blocks in consecutive slots, read with one pread.
@@ -444,16 +430,25 @@ class ObjectRows:
                 and present[j][1] == present[j - 1][1] + 1
             ):
                 j += 1
-            data = memoryview(self._space.read_run(present[i][1], j - i))
-            for k in range(i, j):
-                index, _, csum = present[k]
-                block = data[(k - i) * bs : (k - i + 1) * bs]
-                self._verified(obj, index, csum, block)
-                start = index * bs
-                lo, hi = max(offset, start), min(end, start + bs)
-                out[lo - offset : hi - offset] = block[lo - start : hi - start]
+            whole = self._space.read_run(present[i][1], j - i)
+            with memoryview(whole) as data:
+                for k in range(i, j):
+                    index, _, csum = present[k]
+                    with data[(k - i) * bs : (k - i + 1) * bs] as block:
+                        self._verified(obj, index, csum, block)
+                run_start = present[i][0] * bs
+                lo, hi = max(offset, run_start), min(end, run_start + (j - i) * bs)
+                if j - i == last - first + 1:
+                    # The whole range in one run (a large write lands so): the answer is
+                    # what was read, or a slice of it.
+                    if lo == run_start and len(whole) == hi - lo:
+                        return whole
+                    return whole[lo - run_start : hi - run_start]
+                if out is None:
+                    out = bytearray(end - offset)
+                out[lo - offset : hi - offset] = data[lo - run_start : hi - run_start]
             i = j
-        return bytes(out)
+        return bytes(out) if out is not None else bytes(end - offset)
 
     def write(self, obj: ObjectHeader, offset: int, data: bytes) -> None:
         end = offset + len(data)

@@ -52,14 +52,13 @@ def fits(size: int, datagram_size: int) -> bool:
 
 def split(packed: bytes, version: tuple[int, int], datagram_size: int) -> list[bytes]:
     """The fragment bodies of the packed reply `packed` of object version `version`."""
-    size = piece_size(datagram_size)
-    if size < 1:
-        raise ValueError(f"datagrams of {datagram_size} bytes have no room for a fragment")
-    count = max(1, -(-len(packed) // size))
-    if count > MAX_FRAGMENTS:
+    if not fits(len(packed), datagram_size):
         raise ValueError(
-            f"a reply of {len(packed)} bytes needs more than {MAX_FRAGMENTS} fragments"
+            f"a reply of {len(packed)} bytes does not fit {MAX_FRAGMENTS} fragments"
+            f" of datagrams of {datagram_size} bytes"
         )
+    size = piece_size(datagram_size)
+    count = max(1, -(-len(packed) // size))
     epoch, seq = version
     if not (0 <= epoch < _U32 and 0 <= seq < _U64):
         raise ValueError(f"version {version!r} does not fit a fragment prefix")

@@ -175,18 +175,12 @@ async def test_certificate_from_another_ca_is_refused(certs: Path, stranger: Pat
 
 
 async def test_tampered_record_breaks_the_stream(certs: Path) -> None:
-    server_ctx, client_ctx = contexts(certs, certs)
-    left, right = trio.testing.memory_stream_pair()
-    server = TlsStream(left, server_ctx, server_side=True)
-    client = TlsStream(right, client_ctx, server_side=False)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.do_handshake)
-        nursery.start_soon(client.do_handshake)
+    server, client = await connected(certs)
     # Encrypt by hand and flip one bit of the ciphertext on its way.
     client.ssl_object.write(b"important payload")
     record = bytearray(client._outgoing.read())
     record[-5] ^= 0x01
-    await right.send_all(bytes(record))
+    await client.transport_stream.send_all(bytes(record))
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some()
     with pytest.raises(trio.BrokenResourceError):
