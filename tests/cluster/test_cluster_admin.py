@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from store import auth, tls
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, wait_until
 
 
 def test_master_restart_keeps_pools_keys_and_epochs(cluster: Cluster) -> None:
@@ -135,10 +135,13 @@ def test_peer_port_admits_only_daemons_of_this_cluster(cluster: Cluster, tmp_pat
     tls.init_ca(other)
     tls.issue(other, "osd", role="osd")
     assert _peer_handshake(port, other, "osd") == "refused"
-    assert "refused a peer connection" in cluster.log("osd.0")
+    # The client may learn of the refusal before the daemon has written its log line.
+    wait_until(
+        lambda: "refused a peer connection" in cluster.log("osd.0"), "the refusal logged", 10
+    )
     # A certificate of this cluster, but not a daemon's.
     assert _peer_handshake(port, cluster.tls_dir, "master") == "refused"
-    assert "not a daemon certificate" in cluster.log("osd.0")
+    wait_until(lambda: "not a daemon certificate" in cluster.log("osd.0"), "the refusal logged", 10)
     # Bytes that are not TLS at all.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 50)
