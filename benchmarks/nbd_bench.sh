@@ -11,9 +11,9 @@
 # fills the 256 MiB the tests touch (so that reads hit written objects, not holes), runs
 # fio, prints a markdown table, and removes the image.
 #
-# The plugin serializes requests per connection (see docs/nbd.md), so "16 in flight" on
-# one connection are served one at a time; the last two rows spread the same 16 over four
-# connections (fio numjobs=4, iodepth=4), which the gateway serves in parallel.
+# `store nbd serve` runs nbdkit in its parallel thread model behind a relay (docs/nbd.md),
+# so the 16 requests in flight on one connection are served together; the last two rows
+# spread the same 16 over four connections (fio numjobs=4, iodepth=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}

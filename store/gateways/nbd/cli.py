@@ -15,6 +15,7 @@ from store import configfile, logs
 from store.client.config import config_path
 from store.gateways import cli as gateway_cli
 from store.gateways.nbd.launcher import ensure_launcher
+from store.gateways.nbd.relay import DEFAULT_PORT, exec_behind_relay, listen
 from store.gateways.nbd.settings import DOCUMENT_VARIABLE
 from store.image.errors import ImageError
 from store.image.model import parse_image_spec
@@ -38,9 +39,11 @@ def nbdkit_command(
     metrics: str | None = None,
     log_format: str = "human",
     verbose: bool = False,
+    parallel: bool = False,
     nbdkit: str = "nbdkit",
 ) -> list[str]:
-    """The nbdkit command line that serves image ``spec`` in the foreground."""
+    """The nbdkit command line that serves image ``spec`` in the foreground (on the
+    socket it is handed, by socket activation, when given neither ``unix`` nor ``port``)."""
     args = [nbdkit, "--foreground"]
     if verbose:
         args.append("--verbose")
@@ -68,6 +71,8 @@ def nbdkit_command(
         args.append(f"metrics={metrics}")
     if log_format != "human":
         args.append(f"log-format={log_format}")
+    if parallel:
+        args.append("parallel=true")
     return args
 
 
@@ -116,6 +121,11 @@ def plugin_path_command() -> None:
 @gateway_cli.metrics_option
 @click.option("-v", "--verbose", is_flag=True, help="nbdkit's debug log (every request).")
 @logs.format_option
+@click.option(
+    "--no-relay",
+    is_flag=True,
+    help="Run nbdkit alone on the socket, one request at a time per connection.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the nbdkit command instead of running it.")
 def serve_command(
     spec: str,
@@ -131,9 +141,16 @@ def serve_command(
     metrics: str | None,
     verbose: bool,
     log_format: str,
+    no_relay: bool,
     dry_run: bool,
 ) -> None:
     """Serve image POOL/NAME with nbdkit, in the foreground (Ctrl-C stops it).
+
+    Clients connect to a relay that hands their requests to nbdkit in whole NBD
+    messages, which lets nbdkit serve each connection's requests in parallel: nbdkit
+    1.32 can die of a client that leaves with requests in flight when they run in
+    parallel and it faces the client itself. `--no-relay` runs nbdkit alone, serving
+    one request at a time per connection.
 
     Settings may come from a TOML file (`--config FILE`, keys are the long flag names):
     `store nbd serve --config /etc/store/nbd/rbd-vm1.toml rbd/vm1`."""
@@ -154,13 +171,15 @@ def serve_command(
         raise click.ClickException(f"nbdkit is not installed: apt-get install {NBDKIT_PACKAGES}")
     if unix is not None and not dry_run:
         clear_stale_socket(unix)
+    unix_path = unix.resolve() if unix is not None else None
+    relay = not no_relay
     args = nbdkit_command(
         ensure_launcher(),
         spec,
         conf=conf_file,
-        unix=unix.resolve() if unix is not None else None,
-        port=port,
-        bind=bind,
+        unix=None if relay else unix_path,
+        port=None if relay else port,
+        bind=None if relay else bind,
         readonly=readonly,
         client_name=client_name,
         keyring=keyring.resolve() if keyring is not None else None,
@@ -169,13 +188,26 @@ def serve_command(
         metrics=metrics,
         log_format=log_format,
         verbose=verbose,
+        parallel=relay,
         nbdkit=nbdkit or "nbdkit",
     )
     if dry_run:
+        if relay:
+            where = f"unix {unix_path}" if unix_path else f"port {port or DEFAULT_PORT}"
+            if bind is not None:
+                where += f" on {bind}"
+            click.echo(f"# clients connect to the relay ({where}); nbdkit serves the relay:")
         click.echo(shlex.join(args))
         return
     # The plugin serves this at /config (`store config show --metrics`); nbdkit keeps
     # this process's id, so the document's pid stays right.
     document = configfile.document(click.get_current_context(), "nbd")
     os.environ[DOCUMENT_VARIABLE] = json.dumps(document, default=str)
-    os.execv(args[0], args)
+    if not relay:
+        os.execv(args[0], args)
+    try:
+        public = listen(unix_path, port, bind)
+    except OSError as exc:
+        where = str(unix_path) if unix_path else f"{bind or '*'}:{port or DEFAULT_PORT}"
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    exec_behind_relay(args, public, unix_path, verbose=verbose)

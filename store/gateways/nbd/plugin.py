@@ -6,11 +6,13 @@ each hands its work to :class:`~store.gateways.nbd.service.ImageGateway` in the 
 thread (:mod:`.bridge`) and turns a failure into the errno the NBD client should see
 (:mod:`.errors`) before raising, which is how nbdkit's Python plugin reports errors.
 
-Thread model: ``SERIALIZE_REQUESTS``: one request at a time per connection, connections
-in parallel. (nbdkit 1.32 can abort in the ``PARALLEL`` model when a client disconnects
-with requests in flight.) Clients get parallelism from several connections, which
-``can_multi_conn`` allows because a flush on any connection waits for the writes of all.
-Within a request, the pieces of every object it spans are sent in parallel.
+Thread model: ``SERIALIZE_REQUESTS`` unless ``parallel=true``: one request at a time per
+connection, connections in parallel. nbdkit 1.32 can abort in the ``PARALLEL`` model when a
+client's input ends badly with requests in flight; ``store nbd serve`` puts a relay in
+front of nbdkit that prevents that (:mod:`.relay`) and passes ``parallel=true``. Clients
+also get parallelism from several connections, which ``can_multi_conn`` allows because a
+flush on any connection waits for the writes of all. Within a request, the pieces of
+every object it spans are sent in parallel.
 
 With ``metrics=HOST:PORT`` the trio thread also serves Prometheus metrics, health and the
 configuration (:mod:`.process`).
@@ -154,6 +156,8 @@ def config_complete() -> None:
 
 
 def thread_model() -> int:
+    if _settings is not None and _settings.parallel:
+        return int(nbdkit.THREAD_MODEL_PARALLEL)
     return int(nbdkit.THREAD_MODEL_SERIALIZE_REQUESTS)
 
 
@@ -175,7 +179,8 @@ def after_fork() -> None:
         )
     except Exception as exc:
         _fail(exc)
-    log.info("serving image %s", settings.spec)
+    model = "in parallel" if settings.parallel else "one at a time"
+    log.info("serving image %s; each connection's requests %s", settings.spec, model)
 
 
 def cleanup() -> None:

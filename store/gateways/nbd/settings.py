@@ -2,7 +2,7 @@
 
     nbdkit python PLUGIN image=POOL/NAME [conf=PATH] [name=CLIENT] [keyring=PATH]
                          [readonly=true] [lease=SECONDS] [timeout=SECONDS]
-                         [metrics=HOST:PORT] [log-format=human|json]
+                         [metrics=HOST:PORT] [log-format=human|json] [parallel=true]
 
 Paths are made absolute at once: nbdkit changes directory to / when it daemonizes.
 """
@@ -32,7 +32,9 @@ readonly=BOOL      serve read-only, without taking the image's lock (default: fa
 lease=SECONDS      length of the writer's lock lease (default: 30)
 timeout=SECONDS    fail a cluster request after this long (default: the configuration's)
 metrics=HOST:PORT  serve Prometheus /metrics, /healthz, /readyz and /config here
-log-format=FORMAT  human (default) or json: one JSON object a line"""
+log-format=FORMAT  human (default) or json: one JSON object a line
+parallel=BOOL      serve a connection's requests in parallel (default: false); only
+                   behind `store nbd serve`'s relay, or with nbdkit 1.33.10 or later"""
 
 # `store nbd serve` passes its effective configuration to the plugin here (see process.py).
 DOCUMENT_VARIABLE = "STORE_NBD_RUNNING_CONFIG"
@@ -53,6 +55,7 @@ class PluginSettings:
     timeout: float | None = None
     metrics: str | None = None
     log_format: str = "human"
+    parallel: bool = False
 
     @property
     def spec(self) -> str:
@@ -91,6 +94,7 @@ class SettingsBuilder:
         "timeout",
         "metrics",
         "log-format",
+        "parallel",
     )
 
     def __init__(self) -> None:
@@ -133,6 +137,7 @@ class SettingsBuilder:
             timeout=_seconds("timeout", given["timeout"]) if "timeout" in given else None,
             metrics=metrics,
             log_format=log_format,
+            parallel=parse_bool("parallel", given["parallel"]) if "parallel" in given else False,
         )
 
     def described(self) -> dict[str, dict[str, Any]]:

@@ -200,9 +200,17 @@ def test_the_systemd_unit_and_the_example_configuration_agree(tmp_path: Path) ->
     (folder / "rbd-vm1.toml").write_text(example.replace("/etc/store/store.conf", str(conf)))
     dry = store_cli("nbd", "serve", *command, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    words = shlex.split(dry.stdout)
+    first, command_line = dry.stdout.splitlines()
+    assert (
+        first == "# clients connect to the relay (port 10809 on 0.0.0.0); nbdkit serves the relay:"
+    )
+    words = shlex.split(command_line)
     assert "metrics=0.0.0.0:9112" in words and "image=rbd/vm1" in words
-    assert words[words.index("--port") + 1] == "10809"
+    assert "parallel=true" in words and "--port" not in words
+    # Without the relay, nbdkit listens itself and serves one request at a time.
+    alone = store_cli("nbd", "serve", *command, "--no-relay", "--dry-run")
+    words = shlex.split(alone.stdout)
+    assert words[words.index("--port") + 1] == "10809" and "parallel=true" not in words
 
 
 # --- the pure parts: parameters, result labels, counters, the configuration document ------

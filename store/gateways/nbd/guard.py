@@ -1,0 +1,124 @@
+"""What a client says to nbdkit, cut into whole NBD messages (sans I/O).
+
+nbdkit 1.32 can abort in its ``PARALLEL`` thread model when the input of a connection
+ends badly while requests are in flight: a reset, an end in the middle of a write's
+payload, a request with a wrong magic number. The thread that sees it marks the
+connection dead and invalidates its socket, and another worker, about to send its
+reply, trips an assertion (fixed in nbdkit 1.33.10). An end of input *between*
+messages is harmless: nbdkit finishes the requests in flight and closes.
+
+:class:`RequestGuard` reads the client's side of a connection and hands on only whole
+messages: the 4-byte client flags, whole options (``IHAVEOPT`` header and data) while
+negotiating, then whole requests (the 28-byte header, and a write's payload with it).
+Anything that breaks the protocol stops the flow at the last whole message, and the
+relay (:mod:`.relay`) then ends nbdkit's input there.
+"""
+
+from __future__ import annotations
+
+import struct
+
+OPTION_MAGIC = b"IHAVEOPT"
+REQUEST_MAGIC = struct.pack(">I", 0x25609513)
+OPT_EXPORT_NAME = 1
+OPT_GO = 7
+CMD_WRITE = 1
+
+FLAGS_SIZE = 4
+OPTION_HEADER = struct.Struct(">8sII")  # magic, option, length of its data
+REQUEST_HEADER = struct.Struct(">4sHHQQI")  # magic, flags, type, cookie, offset, length
+
+# The guard holds a message until it is whole, so it caps what it holds. nbdkit takes
+# writes of up to 64 MiB; options carry names of at most 4 KiB, so 64 KiB is ample.
+MAX_OPTION_DATA = 64 * 1024
+MAX_WRITE = 64 * 1024 * 1024
+
+_FLAGS, _OPTION, _REQUEST, _BROKEN = range(4)
+
+
+class RequestGuard:
+    """Feed the client's bytes; get back the prefix that ends on a message boundary."""
+
+    def __init__(self) -> None:
+        self._state = _FLAGS
+        self._buffer = bytearray()
+        self._go_sent = False
+        self.broken: str | None = None
+        self.requests = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Take ``data``; return the bytes now safe to hand on (maybe none)."""
+        if self._state == _BROKEN:
+            return b""
+        buffer = self._buffer
+        buffer += data
+        end = self._scan(buffer)
+        if end == 0:
+            return b""
+        if end == len(buffer):
+            out = bytes(buffer)
+            buffer.clear()
+        else:
+            out = bytes(buffer[:end])
+            del buffer[:end]
+        return out
+
+    def _scan(self, buffer: bytearray) -> int:
+        """Walk the whole messages at the start of ``buffer``; return where they end."""
+        pos = 0
+        size = len(buffer)
+        while True:
+            if self._state == _FLAGS:
+                if size - pos < FLAGS_SIZE:
+                    return pos
+                pos += FLAGS_SIZE
+                self._state = _OPTION
+            elif self._state == _OPTION:
+                if self._go_sent and size - pos >= 4 and buffer[pos : pos + 4] == REQUEST_MAGIC:
+                    self._state = _REQUEST  # the server accepted the GO: transmission
+                    continue
+                if size - pos < OPTION_HEADER.size:
+                    return pos
+                magic, option, length = OPTION_HEADER.unpack_from(buffer, pos)
+                if magic != OPTION_MAGIC:
+                    return self._break(pos, "not an NBD option")
+                if length > MAX_OPTION_DATA:
+                    return self._break(pos, f"option data of {length} bytes")
+                end = pos + OPTION_HEADER.size + length
+                if size < end:
+                    return pos
+                pos = end
+                if option == OPT_EXPORT_NAME:
+                    self._state = _REQUEST
+                elif option == OPT_GO:
+                    self._go_sent = True
+            elif self._state == _REQUEST:
+                if size - pos < REQUEST_HEADER.size:
+                    return pos
+                magic, _flags, kind, _cookie, _offset, length = REQUEST_HEADER.unpack_from(
+                    buffer, pos
+                )
+                if magic != REQUEST_MAGIC:
+                    return self._break(pos, "a request with a wrong magic number")
+                end = pos + REQUEST_HEADER.size
+                if kind == CMD_WRITE:
+                    if length > MAX_WRITE:
+                        return self._break(pos, f"a write of {length} bytes")
+                    end += length
+                if size < end:
+                    return pos
+                pos = end
+                self.requests += 1
+            else:
+                return pos
+
+    def _break(self, pos: int, why: str) -> int:
+        self._state = _BROKEN
+        self.broken = why
+        self._buffer = bytearray()
+        return pos
+
+    @property
+    def held(self) -> int:
+        """Bytes received but not handed on: the start of an unfinished message."""
+        return len(self._buffer)
