@@ -8,14 +8,18 @@ Run against nbdkit 1.32 directly in its parallel model, the reset rounds below a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tests.clients.nbd.conftest import NbdServer, Serve, new_image, run
-from tests.cluster.harness import Cluster, wait_until
+from tests.cluster.harness import Cluster, free_port, wait_until
 
 MiB = 1 << 20
 REQUEST = struct.Struct(">IHHQQI")
@@ -115,3 +119,62 @@ def test_without_the_relay_requests_are_served_one_at_a_time(
     time.sleep(0.5)
     assert server.proc.poll() is None, server.log()
     run("qemu-io", "-f", "raw", "-c", "read -P 0x33 1M 1M", server.uri)
+
+
+def test_relay_on_tcp_goes_with_nbdkit(nbd_cluster: Cluster, short_dir: Path) -> None:
+    image = new_image(nbd_cluster, "relayed-tcp", "64M")
+    port = free_port()
+    log = open(short_dir / "tcp.log", "wb")  # noqa: SIM115 (handed to the child)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "store", "nbd", "serve", image, "--port", str(port),
+         "--bind", "127.0.0.1", "--conf", str(nbd_cluster.conf)],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    try:
+        wait_until(lambda: _greets(port), "the relay to greet on TCP", 30)
+        info = run("nbdinfo", "--json", f"nbd://127.0.0.1:{port}")
+        assert json.loads(info.stdout)["exports"][0]["export-size"] == 64 * MiB
+        relays = _children(proc.pid)
+        assert len(relays) == 1, relays
+        # SIGTERM to nbdkit alone (as systemd's stop does to the main process first): the
+        # relay, which ignores SIGTERM, leaves when nbdkit has, and frees the port.
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        wait_until(lambda: not Path(f"/proc/{relays[0]}").exists(), "the relay to exit", 10)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_relay_removes_its_unix_socket(nbd_cluster: Cluster, serve: Serve) -> None:
+    server = serve(new_image(nbd_cluster, "relayed-unix", "16M"))
+    assert server.sock.exists()
+    server.stop()
+    wait_until(lambda: not server.sock.exists(), "the socket to go", 10)
+
+
+def _greets(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", port))
+            return s.recv(8) == b"NBDMAGIC"
+        except OSError:
+            return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
