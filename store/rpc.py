@@ -121,12 +121,22 @@ class RpcConnection:
 
     async def finish_call(self, pending: PendingCall, op: str, timeout: float = 30.0) -> Any:
         try:
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_after(timeout):
                 await pending.done.wait()
-            if scope.cancelled_caught:
-                raise RemoteError(Code.ETIMEDOUT, f"{self.name} did not answer {op} in {timeout}s")
         finally:
-            self._waiting.pop(pending.req_id, None)
+            self.abandon_call(pending)
+        return self.settle_call(pending, op, timeout)
+
+    def abandon_call(self, pending: PendingCall) -> None:
+        """Stop waiting for an answer (one that comes later is dropped)."""
+        self._waiting.pop(pending.req_id, None)
+
+    def settle_call(self, pending: PendingCall, op: str, timeout: float) -> Any:
+        """The outcome of a call whose wait is over (answered, or waited for ``timeout``
+        seconds): its result, or the error it ended with."""
+        self.abandon_call(pending)
+        if not pending.done.is_set():
+            raise RemoteError(Code.ETIMEDOUT, f"{self.name} did not answer {op} in {timeout}s")
         if pending.lost:
             raise ConnectionLost(f"connection to {self.name} lost during {op}")
         if pending.error is not None:
@@ -237,10 +247,18 @@ class RpcConnection:
             log.exception("request %s from %s failed", op, self.name)
             self._answer_error(req_id, Code.EIO, f"internal error handling {op}")
             return
-        if inspect.isawaitable(outcome):
+        if isinstance(outcome, Later):
+            outcome.listen(functools.partial(self._settled, req_id))
+        elif inspect.isawaitable(outcome):
             nursery.start_soon(self._finish, req_id, op, outcome)
         else:
             self._answer(req_id, outcome)
+
+    def _settled(self, req_id: int, result: Any, error: RemoteError | None) -> None:
+        if error is None:
+            self._answer(req_id, result)
+        else:
+            self._answer_error(req_id, error.code, error.message)
 
     async def _finish(self, req_id: int, op: str, outcome: Awaitable[Any]) -> None:
         try:
@@ -271,6 +289,35 @@ class RpcConnection:
         for pending in self._waiting.values():
             pending.lost = True
             pending.done.set()
+
+
+class Later:
+    """What a request handler returns to answer from a callback rather than a task
+    (a replicated write is answered by its commit's callback): ``resolve`` or ``fail``
+    once; the connection sends the answer then."""
+
+    __slots__ = ("_listener", "_outcome")
+
+    def __init__(self) -> None:
+        self._listener: Callable[[Any, RemoteError | None], None] | None = None
+        self._outcome: tuple[Any, RemoteError | None] | None = None
+
+    def resolve(self, result: Any) -> None:
+        self._settle(result, None)
+
+    def fail(self, error: RemoteError) -> None:
+        self._settle(None, error)
+
+    def _settle(self, result: Any, error: RemoteError | None) -> None:
+        if self._outcome is None:
+            self._outcome = (result, error)
+            if self._listener is not None:
+                self._listener(result, error)
+
+    def listen(self, listener: Callable[[Any, RemoteError | None], None]) -> None:
+        self._listener = listener
+        if self._outcome is not None:
+            listener(*self._outcome)
 
 
 class PendingCall:

@@ -28,9 +28,9 @@ from store.osd.pg import replica_txn_from_wire
 from store.osd.pglog import entries_from_wire
 from store.osd.pgrecovery import ADOPT_LOG_ENTRIES
 from store.osd.scrub import parse_scrub_map_args_untrusted, read_scrub_page
-from store.osd.txns import ObjectState, ObjectStateTxn, PgResetLogTxn
+from store.osd.txns import ObjectState, ObjectStateTxn, PgResetLogTxn, TxnResult
 from store.placement import primary
-from store.rpc import RpcConnection, parse_hostport
+from store.rpc import Later, RpcConnection, parse_hostport
 from store.tls import peer_identity
 from store.tlsstream import TlsStream
 
@@ -157,15 +157,16 @@ def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     _check_sender_is_primary(daemon, pool, pg, args)
     txn = replica_txn_from_wire(args, parse_ops_untrusted(args["ops"]))
     PEER_TRAFFIC.repop_received(txn.ops)
-    completion = daemon.writes.submit(txn)
+    later = Later()  # answered from the commit's callback: no task per replicated write
 
-    async def done() -> Any:
-        result = await completion.wait()
+    def done(result: TxnResult) -> None:
         if result.code == Code.OK:
-            return {"v": list(result.version)}
-        raise RemoteError(result.code, result.message)
+            later.resolve({"v": list(result.version)})
+        else:
+            later.fail(RemoteError(result.code, result.message))
 
-    return done()
+    daemon.writes.submit(txn, done)
+    return later
 
 
 def op_pg_info(daemon: OsdDaemon, args: dict[str, Any]) -> Any:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
-from store.rpc import RpcConnection
+from store.errors import Code, RemoteError
+from store.rpc import ConnectionLost, Later, RpcConnection
 from store.wire.frames import encode_frame
 
 
@@ -50,3 +52,58 @@ async def test_a_peer_that_stops_reading_loses_its_connection() -> None:
             conn.send_event("map", {"epoch": 1})
         with trio.fail_after(5):
             await conn.closed.wait()
+
+
+async def test_a_later_answer_comes_from_a_callback_in_any_order() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    held: dict[int, Later] = {}
+
+    def handler(op: str, args: dict[str, Any]) -> Any:
+        later = Later()
+        if op == "now":  # settled before the connection listens
+            later.resolve({"n": args["n"]})
+        else:
+            held[args["n"]] = later
+        return later
+
+    client = RpcConnection(left, name="client")
+    server = RpcConnection(right, handler=handler, name="server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        assert await client.call("now", {"n": 7}) == {"n": 7}
+        calls = [client.start_call("held", {"n": n}) for n in range(3)]
+        while len(held) < 3:
+            await trio.sleep(0.01)
+        held[2].resolve({"n": 2})
+        held[0].fail(RemoteError(Code.ENOSPC, "full"))
+        held[0].resolve({"n": "too late"})  # only the first outcome counts
+        held[1].resolve({"n": 1})
+        assert await client.finish_call(calls[2], "held") == {"n": 2}
+        assert await client.finish_call(calls[1], "held") == {"n": 1}
+        with pytest.raises(RemoteError) as caught:
+            await client.finish_call(calls[0], "held")
+        assert caught.value.code == Code.ENOSPC and caught.value.message == "full"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_settled_wait_tells_a_missing_answer_from_a_lost_link() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    client = RpcConnection(left, name="client")
+    server = RpcConnection(right, handler=lambda op, args: Later(), name="server")  # never
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        pending = client.start_call("held", {})
+        with trio.move_on_after(0.2):
+            await pending.done.wait()
+        with pytest.raises(RemoteError) as caught:
+            client.settle_call(pending, "held", 0.2)
+        assert caught.value.code == Code.ETIMEDOUT
+        lost = client.start_call("held", {})
+        await server.aclose()
+        with trio.fail_after(5):
+            await lost.done.wait()
+        with pytest.raises(ConnectionLost):
+            client.settle_call(lost, "held", 5)
+        nursery.cancel_scope.cancel()
