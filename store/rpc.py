@@ -15,8 +15,9 @@ writer task sends everything queued in one ``send_all``, so a burst of small rep
 frames costs one TLS record and one syscall.
 
 Incoming requests are handed to the handler *in the reader task, in arrival order*. The
-handler returns either a plain result (answered at once) or an awaitable (run in its own
-task, answered when it finishes). Replication relies on this: a replica queues each forwarded
+handler returns a plain result (answered at once), an awaitable (run in its own task,
+answered when it finishes) or a :class:`Later` (answered when a callback settles it, with no
+task: a replica answers a forwarded write from its commit's callback). Replication relies on this: a replica queues each forwarded
 write for its disk before the next frame is read, so writes reach the disk in the order the
 primary sent them, while their completions overlap.
 """
@@ -255,6 +256,8 @@ class RpcConnection:
             self._answer(req_id, outcome)
 
     def _settled(self, req_id: int, result: Any, error: RemoteError | None) -> None:
+        if self.closed.is_set():
+            return  # the asker is gone with the connection
         if error is None:
             self._answer(req_id, result)
         else:

@@ -429,7 +429,8 @@ class PlacementGroup:
 
     async def _collect_acks(self, forward: _Forward) -> int:
         # Every answer is needed, so waiting for each in turn takes as long as waiting for
-        # all at once, without a task per member.
+        # all at once, without a task per member. A member whose link broke is dropped
+        # once the others have answered (or the deadline passed), not at once.
         try:
             with trio.move_on_after(REPLICATION_TIMEOUT):
                 for _, pending in forward.calls.values():

@@ -107,3 +107,28 @@ async def test_a_settled_wait_tells_a_missing_answer_from_a_lost_link() -> None:
         with pytest.raises(ConnectionLost):
             client.settle_call(lost, "held", 5)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_later_settled_after_its_connection_closed_is_dropped() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    held: list[Later] = []
+
+    def handler(op: str, args: dict[str, Any]) -> Any:
+        held.append(Later())
+        return held[-1]
+
+    client = RpcConnection(left, name="client")
+    server = RpcConnection(right, handler=handler, name="server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        pending = client.start_call("held", {})
+        while not held:
+            await trio.sleep(0.01)
+        await client.aclose()
+        with trio.fail_after(5):
+            await server.closed.wait()
+        held[0].resolve({"too": "late"})  # nothing to answer to: no error, nothing queued
+        assert server._send.statistics().current_buffer_used == 0
+        assert pending.lost
+        nursery.cancel_scope.cancel()

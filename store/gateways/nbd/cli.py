@@ -197,6 +197,7 @@ def serve_command(
             if bind is not None:
                 where += f" on {bind}"
             click.echo(f"# clients connect to the relay ({where}); nbdkit serves the relay:")
+            click.echo("# (its socket comes by socket activation: do not run it by hand)")
         click.echo(shlex.join(args))
         return
     # The plugin serves this at /config (`store config show --metrics`); nbdkit keeps

@@ -93,28 +93,24 @@ def copy_replies(backend: socket.socket, client: socket.socket) -> None:
 
 
 def relay_connection(client: socket.socket, backend_path: str, peer: str) -> None:
-    with client:
+    with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as backend:
         try:
-            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             backend.connect(backend_path)
         except OSError as exc:
             log.error("cannot reach nbdkit at %s: %s", backend_path, exc)
             return
-        with backend:
-            upstream = threading.Thread(
-                target=copy_requests, args=(client, backend, peer), daemon=True
-            )
-            upstream.start()
-            copy_replies(backend, client)
-            # nbdkit closed: wake the request side if it still waits for the client.
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
-            upstream.join()
+        upstream = threading.Thread(target=copy_requests, args=(client, backend, peer), daemon=True)
+        upstream.start()
+        copy_replies(backend, client)
+        # nbdkit closed: wake the request side if it still waits for the client.
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        upstream.join()
 
 
-def die_with_parent(on_exit: Callable[[], None]) -> None:
-    """Have the kernel signal us when the parent exits; run ``on_exit`` and go then."""
-    parent = os.getppid()
+def die_with_parent(parent: int, on_exit: Callable[[], None]) -> None:
+    """Have the kernel signal us when ``parent`` (the process that forked us) exits;
+    run ``on_exit`` and go then."""
 
     def gone(signum: int, frame: types.FrameType | None) -> None:
         on_exit()
@@ -128,8 +124,8 @@ def die_with_parent(on_exit: Callable[[], None]) -> None:
         gone(int(PARENT_GONE), None)
 
 
-def run_relay(listener: socket.socket, backend_path: str, cleanup: list[Path]) -> None:
-    """Serve until the parent exits; then remove ``cleanup`` (sockets, folders)."""
+def run_relay(listener: socket.socket, backend_path: str, cleanup: list[Path], parent: int) -> None:
+    """Serve until ``parent`` (nbdkit) exits; then remove ``cleanup`` (sockets, folders)."""
 
     def remove() -> None:
         for path in cleanup:
@@ -139,9 +135,7 @@ def run_relay(listener: socket.socket, backend_path: str, cleanup: list[Path]) -
                 else:
                     path.unlink()
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    die_with_parent(remove)
+    die_with_parent(parent, remove)
     while True:
         try:
             client, address = listener.accept()
@@ -150,11 +144,15 @@ def run_relay(listener: socket.socket, backend_path: str, cleanup: list[Path]) -
             time.sleep(0.1)  # out of file descriptors, say: do not spin
             continue
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "(unix)"
-        if client.family != socket.AF_UNIX:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(
-            target=relay_connection, args=(client, backend_path, peer), daemon=True
-        ).start()
+        try:
+            if client.family != socket.AF_UNIX:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=relay_connection, args=(client, backend_path, peer), daemon=True
+            ).start()
+        except Exception as exc:  # no thread to be had, say: this client only goes
+            log.warning("cannot serve client %s: %s", peer, exc)
+            client.close()
 
 
 def listen(unix: Path | None, port: int | None, bind: str | None) -> socket.socket:
@@ -194,6 +192,10 @@ def exec_behind_relay(
     cleanup = [private_dir] + ([unix] if unix is not None else [])
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
+    # Until nbdkit runs, Ctrl-C and SIGTERM are its to act on, in the relay too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.fork() == 0:
         try:
             backend.close()
@@ -201,9 +203,18 @@ def exec_behind_relay(
                 level=logging.INFO if verbose else logging.WARNING,
                 format="store nbd relay: %(levelname)s: %(message)s",
             )
-            run_relay(public, str(private_path), cleanup)
+            run_relay(public, str(private_path), cleanup, parent)
+        except BaseException:
+            # Without the relay nobody reaches nbdkit: stop it too, so that whatever
+            # supervises it sees the failure.
+            log.exception("the relay failed; stopping nbdkit")
+            with contextlib.suppress(OSError):
+                os.kill(parent, signal.SIGTERM)
         finally:
             os._exit(1)
+    # exec resets handled signals but keeps ignored ones: give nbdkit the defaults back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     public.close()
     if backend.fileno() == ACTIVATION_FD:
         os.set_inheritable(ACTIVATION_FD, True)

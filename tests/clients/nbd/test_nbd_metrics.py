@@ -200,7 +200,7 @@ def test_the_systemd_unit_and_the_example_configuration_agree(tmp_path: Path) ->
     (folder / "rbd-vm1.toml").write_text(example.replace("/etc/store/store.conf", str(conf)))
     dry = store_cli("nbd", "serve", *command, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    first, command_line = dry.stdout.splitlines()
+    first, _, command_line = dry.stdout.splitlines()
     assert (
         first == "# clients connect to the relay (port 10809 on 0.0.0.0); nbdkit serves the relay:"
     )

@@ -141,7 +141,7 @@ def test_relay_on_tcp_goes_with_nbdkit(nbd_cluster: Cluster, short_dir: Path) ->
         # relay, which ignores SIGTERM, leaves when nbdkit has, and frees the port.
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        wait_until(lambda: not Path(f"/proc/{relays[0]}").exists(), "the relay to exit", 10)
+        wait_until(lambda: not _alive(relays[0]), "the relay to exit", 10)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))
     finally:
@@ -157,6 +157,16 @@ def test_relay_removes_its_unix_socket(nbd_cluster: Cluster, serve: Serve) -> No
     wait_until(lambda: not server.sock.exists(), "the socket to go", 10)
 
 
+def test_relay_goes_when_nbdkit_is_killed(nbd_cluster: Cluster, serve: Serve) -> None:
+    server = serve(new_image(nbd_cluster, "relayed-kill", "16M"))
+    relays = _children(server.pid)
+    assert len(relays) == 1, relays
+    os.kill(server.pid, signal.SIGKILL)  # nbdkit alone, with no chance to clean up
+    server.proc.wait(timeout=30)
+    wait_until(lambda: not _alive(relays[0]), "the relay to exit", 10)
+    wait_until(lambda: not server.sock.exists(), "the socket to go", 10)
+
+
 def _greets(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(2)
@@ -165,6 +175,15 @@ def _greets(port: int) -> bool:
             return s.recv(8) == b"NBDMAGIC"
         except OSError:
             return False
+
+
+def _alive(pid: int) -> bool:
+    """Running, not exited (a zombie nobody has reaped yet counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _children(pid: int) -> list[int]:
