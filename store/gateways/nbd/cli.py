@@ -211,4 +211,4 @@ def serve_command(
     except OSError as exc:
         where = str(unix_path) if unix_path else f"{bind or '*'}:{port or DEFAULT_PORT}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    exec_behind_relay(args, public, unix_path, verbose=verbose)
+    exec_behind_relay(args, public, unix_path, verbose=verbose, log_format=log_format)

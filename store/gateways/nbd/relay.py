@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from store.gateways.nbd.guard import RequestGuard
+from store.logs import JsonFormatter
 
 log = logging.getLogger("store.nbd.relay")
 
@@ -179,11 +180,16 @@ def listen(unix: Path | None, port: int | None, bind: str | None) -> socket.sock
 
 
 def exec_behind_relay(
-    nbdkit_args: list[str], public: socket.socket, unix: Path | None, *, verbose: bool = False
+    nbdkit_args: list[str],
+    public: socket.socket,
+    unix: Path | None,
+    *,
+    verbose: bool = False,
+    log_format: str = "human",
 ) -> NoReturn:
     """Fork the relay onto ``public``; become nbdkit, serving the relay's connections.
     The relay logs warnings, and with ``verbose`` (nbdkit's ``-v`` too) every client that
-    leaves in the middle of a message."""
+    leaves in the middle of a message; as JSON lines with ``log_format="json"``."""
     private_dir = Path(tempfile.mkdtemp(prefix="store-nbd-"))
     private_path = private_dir / "nbdkit.sock"
     backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -199,9 +205,14 @@ def exec_behind_relay(
     if os.fork() == 0:
         try:
             backend.close()
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                JsonFormatter("nbd relay")
+                if log_format == "json"
+                else logging.Formatter("store nbd relay: %(levelname)s: %(message)s")
+            )
             logging.basicConfig(
-                level=logging.INFO if verbose else logging.WARNING,
-                format="store nbd relay: %(levelname)s: %(message)s",
+                level=logging.INFO if verbose else logging.WARNING, handlers=[handler]
             )
             run_relay(public, str(private_path), cleanup, parent)
         except BaseException:

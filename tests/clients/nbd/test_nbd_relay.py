@@ -27,7 +27,7 @@ REQUEST_MAGIC = 0x25609513
 READ, WRITE = 0, 1
 
 
-def open_session(server: NbdServer) -> socket.socket:
+def open_session(server: NbdServer, size: int = 64 * MiB) -> socket.socket:
     """A bare NBD client: fixed newstyle, EXPORT_NAME, no zero padding."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(30)
@@ -35,8 +35,7 @@ def open_session(server: NbdServer) -> socket.socket:
     greeting = receive(s, 18)
     assert greeting[:16] == b"NBDMAGICIHAVEOPT", greeting
     s.sendall(struct.pack(">I", 3) + b"IHAVEOPT" + struct.pack(">II", 1, 0))
-    size = struct.unpack(">Q", receive(s, 10)[:8])[0]
-    assert size == 64 * MiB
+    assert struct.unpack(">Q", receive(s, 10)[:8])[0] == size
     return s
 
 
@@ -197,3 +196,22 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def test_relay_logs_json_lines_with_the_gateway(nbd_cluster: Cluster, serve: Serve) -> None:
+    server = serve(new_image(nbd_cluster, "relayed-json", "16M"), "--log-format", "json")
+    s = open_session(server, size=16 * MiB)
+    s.sendall(reads(2) + b"\xde\xad\xbe\xef" + bytes(24))
+    time.sleep(0.5)
+    reset(s)
+
+    def relay_line() -> dict[str, object] | None:
+        for line in server.log().splitlines():
+            if '"nbd relay"' in line:
+                return dict(json.loads(line))
+        return None
+
+    wait_until(lambda: relay_line() is not None, "the relay's log line", 10)
+    line = relay_line()
+    assert line is not None and line["level"] == "warning"
+    assert "a request with a wrong magic number" in str(line["message"])
