@@ -57,7 +57,10 @@ def _check_depth(body: dict[Any, Any]) -> None:
             raise MalformedDatagram(f"body nested deeper than {MAX_BODY_DEPTH} levels")
         deeper: list[object] = []
         for container in level:
-            members: Any = container.values() if isinstance(container, dict) else container
-            deeper.extend(item for item in members if isinstance(item, dict | list))
+            members: Any = container.values() if type(container) is dict else container
+            for item in members:
+                # msgpack makes plain dicts and lists: exact type tests are the fast ones.
+                if type(item) is dict or type(item) is list:
+                    deeper.append(item)
         level = deeper
         depth += 1
