@@ -212,7 +212,7 @@ def exec_behind_relay(
                 else logging.Formatter("store nbd relay: %(levelname)s: %(message)s")
             )
             logging.basicConfig(
-                level=logging.INFO if verbose else logging.WARNING, handlers=[handler]
+                level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
             )
             run_relay(public, str(private_path), cleanup, parent)
         except BaseException:
