@@ -48,6 +48,7 @@ BODY_OVERHEAD = 512  # header, tag, msgpack framing and object name, generously
 BLOCK = 4096
 READ_EXTENT = 1024 * 1024  # bytes of one read answered in fragments
 FRAGMENT_SLACK = 4096  # msgpack around the data of a fragmented reply
+WHOLE_READ_ATTEMPTS = 8  # reads of a whole object restarted by writes landing meanwhile
 
 
 @dataclass(frozen=True)
@@ -255,12 +256,43 @@ class Client:
                 log.debug("staged write of %r at %d lost its stage (%s); again", name, offset, exc)
 
     async def read(self, pool: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes from ``offset`` (fewer past the end). Without ``length``: the
+        rest of the object, all of it as of one version (a write landing meanwhile makes
+        the read start again, so the bytes never mix two versions)."""
         if length is None:
-            length = max(0, (await self.stat(pool, name)).size - offset)
+            return await self._read_to_end(pool, name, offset)
+        pieces, _ = await self._read_range(pool, name, offset, length)
+        return _contiguous(pieces, offset)
+
+    async def _read_to_end(self, pool: str, name: str, offset: int) -> bytes:
+        first = self.max_piece if self.read_slots is None else READ_EXTENT
+        for _ in range(WHOLE_READ_ATTEMPTS):
+            # The size and the first extent in one request: one snapshot of the object.
+            ops: list[list[Any]] = [["stat"], ["read", offset, first]]
+            if self.read_slots is None:
+                reply = await self.execute(pool, name, ops)
+            else:
+                async with self.read_slots:
+                    reply = await self.execute(pool, name, ops, fragments=first + FRAGMENT_SLACK)
+            size, version = int(reply["res"][0]["size"]), reply.get("v")
+            head = bytes(reply["res"][1])
+            start = offset + len(head)
+            if start >= size or len(head) < first:
+                return head
+            pieces, versions = await self._read_range(pool, name, start, size - start)
+            if all(v == version for v in versions):
+                return head + _contiguous(pieces, start)
+        raise RemoteError(Code.EAGAIN, f"{name!r} kept changing while it was read")
+
+    async def _read_range(
+        self, pool: str, name: str, offset: int, length: int
+    ) -> tuple[dict[int, bytes], list[Any]]:
+        """The range as pieces by offset, and the object version each was read at."""
+        pieces: dict[int, bytes] = {}
+        versions: list[Any] = []
         if length <= self.max_piece:
             reply = await self.execute(pool, name, [["read", offset, length]])
-            return bytes(reply["res"][0])
-        pieces: dict[int, bytes] = {}
+            return {offset: bytes(reply["res"][0])}, [reply.get("v")]
         slots = self.read_slots
 
         async def one(off: int, n: int) -> None:
@@ -272,17 +304,12 @@ class Client:
                         pool, name, [["read", off, n]], fragments=n + FRAGMENT_SLACK
                     )
             pieces[off] = bytes(reply["res"][0])
+            versions.append(reply.get("v"))
 
         end = offset + length
         step = self.max_piece if slots is None else READ_EXTENT
         await _each([(off, min(step, end - off)) for off in range(offset, end, step)], one)
-        ordered, expected = [], offset
-        for off in sorted(pieces):
-            if off != expected:
-                break  # a short piece before it: the object ends there
-            ordered.append(pieces[off])
-            expected += len(pieces[off])
-        return b"".join(ordered)
+        return pieces, versions
 
     async def stat(self, pool: str, name: str) -> ObjectStat:
         reply = await self.execute(pool, name, [["stat"]])
@@ -400,3 +427,15 @@ def _credentials(master: MasterLink) -> tuple[bytes, bytes]:
     creds = master.credentials
     assert creds is not None
     return creds.ticket, creds.session_key
+
+
+def _contiguous(pieces: dict[int, bytes], offset: int) -> bytes:
+    """The pieces joined from ``offset`` on, up to the first gap (a short piece before
+    it: the object ends there)."""
+    ordered, expected = [], offset
+    for off in sorted(pieces):
+        if off != expected:
+            break
+        ordered.append(pieces[off])
+        expected += len(pieces[off])
+    return b"".join(ordered)

@@ -67,6 +67,37 @@ async def test_large_reads_come_in_fragments(cluster: Cluster) -> None:
         assert await client.read("default", "fragmented", (3 << 20) - 1000, 5 << 20) == data[-1000:]
 
 
+async def test_a_whole_object_read_never_mixes_versions(cluster: Cluster) -> None:
+    # Full writes of 5 MiB of 0x02 and 2 MiB of 0x03 alternate while whole-object reads
+    # run: each read must be one of them, whole. (Taking the size from one request and
+    # the bytes from later ones gave 2 MiB of 0x02, or a short 0x03 object cut at 5 MiB.)
+    shapes = {2: 5 << 20, 3: 2 << 20}
+    seen: set[int] = set()
+    async with Client.connect(cluster.config()) as client:
+        await client.write_full("default", "flipping", bytes([2]) * shapes[2])
+
+        async def writer(cancel: trio.CancelScope) -> None:
+            for round_ in range(12):
+                gen = 3 if round_ % 2 == 0 else 2
+                await client.write_full("default", "flipping", bytes([gen]) * shapes[gen])
+            cancel.cancel()
+
+        async def reader() -> None:
+            while True:
+                data = await client.read("default", "flipping")
+                gen = data[0]
+                assert len(data) == shapes[gen] and data.count(gen) == len(data), (
+                    f"{len(data)} bytes starting with {gen}"
+                )
+                seen.add(gen)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            nursery.start_soon(writer, nursery.cancel_scope)
+    assert seen == {2, 3}
+
+
 async def test_offset_writes_and_ranged_reads(cluster: Cluster) -> None:
     rng = random.Random(2)
     model = bytearray()
