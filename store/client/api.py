@@ -268,16 +268,11 @@ class Client:
         first = self.max_piece if self.read_slots is None else READ_EXTENT
         for _ in range(WHOLE_READ_ATTEMPTS):
             # The size and the first extent in one request: one snapshot of the object.
-            ops: list[list[Any]] = [["stat"], ["read", offset, first]]
-            if self.read_slots is None:
-                reply = await self.execute(pool, name, ops)
-            else:
-                async with self.read_slots:
-                    reply = await self.execute(pool, name, ops, fragments=first + FRAGMENT_SLACK)
+            reply = await self._read_request(pool, name, [["stat"], ["read", offset, first]], first)
             size, version = int(reply["res"][0]["size"]), reply.get("v")
             head = bytes(reply["res"][1])
             start = offset + len(head)
-            if start >= size or len(head) < first:
+            if start >= size:
                 return head
             pieces, versions = await self._read_range(pool, name, start, size - start)
             if all(v == version for v in versions):
@@ -293,23 +288,26 @@ class Client:
         if length <= self.max_piece:
             reply = await self.execute(pool, name, [["read", offset, length]])
             return {offset: bytes(reply["res"][0])}, [reply.get("v")]
-        slots = self.read_slots
 
         async def one(off: int, n: int) -> None:
-            if slots is None:
-                reply = await self.execute(pool, name, [["read", off, n]])
-            else:
-                async with slots:
-                    reply = await self.execute(
-                        pool, name, [["read", off, n]], fragments=n + FRAGMENT_SLACK
-                    )
+            reply = await self._read_request(pool, name, [["read", off, n]], n)
             pieces[off] = bytes(reply["res"][0])
             versions.append(reply.get("v"))
 
         end = offset + length
-        step = self.max_piece if slots is None else READ_EXTENT
+        step = self.max_piece if self.read_slots is None else READ_EXTENT
         await _each([(off, min(step, end - off)) for off in range(offset, end, step)], one)
         return pieces, versions
+
+    async def _read_request(
+        self, pool: str, name: str, ops: list[list[Any]], length: int
+    ) -> dict[Any, Any]:
+        """One request reading up to ``length`` bytes: answered in fragments while the
+        receive buffer has room for them (``read_slots``), else in one datagram."""
+        if self.read_slots is None:
+            return await self.execute(pool, name, ops)
+        async with self.read_slots:
+            return await self.execute(pool, name, ops, fragments=length + FRAGMENT_SLACK)
 
     async def stat(self, pool: str, name: str) -> ObjectStat:
         reply = await self.execute(pool, name, [["stat"]])
