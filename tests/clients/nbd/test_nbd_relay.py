@@ -142,7 +142,11 @@ def test_relay_on_tcp_goes_with_nbdkit(nbd_cluster: Cluster, short_dir: Path) ->
         assert proc.wait(timeout=30) == 0
         wait_until(lambda: not _alive(relays[0]), "the relay to exit", 10)
         with socket.socket() as probe:
+            # As a server would: connections of the run may linger in TIME_WAIT, but
+            # nothing may listen on the port any more.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+            probe.listen()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
