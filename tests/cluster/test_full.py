@@ -133,17 +133,30 @@ def test_full_daemons_refuse_writes_serve_reads_and_deletes(small_cluster: Clust
 
     trio.run(read_then_delete)
 
+    last_refusal: list[str] = []
+
     async def write_accepted() -> bool:
         async with Client.connect(cluster.config()) as client:
             try:
                 await client.write_full(POOL, "after-deletes", b"y" * 4096)
             except RemoteError as exc:
                 if exc.code == Code.ENOSPC:
+                    last_refusal[:] = [exc.message]
                     return False
                 raise
             return await client.read(POOL, "after-deletes") == b"y" * 4096
 
-    wait_until(lambda: trio.run(write_accepted), "writes accepted again after deletes")
+    try:
+        wait_until(lambda: trio.run(write_accepted), "writes accepted again after deletes")
+    except AssertionError as exc:
+        # Say why, from the cluster's own words: the refusal, the status, the daemons' logs.
+        logs = "\n".join(
+            f"--- osd.{i}\n" + "\n".join(cluster.log(f"osd.{i}").splitlines()[-15:])
+            for i in range(3)
+        )
+        raise AssertionError(
+            f"{exc}; last refusal: {last_refusal}\n{status_text(cluster)[1]}\n{logs}"
+        ) from None
     wait_until(lambda: "OSD_FULL" not in status_text(cluster)[1], "OSD_FULL to clear")
     # A third deleted: still above nearfull_ratio, so the warning stays.
     code, text = status_text(cluster)
