@@ -19,11 +19,12 @@ def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> N
     cluster = cluster_factory(osds=4, pg_num=16)
     for i in range(4):
         cluster.kill(f"osd.{i}")
-        # 1 MB/s of recovery each, so the backfills last long enough to be watched.
-        cluster.start_osd(i, extra=["--max-backfills", "1", "--recovery-max-rate", "1"])
+        # 0.3 MB/s of recovery each, so the backfills last long enough to be watched.
+        cluster.start_osd(i, extra=["--max-backfills", "1", "--recovery-max-rate", "0.3"])
     cluster.wait_healthy()
-    # About 0.7 MB per PG: at 1 MB/s a backfill lasts long enough that the PGs waiting
-    # for a slot are seen by the polling below even on a loaded machine.
+    # About 0.7 MB per PG: at 0.3 MB/s a backfill lasts ~2.5 s, so the PGs waiting for a
+    # slot stay waiting across several of the daemons' 2 s reports, which are what
+    # `store pg ls` shows (at 1 MB/s a full run once missed them all).
     data = {f"obj-{i}": os.urandom(100_000) for i in range(120)}
 
     async def write_all() -> None:
