@@ -16,10 +16,11 @@ frames costs one TLS record and one syscall.
 
 Incoming requests are handed to the handler *in the reader task, in arrival order*. The
 handler returns a plain result (answered at once), an awaitable (run in its own task,
-answered when it finishes) or a :class:`Later` (answered when a callback settles it, with no
-task: a replica answers a forwarded write from its commit's callback). Replication relies on this: a replica queues each forwarded
-write for its disk before the next frame is read, so writes reach the disk in the order the
-primary sent them, while their completions overlap.
+answered when it finishes) or a :class:`Later` (answered when a callback settles it, with
+no task: a replica answers a forwarded write from its commit's callback). Replication
+relies on this: a replica queues each forwarded write for its disk before the next frame
+is read, so writes reach the disk in the order the primary sent them, while their
+completions overlap.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ class Client:
         return _contiguous(pieces, offset)
 
     async def _read_to_end(self, pool: str, name: str, offset: int) -> bytes:
-        first = self.max_piece if self.read_slots is None else READ_EXTENT
+        first = self._read_step
         for _ in range(WHOLE_READ_ATTEMPTS):
             # The size and the first extent in one request: one snapshot of the object.
             reply = await self._read_request(pool, name, [["stat"], ["read", offset, first]], first)
@@ -295,9 +295,14 @@ class Client:
             versions.append(reply.get("v"))
 
         end = offset + length
-        step = self.max_piece if self.read_slots is None else READ_EXTENT
+        step = self._read_step
         await _each([(off, min(step, end - off)) for off in range(offset, end, step)], one)
         return pieces, versions
+
+    @property
+    def _read_step(self) -> int:
+        """Bytes per read request: an extent answered in fragments, else one datagram."""
+        return self.max_piece if self.read_slots is None else READ_EXTENT
 
     async def _read_request(
         self, pool: str, name: str, ops: list[list[Any]], length: int

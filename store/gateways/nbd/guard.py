@@ -46,7 +46,7 @@ class RequestGuard:
         self.broken: str | None = None
         self.requests = 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Take ``data``; return the bytes now safe to hand on (maybe none)."""
         if self._state == _BROKEN:
             return b""
@@ -56,11 +56,10 @@ class RequestGuard:
         if end == 0:
             return b""
         if end == len(buffer):
-            out = bytes(buffer)
-            buffer.clear()
-        else:
-            out = bytes(buffer[:end])
-            del buffer[:end]
+            self._buffer = bytearray()  # the usual case: hand on the buffer itself
+            return buffer
+        out = bytes(buffer[:end])
+        del buffer[:end]
         return out
 
     def _scan(self, buffer: bytearray) -> int:
