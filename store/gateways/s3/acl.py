@@ -64,12 +64,13 @@ def policy_document(owner_id: str, owner_name: str, canned: str) -> bytes:
     doc = xmldoc.Doc("AccessControlPolicy")
     doc.owner("Owner", owner_id, owner_name)
     doc.open("AccessControlList")
-    doc.open("Grant").open("Grantee", f'{XSI} xsi:type="CanonicalUser"')
-    doc.leaf("ID", owner_id).leaf("DisplayName", owner_name).close()
-    doc.leaf("Permission", "FULL_CONTROL").close()
+    # The groups' grants come first, as RGW lists them (S3 specifies no order).
     for uri, permission in CANNED.get(canned, ()):
         doc.open("Grant").open("Grantee", f'{XSI} xsi:type="Group"').leaf("URI", uri).close()
         doc.leaf("Permission", permission).close()
+    doc.open("Grant").open("Grantee", f'{XSI} xsi:type="CanonicalUser"')
+    doc.leaf("ID", owner_id).leaf("DisplayName", owner_name).close()
+    doc.leaf("Permission", "FULL_CONTROL").close()
     return doc.to_bytes()
 
 

@@ -237,7 +237,7 @@ class ChunkedDecoder:
                     self.signing.amz_date,
                     self.signing.scope,
                     self.previous,
-                    hashlib.sha256(canonical.encode()).hexdigest(),
+                    hashlib.sha256(sigv4.as_sent(canonical)).hexdigest(),
                 ]
             )
             expected = sigv4.sign(self.signing.key, text)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
-from store.gateways.s3 import errors
+from store.gateways.s3 import errors, sigv4
 from store.gateways.s3.sigv4 import decode_component, header_value, split_query
 
 MAX_SKEW = timedelta(minutes=15)
@@ -172,7 +172,7 @@ def string_to_sign(
 
 
 def sign(secret: str, text: str) -> str:
-    digest = hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha1).digest()
+    digest = hmac.new(secret.encode("utf-8"), sigv4.as_sent(text), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 

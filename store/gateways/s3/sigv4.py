@@ -144,8 +144,18 @@ def canonical_request(
     )
 
 
+def as_sent(text: str) -> bytes:
+    """The bytes a client signed: header values are decoded as latin-1, one character per
+    byte received, so encoding them back gives the bytes as sent (UTF-8 metadata included).
+    Text that cannot have come off the wire that way is taken as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
 def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(as_sent(canonical)).hexdigest()
     return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
 
 
