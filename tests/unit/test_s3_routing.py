@@ -27,6 +27,7 @@ DOMAINS = ("s3.example.test",)
         ("GET", "/bucket?cors", "GetBucketCors"),
         ("DELETE", "/bucket?cors", "DeleteBucketCors"),
         ("POST", "/bucket?delete", "DeleteObjects"),
+        ("POST", "/bucket", "PostObject"),
         ("PUT", "/bucket/key", "PutObject"),
         ("GET", "/bucket/key?x-id=GetObject", "GetObject"),
         ("HEAD", "/bucket/key", "HeadObject"),
@@ -53,7 +54,6 @@ def test_path_style_operations(method: str, target: str, operation: str) -> None
         ("PUT", "/bucket?lifecycle"),
         ("PUT", "/bucket?policy"),
         ("PUT", "/bucket?website"),
-        ("POST", "/bucket"),  # browser-form uploads
         ("GET", "/bucket/key?torrent"),
         ("POST", "/bucket/key?restore"),
         ("POST", "/bucket/key?select&select-type=2"),

@@ -104,9 +104,15 @@ class Backend:
         result = reply.get("res") or [None]
         found = result[0]
         if not isinstance(found, dict):
-            # A retransmission answered by a new primary that had applied it already:
-            # it applied, but what it replaced is not known any more.
-            log.warning("swap of %r in %s: previous value unknown", key, name)
+            # A retransmission answered from the PG log (a new primary, or one whose
+            # first answer was an error): it applied, but what it replaced is not known
+            # any more, so that data is not queued for GC; the orphan sweep finds it.
+            log.warning(
+                "swap of %r in %s: previous value unknown; its data is left to "
+                "`store s3 gc --orphans`",
+                key,
+                name,
+            )
             return None
         old = found.get(key)
         return bytes(old) if old is not None else None

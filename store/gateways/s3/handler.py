@@ -27,6 +27,7 @@ from store.gateways.s3 import (
     ops_copy,
     ops_object_meta,
     ops_objects,
+    ops_post,
     responses,
     routing,
     sigv2,
@@ -94,7 +95,9 @@ _PRESIGNED_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "AWSAccessKeyId", "S
 
 def operation_label(operation: str) -> str:
     """The `operation` label of a routed request: from a fixed set, whatever was sent."""
-    return operation if operation in OPERATIONS or operation in UNSERVED else "NotImplemented"
+    if operation in OPERATIONS or operation in UNSERVED or operation == "PostObject":
+        return operation
+    return "NotImplemented"
 
 
 def carries_credentials(request: Request) -> bool:
@@ -214,6 +217,8 @@ def make_handler(
             )
             resource = route.resource
             label = operation_label(route.operation)
+            if route.operation == "PostObject":  # signed by the form, not by a header
+                return label, await ops_post.post_object(gateway, request, route, request_id)
             try:
                 user, payload_hash, signing = await authenticate(
                     gateway, request, route, datetime.now(UTC)

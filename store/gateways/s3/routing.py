@@ -220,6 +220,7 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("PUT", "acl"): "PutBucketAcl",
         ("DELETE", None): "DeleteBucket",
         ("POST", "delete"): "DeleteObjects",
+        ("POST", None): "PostObject",  # an upload from an HTML form
     }
     operation = table.get((method, sub))
     if operation is not None:
