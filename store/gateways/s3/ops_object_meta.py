@@ -102,6 +102,11 @@ async def read_tag_set(call: Call, *, limit: int = attributes.MAX_TAGS) -> dict[
     payload = call.payload()
     body = await payload.read_all(64 * 1024)
     payload.finish()
+    return parse_tag_set(body, limit=limit)
+
+
+def parse_tag_set(body: bytes, *, limit: int = attributes.MAX_TAGS) -> dict[str, str]:
+    """The tags of a <Tagging><TagSet><Tag>... document, validated."""
     root = xmldoc.parse(body, "Tagging")
     pairs: list[tuple[str, str]] = []
     for tag_set in xmldoc.children(root, "TagSet"):

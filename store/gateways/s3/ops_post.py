@@ -16,8 +16,8 @@ from typing import cast
 from urllib.parse import urlencode, urlsplit
 
 from store.gateways.s3 import errors, form, ops_objects, post_policy, routing, xmldoc
-from store.gateways.s3.attributes import validate_tags
 from store.gateways.s3.gateway import Call, Gateway
+from store.gateways.s3.ops_object_meta import parse_tag_set
 from store.gateways.s3.responses import empty, xml
 from store.gateways.s3.routing import Route
 from store.gateways.web.connection import BodyReader
@@ -47,15 +47,7 @@ def _as_header(value: str) -> str:
 
 def _tagging(document: str) -> str:
     """The ``tagging`` field (a <Tagging> document) as an x-amz-tagging value."""
-    root = xmldoc.parse(document.encode("utf-8"), "Tagging")
-    pairs: list[tuple[str, str]] = []
-    for tag_set in xmldoc.children(root, "TagSet"):
-        for tag in xmldoc.children(tag_set, "Tag"):
-            key, value = xmldoc.child_text(tag, "Key"), xmldoc.child_text(tag, "Value")
-            if key is None or value is None:
-                raise errors.malformed_xml()
-            pairs.append((key, value))
-    return urlencode(list(validate_tags(pairs).items()))
+    return urlencode(list(parse_tag_set(document.encode("utf-8")).items()))
 
 
 def object_headers(fields: dict[str, str]) -> list[tuple[str, str]]:
