@@ -27,6 +27,7 @@ import trio
 from store.errors import Code, RemoteError
 from store.gateways.s3 import errors
 from store.gateways.s3.backend import Backend, Gone, cluster_error
+from store.gateways.s3.cors import CorsRule
 from store.gateways.s3.layout import BUCKETS, Bucket, User
 
 BUCKET_TTL = 5.0
@@ -124,6 +125,9 @@ class Buckets:
 
     async def set_tags(self, bucket: Bucket, tags: dict[str, str]) -> None:
         await self._change(bucket, tags=tags)
+
+    async def set_cors(self, bucket: Bucket, rules: tuple[CorsRule, ...]) -> None:
+        await self._change(bucket, cors=rules)
 
     async def _change(self, bucket: Bucket, **changes: Any) -> None:
         def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from store.errors import ClientTimeout, RemoteError, single_error
 from store.gateways.s3 import (
     completion,
+    cors,
     errors,
     multipart,
     ops_buckets,
@@ -57,6 +58,9 @@ OPERATIONS: dict[str, Operation] = {
     "GetBucketTagging": ops_buckets.get_bucket_tagging,
     "PutBucketTagging": ops_buckets.put_bucket_tagging,
     "DeleteBucketTagging": ops_buckets.delete_bucket_tagging,
+    "GetBucketCors": ops_buckets.get_bucket_cors,
+    "PutBucketCors": ops_buckets.put_bucket_cors,
+    "DeleteBucketCors": ops_buckets.delete_bucket_cors,
     "ListObjects": ops_buckets.list_objects,
     "ListObjectsV2": ops_buckets.list_objects_v2,
     "ListObjectVersions": ops_buckets.list_object_versions,
@@ -86,6 +90,9 @@ for _operation in routing.UNCONFIGURED_BUCKET_DELETES.values():
     OPERATIONS[_operation] = ops_buckets.delete_unconfigured
 
 
+# Operations that are not signed in the usual way: a form upload carries its signature
+# in the form; a CORS preflight carries none and is answered from the bucket's rules.
+UNSIGNED = ("PostObject", "PreflightRequest")
 # Operations the router names that have no implementation here (answered as errors).
 UNSERVED = ("MethodNotAllowed", "NotImplemented")
 INVALID = "Invalid"  # the label of a request the router refused
@@ -95,7 +102,7 @@ _PRESIGNED_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "AWSAccessKeyId", "S
 
 def operation_label(operation: str) -> str:
     """The `operation` label of a routed request: from a fixed set, whatever was sent."""
-    if operation in OPERATIONS or operation in UNSERVED or operation == "PostObject":
+    if operation in OPERATIONS or operation in UNSERVED or operation in UNSIGNED:
         return operation
     return "NotImplemented"
 
@@ -197,6 +204,21 @@ def failure_of(exc: BaseException, request: Request) -> S3Error:
     return errors.internal_error()
 
 
+async def preflight(gateway: Gateway, request: Request, route: Route) -> Response:
+    """Answer a CORS preflight from the bucket's rules (no credentials are involved)."""
+    assert route.bucket is not None
+    bucket = await gateway.buckets.get(route.bucket)
+    if bucket is None:
+        raise errors.no_such_bucket(route.bucket)
+    headers = cors.preflight(
+        bucket.cors,
+        request.header("origin"),
+        request.header("access-control-request-method"),
+        request.header("access-control-request-headers"),
+    )
+    return Response(200, headers, b"")
+
+
 def make_handler(
     gateway: Gateway, clock: Callable[[], float] = time.monotonic
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -204,9 +226,27 @@ def make_handler(
     stats = gateway.stats
 
     async def respond(request: Request, request_id: str) -> tuple[str, Response]:
-        """The operation's label and the (unstamped) response to `request`."""
+        """The operation's label and the (unstamped) response to `request`, with the CORS
+        headers of the bucket's rule for the request's origin, if it has one."""
+        label, bucket, response = await answer(request, request_id)
+        origin = request.header("origin")
+        if origin and bucket is not None and label != "PreflightRequest":
+            response.headers.extend(await cors_headers(bucket, origin, request.method))
+        return label, response
+
+    async def cors_headers(name: str, origin: str, method: str) -> list[tuple[str, str]]:
+        try:
+            found = await gateway.buckets.get(name)
+        except Exception:  # the answer stands without them
+            return []
+        rule = cors.matching(found.cors, origin, method) if found is not None else None
+        return cors.allow_headers(rule, origin) if rule is not None else []
+
+    async def answer(request: Request, request_id: str) -> tuple[str, str | None, Response]:
+        """The operation's label, the bucket it names and the response."""
         resource = request.path
         label = INVALID
+        bucket: str | None = None
         try:
             route = routing.route(
                 request.method,
@@ -217,8 +257,12 @@ def make_handler(
             )
             resource = route.resource
             label = operation_label(route.operation)
+            bucket = route.bucket
             if route.operation == "PostObject":  # signed by the form, not by a header
-                return label, await ops_post.post_object(gateway, request, route, request_id)
+                response = await ops_post.post_object(gateway, request, route, request_id)
+                return label, bucket, response
+            if route.operation == "PreflightRequest":
+                return label, bucket, await preflight(gateway, request, route)
             try:
                 user, payload_hash, signing = await authenticate(
                     gateway, request, route, datetime.now(UTC)
@@ -243,7 +287,7 @@ def make_handler(
         except Exception as exc:
             failure = failure_of(exc, request)
             response = responses.error(failure, resource, request_id, settings.host_id)
-        return label, response
+        return label, bucket, response
 
     async def handle(request: Request) -> Response:
         request_id = new_request_id()

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import msgpack
 import xxhash
 
+from store.gateways.s3.cors import CorsRule
+
 T = TypeVar("T")
 
 USERS = "s3.users"
@@ -158,21 +160,23 @@ class Bucket:
     shards: int
     acl: str = "private"
     tags: dict[str, str] = field(default_factory=dict)
+    cors: tuple[CorsRule, ...] = ()
 
     def to_bytes(self) -> bytes:
-        return pack(
-            {
-                "tg": self.tags,
-                "n": self.name,
-                "i": self.id,
-                "o": self.owner,
-                "oi": self.owner_id,
-                "c": self.created,
-                "r": self.region,
-                "s": self.shards,
-                "a": self.acl,
-            }
-        )
+        record: dict[str, Any] = {
+            "tg": self.tags,
+            "n": self.name,
+            "i": self.id,
+            "o": self.owner,
+            "oi": self.owner_id,
+            "c": self.created,
+            "r": self.region,
+            "s": self.shards,
+            "a": self.acl,
+        }
+        if self.cors:
+            record["co"] = [rule.to_wire() for rule in self.cors]
+        return pack(record)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Bucket:
@@ -187,6 +191,7 @@ class Bucket:
             int(r["s"]),
             str(r.get("a", "private")),
             {str(k): str(v) for k, v in r.get("tg", {}).items()},
+            tuple(CorsRule.from_wire(rule) for rule in r.get("co", ())),
         )
 
     def shard_names(self) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from store.gateways.s3 import acl, errors, xmldoc
+from store.gateways.s3 import acl, cors, errors, xmldoc
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
 from store.gateways.s3.listing import Page
@@ -178,8 +178,34 @@ async def delete_bucket_tagging(call: Call) -> Response:
     return empty(204)
 
 
+async def get_bucket_cors(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    if not bucket.cors:
+        raise errors.S3Error(
+            "NoSuchCORSConfiguration",
+            404,
+            "The CORS configuration does not exist",
+            {"BucketName": bucket.name},
+        )
+    return xml(200, cors.configuration_document(bucket.cors))
+
+
+async def put_bucket_cors(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    payload = call.payload()
+    body = await payload.read_all(64 * 1024)
+    payload.finish()
+    await call.gateway.buckets.set_cors(bucket, cors.parse_configuration(body))
+    return empty(200)
+
+
+async def delete_bucket_cors(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    await call.gateway.buckets.set_cors(bucket, ())
+    return empty(204)
+
+
 _NOT_CONFIGURED = {
-    "GetBucketCors": ("NoSuchCORSConfiguration", "The CORS configuration does not exist"),
     "GetBucketEncryption": (
         "ServerSideEncryptionConfigurationNotFoundError",
         "The server side encryption configuration was not found",

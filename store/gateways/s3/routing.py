@@ -70,7 +70,6 @@ OBJECT_SUBRESOURCES = frozenset(
 # Bucket configurations this gateway has no way to set: reading one truthfully answers
 # "none configured" with the error S3 uses for that; writing one is NotImplemented.
 UNCONFIGURED_BUCKET_GETS = {
-    "cors": "GetBucketCors",
     "encryption": "GetBucketEncryption",
     "lifecycle": "GetBucketLifecycleConfiguration",
     "object-lock": "GetObjectLockConfiguration",
@@ -86,7 +85,6 @@ UNCONFIGURED_BUCKET_GETS = {
     "policyStatus": "GetBucketPolicyStatus",
 }
 UNCONFIGURED_BUCKET_DELETES = {
-    "cors": "DeleteBucketCors",
     "lifecycle": "DeleteBucketLifecycle",
     "policy": "DeleteBucketPolicy",
     "website": "DeleteBucketWebsite",
@@ -180,6 +178,8 @@ def route(
     key = decode_key(key_raw) if key_raw else None
     if bucket is None:
         return Route(_service_operation(method), params=params)
+    if method == "OPTIONS":  # a CORS preflight, of the bucket or of any key in it
+        return Route("PreflightRequest", bucket, key, params, virtual_host=virtual is not None)
     if key is None:
         operation = _bucket_operation(method, params)
     else:
@@ -221,6 +221,9 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("DELETE", None): "DeleteBucket",
         ("POST", "delete"): "DeleteObjects",
         ("POST", None): "PostObject",  # an upload from an HTML form
+        ("GET", "cors"): "GetBucketCors",
+        ("PUT", "cors"): "PutBucketCors",
+        ("DELETE", "cors"): "DeleteBucketCors",
     }
     operation = table.get((method, sub))
     if operation is not None:
