@@ -111,7 +111,7 @@ def test_unimplemented_is_never_a_success(gateway: Gateway, user: User, bucket: 
     for method, target in (
         ("PUT", f"/{bucket}?lifecycle"),
         ("PUT", f"/{bucket}?website"),
-        ("POST", f"/{bucket}"),
+        ("PUT", f"/{bucket}?policy"),
         ("GET", f"/{bucket}/k?torrent"),
         ("POST", f"/{bucket}/k?select&select-type=2"),
     ):
