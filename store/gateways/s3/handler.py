@@ -3,7 +3,10 @@
 ``make_handler(gateway)`` returns the ``async def handle(request) -> Response`` the HTTP
 server calls. Every response carries ``x-amz-request-id`` (the ``RequestId`` of an error
 document) and ``x-amz-id-2``. Anonymous requests are refused; a request signed with a key
-the cluster does not know is ``InvalidAccessKeyId``; only a bucket's owner may use it.
+the cluster does not know is ``InvalidAccessKeyId``; only a bucket's owner may use it. Two
+requests carry no signature header: a form upload (POST Object) is signed in the form,
+and a CORS preflight is answered from the bucket's CORS rules. A request with an
+``Origin`` gets the matching rule's ``Access-Control-*`` headers on its answer.
 
 Every request but ``/healthz`` is counted in the gateway's ``S3Stats`` (plain
 counters, see ``store.metrics.s3``): by operation and status, its body bytes and latency,
@@ -237,7 +240,8 @@ def make_handler(
     async def cors_headers(name: str, origin: str, method: str) -> list[tuple[str, str]]:
         try:
             found = await gateway.buckets.get(name)
-        except Exception:  # the answer stands without them
+        except Exception as exc:  # the answer stands without them
+            log.debug("no CORS headers for %s: %s", name, exc)
             return []
         rule = cors.matching(found.cors, origin, method) if found is not None else None
         return cors.allow_headers(rule, origin) if rule is not None else []
