@@ -150,12 +150,16 @@ def test_signatures() -> None:
         "x-amz-credential": "AK/20300101/us-east-1/s3/aws4_request",
         "x-amz-signature": sigv4.sign(key, policy),
     }
-    signed = post_policy.signature_of(v4)
+    signed = post_policy.signature_of(v4, "us-east-1")
     assert signed.access_key == "AK"
+    for region in ("eu-west-1", "us-east-1/x"):
+        with pytest.raises(S3Error) as caught:
+            post_policy.signature_of(v4, region)
+        assert (caught.value.code, caught.value.status) == ("InvalidArgument", 400)
     post_policy.verify(signed, "secret", policy)
     with pytest.raises(S3Error) as caught:
         post_policy.verify(signed, "other", policy)
     assert caught.value.code == "SignatureDoesNotMatch"
     with pytest.raises(S3Error) as caught:
-        post_policy.signature_of({"policy": policy})
+        post_policy.signature_of({"policy": policy}, "us-east-1")
     assert (caught.value.code, caught.value.status) == ("InvalidArgument", 400)

@@ -107,7 +107,7 @@ async def post_object(
         if await gateway.buckets.get(route.bucket) is None:
             raise errors.no_such_bucket(route.bucket)
         raise errors.access_denied()
-    signed = post_policy.signature_of(fields)
+    signed = post_policy.signature_of(fields, gateway.settings.region)
     found = await gateway.users.lookup_key(signed.access_key)
     if found is None:
         raise errors.invalid_access_key_id(signed.access_key)

@@ -161,24 +161,31 @@ class FormSignature:
     v4_service: str | None = None
 
 
-def signature_of(fields: dict[str, str]) -> FormSignature:
-    """Who signed the form and how (field names lower-cased)."""
+def signature_of(fields: dict[str, str], region: str) -> FormSignature:
+    """Who signed the form and how (field names lower-cased); a SigV4 credential must be
+    scoped to this gateway's ``region`` and to S3."""
     if "x-amz-signature" in fields or "x-amz-credential" in fields:
         algorithm = fields.get("x-amz-algorithm", "")
         if algorithm != sigv4.ALGORITHM:
             raise errors.invalid_argument(
                 "Only AWS4-HMAC-SHA256 is supported", "X-Amz-Algorithm", algorithm
             )
-        credential = fields.get("x-amz-credential", "").split("/")
+        credential = fields.get("x-amz-credential", "")
         signature = fields.get("x-amz-signature")
-        if len(credential) != 5 or credential[4] != sigv4.TERMINAL or signature is None:
+        if signature is None:
             raise errors.invalid_argument(
-                "Bucket POST must contain a valid x-amz-credential and x-amz-signature.",
-                "X-Amz-Credential",
-                fields.get("x-amz-credential", ""),
+                "Bucket POST must contain a field named 'x-amz-signature'.",
+                "x-amz-signature",
+                "",
             )
-        access_key, day, region, service, _ = credential
-        return FormSignature(access_key, signature, day, region, service)
+
+        def malformed(message: str, **_: str) -> S3Error:
+            return errors.invalid_argument(message, "X-Amz-Credential", credential)
+
+        access_key, day, _ = sigv4.parse_credential(
+            credential, region, malformed, "Error parsing the X-Amz-Credential parameter; "
+        )
+        return FormSignature(access_key, signature, day, region, sigv4.SERVICE)
     v2_key = fields.get("awsaccesskeyid")
     v2_signature = fields.get("signature")
     if v2_key is None or v2_signature is None:

@@ -261,7 +261,7 @@ def _parse_header_auth(
             raise errors.authorization_header_malformed(
                 f"the authorization header requires the {required} parameter."
             )
-    access_key, date, cred_region = _parse_credential(
+    access_key, date, cred_region = parse_credential(
         fields["Credential"], region, errors.authorization_header_malformed, ""
     )
     amz_date = _request_date(headers)
@@ -305,7 +305,7 @@ def _parse_presigned(
         )
     if params["X-Amz-Algorithm"] != ALGORITHM:
         raise errors.authorization_query_error(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
-    access_key, date, cred_region = _parse_credential(
+    access_key, date, cred_region = parse_credential(
         params["X-Amz-Credential"],
         region,
         errors.authorization_query_error,
@@ -362,7 +362,7 @@ def _parse_presigned(
     )
 
 
-def _parse_credential(
+def parse_credential(
     credential: str, region: str, make: MalformedError, lead: str
 ) -> tuple[str, str, str]:
     parts = credential.split("/")
