@@ -43,14 +43,12 @@ def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> N
     # must wait for a slot.
     assert len(to_backfill) > 3, to_backfill
     cluster.cli("osd", "out", "3")
-    seen_waiting = False
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rows = json.loads(cluster.cli("pg", "ls", "--json").stdout)
         running: dict[int, int] = {}
         for row in rows:
             parts = row["state"].split("+")
-            seen_waiting |= "backfill_wait" in parts
             if "backfilling" in parts:
                 running[row["primary"]] = running.get(row["primary"], 0) + 1
         assert all(n <= 1 for n in running.values()), rows
@@ -59,10 +57,8 @@ def test_one_backfill_at_a_time_per_daemon(cluster_factory: ClusterFactory) -> N
         time.sleep(0.2)
     else:
         raise AssertionError("recovery did not finish")
-    # The waiting itself shows only in reports made every 2 s; under a heavy load the polls
-    # can miss it, so it is logged, not asserted: the bound above is what must hold.
-    if not seen_waiting:
-        print(f"no poll saw a PG in backfill_wait ({len(to_backfill)} PGs backfilled)")
+    # The waiting itself shows only in reports made every 2 s, which the polls can miss
+    # under a heavy load: that some PGs waited follows from their number and the bound.
 
     async def read_all() -> None:
         async with Client.connect(cluster.config()) as client:

@@ -74,16 +74,17 @@ def _invalid(message: str) -> S3Error:
     return errors.invalid_request(message)
 
 
+def _texts(element: Any, name: str) -> tuple[str, ...]:
+    return tuple((child.text or "").strip() for child in xmldoc.children(element, name))
+
+
 def parse_configuration(body: bytes) -> tuple[CorsRule, ...]:
     """The rules of a <CORSConfiguration> document, validated as S3 does."""
     root = xmldoc.parse(body, "CORSConfiguration")
     rules: list[CorsRule] = []
     for element in xmldoc.children(root, "CORSRule"):
-
-        def texts(name: str, element: Any = element) -> tuple[str, ...]:
-            return tuple((child.text or "").strip() for child in xmldoc.children(element, name))
-
-        methods, origins = texts("AllowedMethod"), texts("AllowedOrigin")
+        methods = _texts(element, "AllowedMethod")
+        origins = _texts(element, "AllowedOrigin")
         if not methods or not origins:
             raise errors.malformed_xml()
         for method in methods:
@@ -94,7 +95,7 @@ def parse_configuration(body: bytes) -> tuple[CorsRule, ...]:
         for origin in origins:
             if origin.count("*") > 1:
                 raise _invalid(f'AllowedOrigin "{origin}" can not have more than one wildcard.')
-        headers = tuple(h.lower() for h in texts("AllowedHeader"))
+        headers = tuple(h.lower() for h in _texts(element, "AllowedHeader"))
         for header in headers:
             if header.count("*") > 1:
                 raise _invalid(f'AllowedHeader "{header}" can not have more than one wildcard.')
@@ -107,7 +108,9 @@ def parse_configuration(body: bytes) -> tuple[CorsRule, ...]:
         rule_id = xmldoc.child_text(element, "ID")
         if rule_id is not None and len(rule_id) > 255:
             raise _invalid("The ID of a CORS rule is longer than 255 characters.")
-        rules.append(CorsRule(methods, origins, headers, texts("ExposeHeader"), max_age, rule_id))
+        rules.append(
+            CorsRule(methods, origins, headers, _texts(element, "ExposeHeader"), max_age, rule_id)
+        )
     if not rules:
         raise errors.malformed_xml()
     if len(rules) > MAX_RULES:

@@ -126,7 +126,7 @@ async def post_object(
     policy.check({**fields, "bucket": route.bucket}, datetime.now(UTC))
     if not key:
         raise errors.invalid_argument("User key must have a length greater than 0.", "key", "")
-    key = routing.decode_key(key.replace("%", "%25"))  # checks length and NUL only
+    routing.check_key(key)
     body = _within(reader.file_data(), policy.length_range)
     put = Request(
         method="PUT",

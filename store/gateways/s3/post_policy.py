@@ -45,9 +45,6 @@ class Policy:
     prefixes: list[tuple[str, str]] = field(default_factory=list)  # (field, prefix)
     length_range: tuple[int, int] | None = None
 
-    def named(self) -> set[str]:
-        return {name for name, _ in self.exact} | {name for name, _ in self.prefixes}
-
     def check(self, fields: dict[str, str], now: datetime) -> None:
         """Raise unless the policy is in force and ``fields`` (names lower-cased, with
         ``bucket`` added) meet every condition and are all named by one."""
@@ -60,12 +57,13 @@ class Policy:
             got = fields.get(name)
             if got is None or not got.startswith(prefix):
                 raise refused(f'Policy Condition failed: ["starts-with", "${name}", "{prefix}"]')
+        named = {name for name, _ in self.exact} | {name for name, _ in self.prefixes}
         extra = [
             name
             for name in fields
             if name not in EXEMPT
             and not name.startswith(("x-ignore-", "x-amz-checksum-"))
-            and name not in self.named()
+            and name not in named
         ]
         if extra:
             raise refused(f"Extra input fields: {', '.join(sorted(extra))}")
@@ -156,9 +154,7 @@ def _add(policy: Policy, condition: Any) -> None:
 class FormSignature:
     access_key: str
     signature: str
-    v4_date: str | None = None  # the credential's day (SigV4 only)
-    v4_region: str | None = None
-    v4_service: str | None = None
+    v4_scope: tuple[str, str] | None = None  # the credential's day and region (SigV4 only)
 
 
 def signature_of(fields: dict[str, str], region: str) -> FormSignature:
@@ -185,7 +181,7 @@ def signature_of(fields: dict[str, str], region: str) -> FormSignature:
         access_key, day, _ = sigv4.parse_credential(
             credential, region, malformed, "Error parsing the X-Amz-Credential parameter; "
         )
-        return FormSignature(access_key, signature, day, region, sigv4.SERVICE)
+        return FormSignature(access_key, signature, (day, region))
     v2_key = fields.get("awsaccesskeyid")
     v2_signature = fields.get("signature")
     if v2_key is None or v2_signature is None:
@@ -200,9 +196,8 @@ def signature_of(fields: dict[str, str], region: str) -> FormSignature:
 
 def verify(signed: FormSignature, secret: str, policy: str) -> None:
     """Raise SignatureDoesNotMatch unless ``signed`` signs the base64 ``policy``."""
-    if signed.v4_date is not None:
-        assert signed.v4_region is not None and signed.v4_service is not None
-        key = sigv4.signing_key(secret, signed.v4_date, signed.v4_region, signed.v4_service)
+    if signed.v4_scope is not None:
+        key = sigv4.signing_key(secret, *signed.v4_scope)
         expected = sigv4.sign(key, policy)
     else:
         digest = hmac.new(secret.encode(), policy.encode("ascii", "replace"), hashlib.sha1)

@@ -151,7 +151,11 @@ def bucket_from_host(host: str | None, domains: tuple[str, ...]) -> str | None:
 
 
 def decode_key(raw: str) -> str:
-    key = decode_component(raw)
+    return check_key(decode_component(raw))
+
+
+def check_key(key: str) -> str:
+    """A key as S3 allows it: at most 1024 bytes of UTF-8, no NUL."""
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > MAX_KEY_BYTES:
         raise errors.key_too_long(size)
