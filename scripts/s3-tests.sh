@@ -64,12 +64,12 @@ for label in ("iam", "iam root", "iam alt root"):
 open(f"{folder}/s3tests.conf", "w").write("\n".join(sections))
 PY
 
-left_out=(versioning lifecycle lifecycle_expiration lifecycle_transition bucket_policy
+left_out=(lifecycle lifecycle_expiration lifecycle_transition bucket_policy
     encryption sse_s3 s3select s3website s3website_routing_rules s3website_redirect_location
     object_lock iam_account iam_cross_account iam_role iam_tenant iam_user test_of_sts sns
     bucket_logging bucket_logging_cleanup fails_without_logging_rollover cloud_transition
     cloud_restore fails_on_aws appendobject storage_class group group_policy role_policy
-    user_policy webidentity_test abac_test bucket_encryption delete_marker session_policy
+    user_policy webidentity_test abac_test bucket_encryption session_policy
     token_claims_trust_policy_test object_ownership)
 markers=$(printf ' and not %s' "${left_out[@]}")
 markers=${markers# and }

@@ -118,7 +118,7 @@ BAD_REQUESTS: list[tuple[object, str]] = [
     ([["setxattr", "k" * 257, b"v"]], "longer than 256"),
     ([["setxattr", b"k", b"v"]], "must be text"),
     ([["setxattr", "k", "v"]], "must be bytes"),
-    ([["omap_set", {"k" * 1025: b"v"}]], "longer than 1024"),
+    ([["omap_set", {"k" * 2049: b"v"}]], "longer than 2048"),
     ([["omap_set", [["k", b"v"]]]], "must be a map"),
     ([["omap_set", {1: b"v"}]], "must be text"),
     ([["omap_get", "k"]], "must be a list"),

@@ -43,6 +43,8 @@ DOMAINS = ("s3.example.test",)
         ("GET", "/bucket/key?acl", "GetObjectAcl"),
         ("GET", "/bucket/key?attributes", "GetObjectAttributes"),
         ("PUT", "/bucket/key?tagging", "PutObjectTagging"),
+        ("PUT", "/bucket?versioning", "PutBucketVersioning"),
+        ("GET", "/bucket?versioning", "GetBucketVersioning"),
     ],
 )
 def test_path_style_operations(method: str, target: str, operation: str) -> None:
@@ -53,7 +55,6 @@ def test_path_style_operations(method: str, target: str, operation: str) -> None
 @pytest.mark.parametrize(
     ("method", "target"),
     [
-        ("PUT", "/bucket?versioning"),
         ("PUT", "/bucket?lifecycle"),
         ("PUT", "/bucket?policy"),
         ("PUT", "/bucket?website"),

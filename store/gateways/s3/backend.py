@@ -161,6 +161,41 @@ class Backend:
         log.warning("compare-and-set on %s gave up after %d attempts", name, MAX_CAS_ATTEMPTS)
         raise errors.slow_down()
 
+    async def read_versioned(self, name: str, ops: list[list[Any]]) -> tuple[list[Any], list[Any]]:
+        """The results of read-only ``ops`` and the object's version, for
+        :meth:`write_if_unchanged`; raises Gone when the object does not exist."""
+        try:
+            reply = await self.execute(name, ops)
+        except RemoteError as exc:
+            if exc.code == Code.ENOENT:
+                raise Gone(name) from None
+            raise cluster_error(exc) from None
+        return list(reply["res"]), list(reply["v"])
+
+    async def write_if_unchanged(
+        self, name: str, changes: Mapping[str, bytes | None], version: list[Any]
+    ) -> bool:
+        """Set (None: remove) omap keys if the object is still at ``version``; False when
+        it changed meanwhile (read again and recompute)."""
+        sets = {k: v for k, v in changes.items() if v is not None}
+        removals = [k for k, v in changes.items() if v is None]
+        ops: list[list[Any]] = []
+        if sets:
+            ops.append(["omap_set", sets])
+        if removals:
+            ops.append(["omap_rm", removals])
+        if not ops:
+            return True
+        try:
+            await self.execute(name, ops, {"version": version})
+        except RemoteError as exc:
+            if exc.code == Code.ECANCELED:
+                return False
+            if exc.code == Code.ENOENT:
+                raise Gone(name) from None
+            raise cluster_error(exc) from None
+        return True
+
     async def omap_page(
         self, name: str, start_after: str | None, limit: int, prefix: str = ""
     ) -> tuple[list[tuple[str, bytes]], bool]:

@@ -129,6 +129,9 @@ class Buckets:
     async def set_cors(self, bucket: Bucket, rules: tuple[CorsRule, ...]) -> None:
         await self._change(bucket, cors=rules)
 
+    async def set_versioning(self, bucket: Bucket, state: str) -> None:
+        await self._change(bucket, versioning=state)
+
     async def _change(self, bucket: Bucket, **changes: Any) -> None:
         def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
             raw = current.get(f"b.{bucket.name}")

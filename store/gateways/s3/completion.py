@@ -35,7 +35,7 @@ from store.gateways.s3.multipart import (
     part_entries,
     upload_id_of,
 )
-from store.gateways.s3.ops_objects import location_of
+from store.gateways.s3.ops_objects import location_of, version_headers
 from store.gateways.s3.responses import xml
 from store.gateways.web.server import Response
 
@@ -145,7 +145,7 @@ def result_document(call: Call, bucket: Bucket, entry: Entry) -> Response:
     if entry.checksum:
         doc.leaf(f"Checksum{entry.checksum[0].upper()}", entry.checksum[1])
         doc.leaf("ChecksumType", entry.checksum_type)
-    return xml(200, doc.to_bytes())
+    return xml(200, doc.to_bytes(), version_headers(bucket, entry, written=True))
 
 
 async def _already_completed(call: Call, bucket: Bucket, upload_id: str) -> Response | None:
@@ -253,7 +253,7 @@ async def _publish(
         await gateway.backend.write_data(head, manifest)
         if call.header("if-match") is not None or call.header("if-none-match") is not None:
             # Conditional completion (If-Match / If-None-Match), like a conditional PUT.
-            await gateway.index.publish_if(
+            entry = await gateway.index.publish(
                 bucket,
                 key,
                 entry,
@@ -262,7 +262,7 @@ async def _publish(
                 ),
             )
         else:
-            await gateway.index.publish(bucket, key, entry)
+            entry = await gateway.index.publish(bucket, key, entry)
     except BaseException:
         with trio.CancelScope(shield=True):
             await gateway.backend.delete(head)

@@ -56,6 +56,7 @@ OPERATIONS: dict[str, Operation] = {
     "DeleteBucket": ops_buckets.delete_bucket,
     "GetBucketLocation": ops_buckets.get_bucket_location,
     "GetBucketVersioning": ops_buckets.get_bucket_versioning,
+    "PutBucketVersioning": ops_buckets.put_bucket_versioning,
     "GetBucketAcl": ops_buckets.get_bucket_acl,
     "PutBucketAcl": ops_buckets.put_bucket_acl,
     "GetBucketTagging": ops_buckets.get_bucket_tagging,

@@ -5,15 +5,23 @@ entry it replaced; the data of that entry is handed to the collector. A shard th
 means the bucket was deleted (or deleted and created again, when the record we hold is
 stale): the bucket is looked up afresh and, if it still exists under the same owner, the
 operation is done there; otherwise the answer is NoSuchBucket.
+
+In a versioned bucket a change reads the key's state (its entry, null pointer and newest
+version records), computes what to write with :mod:`versions` and writes it on condition
+that the shard did not change meanwhile, or reads again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from store.gateways.s3 import errors, layout, listing
-from store.gateways.s3.backend import Backend, Gone
+import trio
+
+from store.gateways.s3 import errors, layout, listing, versions
+from store.gateways.s3.backend import MAX_CAS_ATTEMPTS, Backend, Gone
 from store.gateways.s3.buckets import Buckets
 from store.gateways.s3.gc import Collector
 from store.gateways.s3.layout import Bucket, Entry, Garbage
@@ -43,31 +51,137 @@ class Index:
     def _shard(self, bucket: Bucket, key: str) -> str:
         return layout.index_shard_name(bucket.id, layout.shard_of(key, bucket.shards))
 
+    # --- reading one key -----------------------------------------------------------------
+
     async def get(self, bucket: Bucket, key: str) -> Entry | None:
+        """The key's current object (None when there is none, or a delete marker)."""
+        entry = await self.lookup(bucket, key)
+        return None if entry is None or entry.delete_marker else entry
+
+    async def lookup(self, bucket: Bucket, key: str, version: str | None = None) -> Entry | None:
+        """A version of the key by id (None: the current one), delete markers included."""
+        if version is None:
+
+            async def current(b: Bucket) -> Entry | None:
+                raw = (await self.backend.omap_get(self._shard(b, key), [key])).get(key)
+                return Entry.from_bytes(raw) if raw is not None else None
+
+            return await self._on_bucket(bucket, current)
+
         async def action(b: Bucket) -> Entry | None:
-            raw = (await self.backend.omap_get(self._shard(b, key), [key])).get(key)
-            return Entry.from_bytes(raw) if raw is not None else None
+            snap, _ = await self._snapshot(self._shard(b, key), key, [version])
+            return snap.lookup(version)
 
         return await self._on_bucket(bucket, action)
 
-    async def publish(self, bucket: Bucket, key: str, entry: Entry) -> Entry | None:
-        """Make ``entry`` the key's object; the replaced object's data is queued for GC."""
+    async def null_sk(self, bucket: Bucket, key: str) -> str | None:
+        """The record name suffix of the key's recorded null version, if it has one."""
 
-        async def action(b: Bucket) -> bytes | None:
-            return await self.backend.swap(self._shard(b, key), key, entry.to_bytes())
+        async def action(b: Bucket) -> str | None:
+            pointer = versions.null_pointer(key)
+            raw = (await self.backend.omap_get(self._shard(b, key), [pointer])).get(pointer)
+            return raw.decode() if raw is not None else None
 
-        old = await self._on_bucket(bucket, action)
-        return await self._retire(old)
+        return await self._on_bucket(bucket, action)
 
-    async def publish_if(
-        self, bucket: Bucket, key: str, entry: Entry, check: Callable[[Entry | None], None]
-    ) -> Entry | None:
-        """Publish only if ``check`` (which raises to refuse) accepts the current entry,
-        atomically with respect to other writers of the shard."""
+    async def _snapshot(
+        self, name: str, key: str, wanted: Sequence[str | None] = ()
+    ) -> tuple[versions.Snapshot, list[Any]]:
+        sks = [v for v in wanted if v is not None and versions.is_sk(v)]
+        names = [key, versions.null_pointer(key)] + [versions.record_name(key, v) for v in sks]
+        prefix = versions.record_prefix(key)
+        while True:
+            results, version = await self.backend.read_versioned(
+                name, [["omap_get", names], ["omap_list", None, 2, prefix]]
+            )
+            values = {str(k): bytes(v) for k, v in results[0].items()}
+            listed = [(str(k)[len(prefix) :], bytes(v)) for k, v in results[1]["entries"]]
+            records = {sk: Entry.from_bytes(raw) for sk, raw in listed}
+            for sk in sks:
+                raw = values.get(versions.record_name(key, sk))
+                if raw is not None:
+                    records[sk] = Entry.from_bytes(raw)
+            pointer = values.get(versions.null_pointer(key))
+            null_sk = pointer.decode() if pointer is not None else None
+            if null_sk is not None and null_sk not in records:
+                record = versions.record_name(key, null_sk)
+                more, again = await self.backend.read_versioned(name, [["omap_get", [record]]])
+                if again != version:
+                    continue  # changed between the two reads
+                raw = more[0].get(record)
+                if raw is not None:
+                    records[null_sk] = Entry.from_bytes(bytes(raw))
+            current = values.get(key)
+            snap = versions.Snapshot(
+                key=key,
+                current=Entry.from_bytes(current) if current is not None else None,
+                null_sk=null_sk,
+                newest=tuple(sk for sk, _ in listed),
+                records=records,
+            )
+            return snap, version
+
+    async def _change(
+        self,
+        bucket: Bucket,
+        key: str,
+        compute: Callable[[versions.Snapshot], versions.Change],
+        wanted: Sequence[str | None] = (),
+    ) -> versions.Change:
+        """Apply ``compute(snapshot)`` atomically (reading again while others get in);
+        then free the data it let go."""
+
+        async def action(b: Bucket) -> versions.Change:
+            name = self._shard(b, key)
+            for attempt in range(MAX_CAS_ATTEMPTS):
+                snap, version = await self._snapshot(name, key, wanted)
+                change = compute(snap)
+                if await self.backend.write_if_unchanged(name, change.writes, version):
+                    return change
+                await trio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+            raise errors.slow_down()
+
+        change = await self._on_bucket(bucket, action)
+        for entry in change.freed:
+            await self._free(entry)
+        return change
+
+    # --- changing one key ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        bucket: Bucket,
+        key: str,
+        entry: Entry,
+        check: Callable[[Entry | None], None] | None = None,
+    ) -> Entry:
+        """Make ``entry`` the key's object and return it as published (with its version).
+
+        ``check`` (which raises to refuse) sees the current object first, atomically with
+        respect to other writers. Data the key no longer needs is queued for GC."""
+        if bucket.versioning:
+            mode = bucket.versioning
+
+            def add(snap: versions.Snapshot) -> versions.Change:
+                if check is not None:
+                    check(_visible(snap.current))
+                return versions.add_version(snap, entry, mode, time.time_ns())
+
+            published = (await self._change(bucket, key, add)).result
+            assert published is not None
+            return published
+        if check is None:
+
+            async def swap(b: Bucket) -> bytes | None:
+                return await self.backend.swap(self._shard(b, key), key, entry.to_bytes())
+
+            await self._retire(await self._on_bucket(bucket, swap))
+            return entry
+        checked = check
 
         def update(current: dict[str, bytes]) -> tuple[dict[str, bytes | None], bytes | None]:
             raw = current.get(key)
-            check(Entry.from_bytes(raw) if raw is not None else None)
+            checked(_visible(Entry.from_bytes(raw) if raw is not None else None))
             return {key: entry.to_bytes()}, raw
 
         async def action(b: Bucket) -> bytes | None:
@@ -75,17 +189,33 @@ class Index:
                 self._shard(b, key), [key], update, must_exist=True
             )
 
-        old = await self._on_bucket(bucket, action)
-        return await self._retire(old)
+        await self._retire(await self._on_bucket(bucket, action))
+        return entry
 
     async def update(
-        self, bucket: Bucket, key: str, change: Callable[[Entry | None], Entry]
+        self,
+        bucket: Bucket,
+        key: str,
+        change: Callable[[Entry | None], Entry],
+        version: str | None = None,
     ) -> Entry:
-        """Replace a key's entry by ``change(entry)`` (same data: nothing is freed)."""
+        """Replace a version's entry by ``change(entry)`` (same data: nothing is freed).
+        ``change`` sees None for a missing version or a delete marker, and must raise."""
+        if bucket.versioning or version is not None:
+
+            def modify(snap: versions.Snapshot) -> versions.Change:
+                target = snap.lookup(version)
+                if target is None or target.delete_marker:
+                    change(None)
+                return versions.modify_version(snap, version, lambda e: change(e))
+
+            result = (await self._change(bucket, key, modify, [version])).result
+            assert result is not None
+            return result
 
         def update(current: dict[str, bytes]) -> tuple[dict[str, bytes | None], Entry]:
             raw = current.get(key)
-            new = change(Entry.from_bytes(raw) if raw is not None else None)
+            new = change(_visible(Entry.from_bytes(raw) if raw is not None else None))
             return {key: new.to_bytes()}, new
 
         async def action(b: Bucket) -> Entry:
@@ -95,21 +225,38 @@ class Index:
 
         return await self._on_bucket(bucket, action)
 
-    async def remove(self, bucket: Bucket, key: str) -> Entry | None:
-        async def action(b: Bucket) -> bytes | None:
-            return await self.backend.swap(self._shard(b, key), key, None)
-
-        old = await self._on_bucket(bucket, action)
-        return await self._retire(old)
-
-    async def remove_if(
-        self, bucket: Bucket, key: str, check: Callable[[Entry | None], None]
+    async def delete(
+        self,
+        bucket: Bucket,
+        key: str,
+        check: Callable[[Entry | None], None] | None = None,
+        *,
+        owner: tuple[str, str] = ("", ""),
     ) -> Entry | None:
-        """Remove the key if ``check`` (which raises to refuse) accepts its entry."""
+        """Delete the key's object: remove it, or in a versioned bucket add a delete
+        marker made by ``owner`` (name, id) and return it. ``check`` as for publish."""
+        if bucket.versioning:
+            mode = bucket.versioning
+
+            def add(snap: versions.Snapshot) -> versions.Change:
+                if check is not None:
+                    check(_visible(snap.current))
+                marker = versions.delete_marker(owner[0], owner[1], time.time())
+                return versions.add_version(snap, marker, mode, time.time_ns())
+
+            return (await self._change(bucket, key, add)).result
+        if check is None:
+
+            async def swap(b: Bucket) -> bytes | None:
+                return await self.backend.swap(self._shard(b, key), key, None)
+
+            await self._retire(await self._on_bucket(bucket, swap))
+            return None
+        checked = check
 
         def update(current: dict[str, bytes]) -> tuple[dict[str, bytes | None], bytes | None]:
             raw = current.get(key)
-            check(Entry.from_bytes(raw) if raw is not None else None)
+            checked(_visible(Entry.from_bytes(raw) if raw is not None else None))
             return ({key: None} if raw is not None else {}), raw
 
         async def action(b: Bucket) -> bytes | None:
@@ -117,18 +264,36 @@ class Index:
                 self._shard(b, key), [key], update, must_exist=True
             )
 
-        old = await self._on_bucket(bucket, action)
-        return await self._retire(old)
+        await self._retire(await self._on_bucket(bucket, action))
+        return None
 
-    async def _retire(self, raw: bytes | None) -> Entry | None:
+    async def delete_version(self, bucket: Bucket, key: str, version: str) -> Entry | None:
+        """Delete one version for good (its data is freed); returns it, or None when the
+        key has no such version."""
+
+        def remove(snap: versions.Snapshot) -> versions.Change:
+            return versions.remove_version(snap, version)
+
+        return (await self._change(bucket, key, remove, [version])).result
+
+    async def _retire(self, raw: bytes | None) -> None:
+        """Free the data of an entry an unversioned change replaced, unless a version
+        record owns it (a bucket versioned since this gateway last looked)."""
         if raw is None:
-            return None
+            return
         try:
             old = Entry.from_bytes(raw)
         except layout.CorruptRecord:
-            return None
-        await self.collector.discard(Garbage.of_entry(old))
-        return old
+            return
+        if old.version is None:
+            await self._free(old)
+
+    async def _free(self, entry: Entry) -> None:
+        garbage = Garbage.of_entry(entry)
+        if garbage is not None:
+            await self.collector.discard(garbage)
+
+    # --- listings ------------------------------------------------------------------------
 
     async def page(
         self,
@@ -139,13 +304,20 @@ class Index:
         marker: str | None,
         max_keys: int,
     ) -> listing.Page:
+        """A page of the current objects (delete markers left out), in key order."""
+        if "\x00" in prefix:
+            return listing.Page()  # no key holds a NUL
+        versioned = bool(bucket.versioning)
+
         async def action(b: Bucket) -> listing.Page:
             names = b.shard_names()
 
             async def fetch(
                 shard: int, after: str | None, limit: int
             ) -> tuple[list[tuple[str, bytes]], bool]:
-                return await self.backend.omap_page(names[shard], after, limit, prefix)
+                return await self._current_entries(
+                    names[shard], after, limit, prefix, versioned, lambda e: e.delete_marker
+                )
 
             return await listing.list_page(
                 fetch,
@@ -158,6 +330,85 @@ class Index:
 
         return await self._on_bucket(bucket, action)
 
+    async def _current_entries(
+        self,
+        name: str,
+        after: str | None,
+        limit: int,
+        prefix: str,
+        filtered: bool,
+        leave_out: Callable[[Entry], bool],
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        """Keys' entries after ``after`` (never version records); with ``filtered``, those
+        ``leave_out`` refuses are skipped, reading on until one is kept or none is left."""
+        start = after if after is not None and after > versions.KEYS_START else versions.KEYS_START
+        while True:
+            entries, more = await self.backend.omap_page(name, start, limit, prefix)
+            if not filtered:
+                return entries, more
+            kept = [(k, v) for k, v in entries if not leave_out(Entry.from_bytes(v))]
+            if kept or not more or not entries:
+                return kept, more
+            start = entries[-1][0]
+
+    async def version_page(
+        self,
+        bucket: Bucket,
+        *,
+        prefix: str,
+        delimiter: str,
+        after: str | None,
+        max_keys: int,
+    ) -> listing.Page:
+        """A page of versions, in key order and newest first within a key. Each is listed
+        as ``<key>\\0<sk>`` (a record) or ``<key>\\0`` (an unrecorded null version), and
+        ``after`` is such a name."""
+        if "\x00" in prefix:
+            return listing.Page()
+        kinds = 2 if bucket.versioning else 1  # a bucket never versioned has no records
+
+        async def action(b: Bucket) -> listing.Page:
+            names = b.shard_names()
+
+            async def fetch(
+                stream: int, start: str | None, limit: int
+            ) -> tuple[list[tuple[str, bytes]], bool]:
+                shard, kind = divmod(stream, kinds)
+                if kind == 0:
+                    entries, more = await self._current_entries(
+                        names[shard],
+                        start,
+                        limit,
+                        prefix,
+                        kinds == 2,
+                        lambda e: e.version is not None,
+                    )
+                    return [(k + "\x00", v) for k, v in entries], more
+                entries, more = await self.backend.omap_page(
+                    names[shard],
+                    None if start is None else versions.RECORD + start,
+                    limit,
+                    versions.RECORD + prefix,
+                )
+                return [(k[len(versions.RECORD) :], v) for k, v in entries], more
+
+            return await listing.list_page(
+                fetch,
+                len(names) * kinds,
+                prefix=prefix,
+                delimiter=delimiter,
+                marker=after,
+                max_keys=max_keys,
+                key_of=lambda name: name[: name.index("\x00")],
+            )
+
+        return await self._on_bucket(bucket, action)
+
     async def is_empty(self, bucket: Bucket) -> bool:
         page = await self.page(bucket, prefix="", delimiter="", marker=None, max_keys=1)
         return not page.contents
+
+
+def _visible(entry: Entry | None) -> Entry | None:
+    """What conditions see of a key's entry: a delete marker is no object."""
+    return None if entry is None or entry.delete_marker else entry

@@ -7,6 +7,7 @@ Everything lives in one pool (``--pool``, default ``s3``):
 ``s3.users``                  omap ``u.<name>`` -> user, ``k.<access key>`` -> key
 ``s3.buckets``                omap ``b.<bucket>`` -> bucket record (owner, id, shards ...)
 ``s3.index.<id>.<n>``         the bucket index, shard n: omap ``<key>`` -> object entry
+                              (and the version records of :mod:`versions`)
 ``s3.uploads.<id>``           omap ``<key>`` -> the multipart uploads in progress for it
 ``s3.upload.<upload id>``     omap ``meta`` -> upload record, ``p.<nnnnn>`` -> part entry
 ``s3.data.<id>.<token>``      an object's first stripe (or a multipart manifest) ...
@@ -161,6 +162,7 @@ class Bucket:
     acl: str = "private"
     tags: dict[str, str] = field(default_factory=dict)
     cors: tuple[CorsRule, ...] = ()
+    versioning: str = ""  # "" (never enabled), "Enabled" or "Suspended"
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -176,6 +178,8 @@ class Bucket:
         }
         if self.cors:
             record["co"] = [rule.to_wire() for rule in self.cors]
+        if self.versioning:
+            record["vs"] = self.versioning
         return pack(record)
 
     @classmethod
@@ -192,6 +196,7 @@ class Bucket:
             str(r.get("a", "private")),
             {str(k): str(v) for k, v in r.get("tg", {}).items()},
             tuple(CorsRule.from_wire(rule) for rule in r.get("co", ())),
+            str(r.get("vs", "")),
         )
 
     def shard_names(self) -> list[str]:
@@ -233,6 +238,8 @@ class Entry:
 
     ``head`` is None for an empty object (no data object at all). ``parts`` > 0 marks a
     multipart object, whose head object holds the manifest instead of the first stripe.
+    ``version`` is the key of the entry's version record (see ``versions``), None for an
+    object of a bucket that was never versioned; a delete marker has no data.
     """
 
     size: int
@@ -250,6 +257,8 @@ class Entry:
     acl: str = "private"
     tags: dict[str, str] = field(default_factory=dict)
     checksum_type: str = "FULL_OBJECT"  # or COMPOSITE (of a multipart object)
+    version: str | None = None
+    delete_marker: bool = False
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -277,6 +286,10 @@ class Entry:
             record["tg"] = self.tags
         if self.checksum_type != "FULL_OBJECT":
             record["ct"] = self.checksum_type
+        if self.version is not None:
+            record["v"] = self.version
+        if self.delete_marker:
+            record["dm"] = True
         return pack(record)
 
     @classmethod
@@ -300,6 +313,8 @@ class Entry:
                 acl=str(r.get("a", "private")),
                 tags={str(k): str(v) for k, v in r.get("tg", {}).items()},
                 checksum_type=str(r.get("ct", "FULL_OBJECT")),
+                version=None if r.get("v") is None else str(r["v"]),
+                delete_marker=bool(r.get("dm", False)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(f"bad object entry: {exc}") from None

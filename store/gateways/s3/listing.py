@@ -69,7 +69,10 @@ async def list_page(
     delimiter: str = "",
     marker: str | None = None,
     max_keys: int = 1000,
+    key_of: Callable[[str], str] | None = None,
 ) -> Page:
+    """``key_of`` maps what the shards hold to the key the prefix and delimiter apply to
+    (listings of versions hold a key followed by a NUL and more)."""
     page = Page()
     if max_keys <= 0:
         return page
@@ -123,7 +126,7 @@ async def list_page(
         if following is not None:
             heapq.heappush(heap, following)
         if delimiter:
-            rest = key[len(prefix) :]
+            rest = (key if key_of is None else key_of(key))[len(prefix) :]
             cut = rest.find(delimiter)
             if cut >= 0:
                 common = prefix + rest[: cut + len(delimiter)]

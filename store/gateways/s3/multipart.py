@@ -38,7 +38,7 @@ from store.gateways.s3.backend import Gone, cluster_error
 from store.gateways.s3.gateway import Call, Gateway
 from store.gateways.s3.layout import Bucket, Garbage, PartEntry, Upload, UploadRef
 from store.gateways.s3.listing_params import enc, url_encoding
-from store.gateways.s3.ops_copy import copy_data, copy_source_entry
+from store.gateways.s3.ops_copy import copy_data, copy_source_entry, source_version_headers
 from store.gateways.s3.ops_objects import check_entry_size, store_body
 from store.gateways.s3.responses import empty, xml
 from store.gateways.web.server import Response
@@ -240,7 +240,7 @@ async def upload_part_copy(call: Call) -> Response:
     upload_id = upload_id_of(call)
     number = _part_number(call)
     upload = await load_upload(call.gateway, bucket, call.key, upload_id)
-    _, _, source = await copy_source_entry(call)
+    source_bucket, _, source, _ = await copy_source_entry(call)
     selected = call.header("x-amz-copy-source-range")
     start, end = (0, source.size)
     if selected is not None:
@@ -260,7 +260,7 @@ async def upload_part_copy(call: Call) -> Response:
     doc.leaf("LastModified", xmldoc.iso_time(part.mtime)).leaf("ETag", f'"{etag}"')
     if checksum:
         doc.leaf(f"Checksum{checksum[0].upper()}", checksum[1])
-    return xml(200, doc.to_bytes())
+    return xml(200, doc.to_bytes(), source_version_headers(source_bucket, source))
 
 
 # --- abort ----------------------------------------------------------------------------------

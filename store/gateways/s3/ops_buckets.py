@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from store.gateways.s3 import acl, cors, errors, xmldoc
+from store.gateways.s3 import acl, cors, errors, versions, xmldoc
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.listing import Page
+from store.gateways.s3.listing import PAST_EVERYTHING, Page
 from store.gateways.s3.listing_params import (
     decode_token,
     enc,
@@ -137,8 +137,32 @@ async def get_bucket_location(call: Call) -> Response:
 
 
 async def get_bucket_versioning(call: Call) -> Response:
-    await call.owned_bucket()
-    return xml(200, xmldoc.Doc("VersioningConfiguration").to_bytes())
+    bucket = await call.owned_bucket()
+    doc = xmldoc.Doc("VersioningConfiguration")
+    if bucket.versioning:
+        doc.leaf("Status", bucket.versioning)
+    return xml(200, doc.to_bytes())
+
+
+async def put_bucket_versioning(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    payload = call.payload()
+    body = await payload.read_all(MAX_CONFIG_BODY)
+    payload.finish()
+    root = xmldoc.parse(body, "VersioningConfiguration")
+    status = xmldoc.child_text(root, "Status")
+    mfa = xmldoc.child_text(root, "MfaDelete")
+    if mfa is not None and mfa not in ("Enabled", "Disabled"):
+        raise errors.malformed_xml()
+    if mfa == "Enabled":
+        raise errors.not_implemented("MfaDelete")
+    if status is None:
+        return empty(200)
+    if status not in (versions.ENABLED, versions.SUSPENDED):
+        raise errors.malformed_xml()
+    if status != bucket.versioning:
+        await call.gateway.buckets.set_versioning(bucket, status)
+    return empty(200)
 
 
 async def get_bucket_acl(call: Call) -> Response:
@@ -296,31 +320,45 @@ class _Listing:
             max_keys=min(self.requested, 1000),
         )
 
-    def answer(self, doc: xmldoc.Doc, page: Page, *, owner: bool, version: bool) -> Response:
+    def answer(self, doc: xmldoc.Doc, page: Page, *, owner: bool) -> Response:
         """The encoding, the page's keys and its common prefixes, after what `doc` holds."""
         if self.url:
             doc.leaf("EncodingType", "url")
         for key, raw in page.contents:
-            _contents(doc, key, raw, self.url, owner=owner, version=version)
+            _contents(doc, key, raw, self.url, owner=owner)
+        return self.prefixes(doc, page)
+
+    def prefixes(self, doc: xmldoc.Doc, page: Page) -> Response:
         for common in page.prefixes:
             doc.open("CommonPrefixes").leaf("Prefix", self.enc(common)).close()
         return xml(200, doc.to_bytes())
 
 
-def _contents(doc: xmldoc.Doc, key: str, raw: bytes, url: bool, owner: bool, version: bool) -> None:
+def _contents(doc: xmldoc.Doc, key: str, raw: bytes, url: bool, owner: bool) -> None:
     entry = Entry.from_bytes(raw)
-    doc.open("Version" if version else "Contents")
+    doc.open("Contents")
     doc.leaf("Key", enc(key, url))
-    if version:
-        doc.leaf("VersionId", "null").leaf("IsLatest", True)
     doc.leaf("LastModified", xmldoc.iso_time(entry.mtime))
     doc.leaf("ETag", entry.quoted_etag)
-    if entry.checksum and not version:
+    if entry.checksum:
         doc.leaf("ChecksumAlgorithm", entry.checksum[0].upper())
     doc.leaf("Size", entry.size)
     if owner:
         doc.owner("Owner", entry.owner_id, entry.owner)
     doc.leaf("StorageClass", "STANDARD")
+    doc.close()
+
+
+def _version(doc: xmldoc.Doc, key: str, entry: Entry, url: bool, latest: bool) -> None:
+    doc.open("DeleteMarker" if entry.delete_marker else "Version")
+    doc.leaf("Key", enc(key, url))
+    doc.leaf("VersionId", versions.version_id(entry)).leaf("IsLatest", latest)
+    doc.leaf("LastModified", xmldoc.iso_time(entry.mtime))
+    if not entry.delete_marker:
+        doc.leaf("ETag", entry.quoted_etag).leaf("Size", entry.size)
+    doc.owner("Owner", entry.owner_id, entry.owner)
+    if not entry.delete_marker:
+        doc.leaf("StorageClass", "STANDARD")
     doc.close()
 
 
@@ -338,7 +376,7 @@ async def list_objects(call: Call) -> Response:
     if listing.delimiter:
         doc.leaf("Delimiter", listing.enc(listing.delimiter))
     doc.leaf("IsTruncated", page.truncated)
-    return listing.answer(doc, page, owner=True, version=False)
+    return listing.answer(doc, page, owner=True)
 
 
 async def list_objects_v2(call: Call) -> Response:
@@ -364,33 +402,62 @@ async def list_objects_v2(call: Call) -> Response:
         doc.leaf("NextContinuationToken", encode_token(page.last))
     if start_after is not None:
         doc.leaf("StartAfter", listing.enc(start_after))
-    return listing.answer(doc, page, owner=fetch_owner, version=False)
+    return listing.answer(doc, page, owner=fetch_owner)
 
 
 async def list_object_versions(call: Call) -> Response:
     listing = await _Listing.of(call)
+    bucket = listing.bucket
     key_marker = call.params.get("key-marker", "")
-    version_marker = call.params.get("version-id-marker")
+    version_marker = call.params.get("version-id-marker") or None
     if version_marker and not key_marker:
         raise errors.invalid_argument(
             "A version-id marker cannot be specified without a key marker.",
             "version-id-marker",
             version_marker,
         )
-    if version_marker not in (None, "", "null"):
+    if version_marker is not None and not versions.is_version_id(version_marker):
         raise errors.invalid_argument(
             "Invalid version id specified", "version-id-marker", version_marker
         )
-    page = await listing.page(key_marker or None)
+    # Versions are listed by name: "<key>\0<sk>" (a record) or "<key>\0" (an unrecorded
+    # null version, which is always its key's newest).
+    after = None
+    if key_marker and version_marker is None:
+        after = f"{key_marker}\x00{PAST_EVERYTHING}"
+    elif key_marker and version_marker == versions.NULL:
+        after = f"{key_marker}\x00{await call.gateway.index.null_sk(bucket, key_marker) or ''}"
+    elif key_marker:
+        after = f"{key_marker}\x00{version_marker}"
+    page = await call.gateway.index.version_page(
+        bucket,
+        prefix=listing.prefix,
+        delimiter=listing.delimiter,
+        after=after,
+        max_keys=min(listing.requested, 1000),
+    )
     doc = xmldoc.Doc("ListVersionsResult")
-    doc.leaf("Name", listing.bucket.name).leaf("Prefix", listing.enc(listing.prefix))
+    doc.leaf("Name", bucket.name).leaf("Prefix", listing.enc(listing.prefix))
     doc.leaf("KeyMarker", listing.enc(key_marker)).leaf("VersionIdMarker", version_marker or "")
+    last_listed = page.contents[-1][0] if page.contents else None
     if page.truncated and page.last is not None:
-        doc.leaf("NextKeyMarker", listing.enc(page.last))
-        if page.contents and page.contents[-1][0] == page.last:
-            doc.leaf("NextVersionIdMarker", "null")
+        if page.last == last_listed:
+            key, _, _ = page.last.partition("\x00")
+            entry = Entry.from_bytes(page.contents[-1][1])
+            doc.leaf("NextKeyMarker", listing.enc(key))
+            doc.leaf("NextVersionIdMarker", versions.version_id(entry))
+        else:
+            doc.leaf("NextKeyMarker", listing.enc(page.last))
     doc.leaf("MaxKeys", listing.requested)
     if listing.delimiter:
         doc.leaf("Delimiter", listing.enc(listing.delimiter))
     doc.leaf("IsTruncated", page.truncated)
-    return listing.answer(doc, page, owner=True, version=True)
+    if listing.url:
+        doc.leaf("EncodingType", "url")
+    # A key's first version is its latest, unless this page goes on from an earlier one.
+    previous = key_marker if version_marker is not None else None
+    for name, raw in page.contents:
+        key, _, _ = name.partition("\x00")
+        _version(doc, key, Entry.from_bytes(raw), listing.url, latest=key != previous)
+        previous = key
+    return listing.prefixes(doc, page)

@@ -13,11 +13,12 @@ from store.gateways.s3 import (
     errors,
     layout,
     objects,
+    versions,
     xmldoc,
 )
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.ops_objects import new_entry, publish
+from store.gateways.s3.ops_objects import new_entry, publish, version_headers
 from store.gateways.s3.responses import xml
 from store.gateways.s3.sigv4 import decode_component
 from store.gateways.web.server import Response
@@ -43,16 +44,32 @@ def parse_copy_source(value: str) -> tuple[str, str, str | None]:
     return bucket, key, version
 
 
-async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry]:
-    bucket_name, key, version = parse_copy_source(call.header("x-amz-copy-source") or "")
+async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry, bool]:
+    """The source object: its bucket, key, entry, and whether a version was named."""
+    value = call.header("x-amz-copy-source") or ""
+    bucket_name, key, version = parse_copy_source(value)
+    if version is not None and not versions.is_version_id(version):
+        raise errors.invalid_argument("Invalid version id specified", "x-amz-copy-source", value)
     source_bucket = await call.owned_bucket(bucket_name)
-    entry = await call.gateway.index.get(source_bucket, key)
-    if version is not None and version != "null":
-        raise errors.no_such_version(key, version) if entry else errors.no_such_key(key)
-    if entry is None:
-        raise errors.no_such_key(key)
+    entry = await call.gateway.index.lookup(source_bucket, key, version)
+    if entry is None or (entry.delete_marker and version is None):
+        raise errors.no_such_key(key) if version is None else errors.no_such_version(key, version)
+    if entry.delete_marker:
+        raise errors.invalid_request(
+            "The source of a copy request may not specifically refer to a delete marker by "
+            "version id."
+        )
     conditions.check_copy_source(call.header, entry.etag, entry.mtime)
-    return source_bucket, key, entry
+    return source_bucket, key, entry, version is not None
+
+
+def source_version_headers(bucket: Bucket, entry: Entry) -> list[tuple[str, str]]:
+    """x-amz-copy-source-version-id, when the source bucket is or was versioned."""
+    return [
+        ("x-amz-copy-source-version-id", value)
+        for name, value in version_headers(bucket, entry)
+        if name == "x-amz-version-id"
+    ]
 
 
 async def copy_data(
@@ -85,7 +102,7 @@ async def copy_data(
 
 async def copy_object(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    source_bucket, source_key, source = await copy_source_entry(call)
+    source_bucket, source_key, source, named = await copy_source_entry(call)
     attributes.check_unsupported(call.headers)
     directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
     tagging_directive = (call.header("x-amz-tagging-directive") or "COPY").upper()
@@ -117,6 +134,7 @@ async def copy_object(call: Call) -> Response:
         and source_key == call.key
         and directive == "COPY"
         and call.header("x-amz-storage-class") is None
+        and not named  # copying an older version over the current one restores it
     ):
         raise errors.invalid_request(
             "This copy request is illegal because it is trying to copy an object to itself "
@@ -138,12 +156,14 @@ async def copy_object(call: Call) -> Response:
         acl=canned,
         tags=tags,
     )
-    await publish(call, bucket, call.key, entry)
+    entry = await publish(call, bucket, call.key, entry)
     doc = xmldoc.Doc("CopyObjectResult")
     doc.leaf("LastModified", xmldoc.iso_time(entry.mtime)).leaf("ETag", entry.quoted_etag)
     if entry.checksum:
         doc.leaf(f"Checksum{entry.checksum[0].upper()}", entry.checksum[1])
-    return xml(200, doc.to_bytes())
+    headers = source_version_headers(source_bucket, source)
+    headers += version_headers(bucket, entry, written=True)
+    return xml(200, doc.to_bytes(), headers)
 
 
 _EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"

@@ -7,7 +7,7 @@ from dataclasses import replace
 from store.gateways.s3 import acl, attributes, conditions, errors, objects, xmldoc
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.ops_objects import check_version_id
+from store.gateways.s3.ops_objects import find_version, requested_version, version_headers
 from store.gateways.s3.responses import empty, xml
 from store.gateways.web.server import Response
 
@@ -16,7 +16,7 @@ ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "Obje
 
 async def get_object_attributes(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    check_version_id(call)
+    version = requested_version(call)
     wanted = {
         a.strip() for a in (call.header("x-amz-object-attributes") or "").split(",") if a.strip()
     }
@@ -24,9 +24,7 @@ async def get_object_attributes(call: Call) -> Response:
         raise errors.invalid_argument(
             "Invalid attribute name specified.", "x-amz-object-attributes", ",".join(sorted(wanted))
         )
-    entry = await call.gateway.index.get(bucket, call.key)
-    if entry is None:
-        raise errors.no_such_key(call.key)
+    entry = await find_version(call, bucket, call.key, version)
     doc = xmldoc.Doc("GetObjectAttributesResponse")
     if "ETag" in wanted:
         doc.leaf("ETag", entry.etag)
@@ -56,45 +54,48 @@ async def get_object_attributes(call: Call) -> Response:
         doc.leaf("StorageClass", "STANDARD")
     if "ObjectSize" in wanted:
         doc.leaf("ObjectSize", entry.size)
-    return xml(200, doc.to_bytes(), [("Last-Modified", conditions.http_date(entry.mtime))])
+    headers = [("Last-Modified", conditions.http_date(entry.mtime))]
+    return xml(200, doc.to_bytes(), headers + version_headers(bucket, entry))
 
 
 async def _existing(call: Call) -> tuple[Bucket, Entry]:
+    """The object (or its version named by ``versionId``) the request is about."""
     bucket = await call.owned_bucket()
-    check_version_id(call)
-    entry = await call.gateway.index.get(bucket, call.key)
-    if entry is None:
-        raise errors.no_such_key(call.key)
-    return bucket, entry
+    return bucket, await find_version(call, bucket, call.key, requested_version(call))
 
 
-async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -> None:
+async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -> Entry:
+    version = requested_version(call)
+
     def modify(current: Entry | None) -> Entry:
         if current is None:
-            raise errors.no_such_key(call.key)
+            if version is None:
+                raise errors.no_such_key(call.key)
+            raise errors.no_such_version(call.key, version)
         return replace(current, **change)  # type: ignore[arg-type]
 
-    await call.gateway.index.update(bucket, call.key, modify)
+    return await call.gateway.index.update(bucket, call.key, modify, version)
 
 
 async def get_object_acl(call: Call) -> Response:
-    _, entry = await _existing(call)
-    return xml(200, acl.policy_document(entry.owner_id, entry.owner, entry.acl))
+    bucket, entry = await _existing(call)
+    document = acl.policy_document(entry.owner_id, entry.owner, entry.acl)
+    return xml(200, document, version_headers(bucket, entry))
 
 
 async def put_object_acl(call: Call) -> Response:
     bucket, entry = await _existing(call)
     canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
-    await _update_entry(call, bucket, {"acl": canned})
-    return empty(200)
+    entry = await _update_entry(call, bucket, {"acl": canned})
+    return empty(200, version_headers(bucket, entry))
 
 
 async def get_object_tagging(call: Call) -> Response:
-    _, entry = await _existing(call)
+    bucket, entry = await _existing(call)
     doc = xmldoc.Doc("Tagging").open("TagSet")
     for key, value in sorted(entry.tags.items()):
         doc.open("Tag").leaf("Key", key).leaf("Value", value).close()
-    return xml(200, doc.to_bytes())
+    return xml(200, doc.to_bytes(), version_headers(bucket, entry))
 
 
 async def read_tag_set(call: Call, *, limit: int = attributes.MAX_TAGS) -> dict[str, str]:
@@ -121,11 +122,11 @@ def parse_tag_set(body: bytes, *, limit: int = attributes.MAX_TAGS) -> dict[str,
 async def put_object_tagging(call: Call) -> Response:
     bucket, _ = await _existing(call)
     tags = await read_tag_set(call)
-    await _update_entry(call, bucket, {"tags": tags})
-    return empty(200)
+    entry = await _update_entry(call, bucket, {"tags": tags})
+    return empty(200, version_headers(bucket, entry))
 
 
 async def delete_object_tagging(call: Call) -> Response:
     bucket, _ = await _existing(call)
-    await _update_entry(call, bucket, {"tags": {}})
-    return empty(204)
+    entry = await _update_entry(call, bucket, {"tags": {}})
+    return empty(204, version_headers(bucket, entry))

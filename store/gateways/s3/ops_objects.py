@@ -15,6 +15,7 @@ from store.gateways.s3 import (
     errors,
     layout,
     objects,
+    versions,
     xmldoc,
 )
 from store.gateways.s3.backend import Gone
@@ -31,11 +32,48 @@ DELETE_PARALLELISM = 32
 READ_RETRIES = 3
 
 
-def check_version_id(call: Call) -> None:
-    """Buckets are never versioned: the only version of an object is "null"."""
+def requested_version(call: Call) -> str | None:
+    """The version a request names with ``versionId`` (None: the current one)."""
     version = call.params.get("versionId")
-    if version is not None and version != "null":
+    if version is None:
+        return None
+    if not versions.is_version_id(version):
         raise errors.invalid_argument("Invalid version id specified", "versionId", version)
+    return version
+
+
+def version_headers(
+    bucket: Bucket, entry: Entry, *, written: bool = False
+) -> list[tuple[str, str]]:
+    """``x-amz-version-id`` (and ``x-amz-delete-marker``) of a version, in a bucket that
+    is or was versioned. The answer to a write names no ``null`` version, as S3's."""
+    if not bucket.versioning and entry.version is None:
+        return []
+    if written and versions.version_id(entry) == versions.NULL:
+        return []
+    headers = [("x-amz-version-id", versions.version_id(entry))]
+    if entry.delete_marker:
+        headers.append(("x-amz-delete-marker", "true"))
+    return headers
+
+
+async def find_version(call: Call, bucket: Bucket, key: str, version: str | None) -> Entry:
+    """The object a request reads: the current one or the version named. A delete marker
+    is NoSuchKey when current, MethodNotAllowed when named (as S3 answers)."""
+    entry = await call.gateway.index.lookup(bucket, key, version)
+    if entry is None:
+        if version is None:
+            raise errors.no_such_key(key)
+        raise errors.no_such_version(key, version)
+    if entry.delete_marker:
+        if version is None:
+            error = errors.no_such_key(key)
+        else:
+            error = errors.method_not_allowed(call.request.method, "DeleteMarker")
+            error.headers.append(("Last-Modified", conditions.http_date(entry.mtime)))
+        error.headers.extend(version_headers(bucket, entry))
+        raise error
+    return entry
 
 
 async def store_body(
@@ -70,13 +108,14 @@ def check_entry_size(entry_bytes: bytes) -> None:
         )
 
 
-async def publish(call: Call, bucket: Bucket, key: str, entry: Entry) -> Entry | None:
-    """Publish an entry whose data is written; frees that data if publishing fails."""
+async def publish(call: Call, bucket: Bucket, key: str, entry: Entry) -> Entry:
+    """Publish an entry whose data is written and return it as published (with its
+    version); frees that data if publishing fails."""
     gateway = call.gateway
     try:
         check_entry_size(entry.to_bytes())
         if call.header("if-match") is not None or call.header("if-none-match") is not None:
-            return await gateway.index.publish_if(
+            return await gateway.index.publish(
                 bucket,
                 key,
                 entry,
@@ -147,8 +186,8 @@ async def put_object(call: Call) -> Response:
     entry = new_entry(
         call, head, size, etag, headers=stored, meta=meta, checksum=checksum, acl=canned, tags=tags
     )
-    await publish(call, bucket, call.key, entry)
-    return empty(200, written_headers(entry))
+    entry = await publish(call, bucket, call.key, entry)
+    return empty(200, written_headers(entry) + version_headers(bucket, entry, written=True))
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -239,12 +278,10 @@ def checksum_headers(
 
 async def get_object(call: Call, *, head_only: bool = False) -> Response:
     bucket = await call.owned_bucket()
-    check_version_id(call)
+    version = requested_version(call)
     gateway = call.gateway
     for attempt in range(READ_RETRIES):
-        entry = await gateway.index.get(bucket, call.key)
-        if entry is None:
-            raise errors.no_such_key(call.key)
+        entry = await find_version(call, bucket, call.key, version)
         try:
             conditions.check_get(call.header, entry.etag, entry.mtime)
         except conditions.NotModified:
@@ -252,7 +289,7 @@ async def get_object(call: Call, *, head_only: bool = False) -> Response:
                 304,
                 [("ETag", entry.quoted_etag), ("Last-Modified", conditions.http_date(entry.mtime))],
             )
-        headers = object_headers(call, entry)
+        headers = object_headers(call, entry) + version_headers(bucket, entry)
         number = _part_number(call)
         status = 200
         part: Part | None = None
@@ -293,11 +330,20 @@ async def head_object(call: Call) -> Response:
 
 
 async def remove_key(
-    call: Call, bucket: Bucket, key: str, condition: conditions.DeleteCondition
-) -> None:
-    if condition.empty:
-        await call.gateway.index.remove(bucket, key)
-        return
+    call: Call,
+    bucket: Bucket,
+    key: str,
+    version: str | None,
+    condition: conditions.DeleteCondition,
+) -> list[tuple[str, str]]:
+    """Delete the key's object (or, with ``version``, that version for good); returns the
+    headers saying what was done in a versioned bucket."""
+    index = call.gateway.index
+    if version is not None:
+        removed = await index.delete_version(bucket, key, version)
+        if removed is None:
+            return [("x-amz-version-id", version)] if bucket.versioning else []
+        return version_headers(bucket, removed)
 
     def check(entry: Entry | None) -> None:
         if entry is None:
@@ -305,19 +351,20 @@ async def remove_key(
         else:
             condition.check(entry.etag, entry.mtime, entry.size)
 
-    await call.gateway.index.remove_if(bucket, key, check)
+    owner = (call.user.name, call.user.id)
+    marker = await index.delete(bucket, key, None if condition.empty else check, owner=owner)
+    return version_headers(bucket, marker) if marker is not None else []
 
 
 async def delete_object(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    check_version_id(call)
+    version = requested_version(call)
     condition = conditions.delete_condition(
         call.header("if-match"),
         call.header("x-amz-if-match-last-modified-time"),
         call.header("x-amz-if-match-size"),
     )
-    await remove_key(call, bucket, call.key, condition)
-    return empty(204)
+    return empty(204, await remove_key(call, bucket, call.key, version, condition))
 
 
 async def delete_objects(call: Call) -> Response:
@@ -348,6 +395,8 @@ async def delete_objects(call: Call) -> Response:
     failures: list[errors.S3Error | None] = [None] * len(targets)
     limiter = trio.CapacityLimiter(DELETE_PARALLELISM)
 
+    done: list[dict[str, str]] = [{} for _ in targets]
+
     async def delete_one(
         i: int, key: str, version: str | None, condition: conditions.DeleteCondition
     ) -> None:
@@ -356,12 +405,12 @@ async def delete_objects(call: Call) -> Response:
             failures[i] = errors.invalid_argument("Invalid key")
         elif size > 1024:
             failures[i] = errors.key_too_long(size)
-        elif version is not None and version != "null":
+        elif version is not None and not versions.is_version_id(version):
             failures[i] = errors.no_such_version(key, version)
         else:
             async with limiter:
                 try:
-                    await remove_key(call, bucket, key, condition)
+                    done[i] = dict(await remove_key(call, bucket, key, version, condition))
                 except errors.S3Error as exc:
                     failures[i] = exc
 
@@ -369,7 +418,7 @@ async def delete_objects(call: Call) -> Response:
         for i, (key, version, condition) in enumerate(targets):
             nursery.start_soon(delete_one, i, key, version, condition)
     doc = xmldoc.Doc("DeleteResult")
-    for (key, version, _), failure in zip(targets, failures, strict=True):
+    for (key, version, _), failure, headers in zip(targets, failures, done, strict=True):
         if failure is not None:
             doc.open("Error").leaf("Key", key)
             if version is not None:
@@ -379,6 +428,10 @@ async def delete_objects(call: Call) -> Response:
             doc.open("Deleted").leaf("Key", key)
             if version is not None:
                 doc.leaf("VersionId", version)
+            if headers.get("x-amz-delete-marker") == "true":
+                doc.leaf("DeleteMarker", True)
+                if version is None:
+                    doc.leaf("DeleteMarkerVersionId", headers["x-amz-version-id"])
             doc.close()
     return xml(200, doc.to_bytes())
 

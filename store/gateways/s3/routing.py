@@ -216,6 +216,7 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("GET", "uploads"): "ListMultipartUploads",
         ("GET", "versions"): "ListObjectVersions",
         ("GET", "versioning"): "GetBucketVersioning",
+        ("PUT", "versioning"): "PutBucketVersioning",
         ("GET", "acl"): "GetBucketAcl",
         ("GET", "tagging"): "GetBucketTagging",
         ("PUT", "tagging"): "PutBucketTagging",

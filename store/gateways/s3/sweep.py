@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from store.gateways.s3 import layout
+from store.gateways.s3 import layout, versions
 from store.gateways.s3.backend import Backend, Gone
 from store.gateways.s3.buckets import Buckets
 from store.gateways.s3.layout import Entry, Garbage, PartEntry
@@ -59,7 +59,9 @@ async def referenced_heads(backend: Backend) -> set[str]:
 
     for bucket in await Buckets(backend).all():
         for shard in bucket.shard_names():
-            for _, raw in await _pages(backend, shard):
+            for name, raw in await _pages(backend, shard):
+                if name.startswith(versions.NULL_POINTER):
+                    continue  # names a version record, listed on its own
                 entry = Entry.from_bytes(raw)
                 await add_entry_heads(entry.head, entry.parts, entry.manifest_size)
         for _, raw in await _pages(backend, layout.uploads_name(bucket.id)):

@@ -165,11 +165,15 @@ def bucket(s3: Any) -> Iterator[str]:
 
 
 def empty_and_delete(s3: Any, name: str) -> None:
-    paginator = s3.get_paginator("list_objects_v2")
+    """Delete every version of every key (delete markers too), every upload, the bucket."""
+    paginator = s3.get_paginator("list_object_versions")
     for page in paginator.paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        targets = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        if targets:
+            s3.delete_objects(Bucket=name, Delete={"Objects": targets, "Quiet": True})
     for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
         s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
     s3.delete_bucket(Bucket=name)
