@@ -66,7 +66,7 @@ PY
 
 left_out=(lifecycle lifecycle_expiration lifecycle_transition bucket_policy
     encryption sse_s3 s3select s3website s3website_routing_rules s3website_redirect_location
-    object_lock iam_account iam_cross_account iam_role iam_tenant iam_user test_of_sts sns
+    iam_account iam_cross_account iam_role iam_tenant iam_user test_of_sts sns
     bucket_logging bucket_logging_cleanup fails_without_logging_rollover cloud_transition
     cloud_restore fails_on_aws appendobject storage_class group group_policy role_policy
     user_policy webidentity_test abac_test bucket_encryption session_policy

@@ -24,6 +24,9 @@ DOMAINS = ("s3.example.test",)
         ("GET", "/bucket?uploads", "ListMultipartUploads"),
         ("GET", "/bucket?acl", "GetBucketAcl"),
         ("GET", "/bucket?versioning", "GetBucketVersioning"),
+        ("PUT", "/bucket?object-lock", "PutObjectLockConfiguration"),
+        ("PUT", "/bucket/key?retention", "PutObjectRetention"),
+        ("GET", "/bucket/key?legal-hold", "GetObjectLegalHold"),
         ("GET", "/bucket?cors", "GetBucketCors"),
         ("DELETE", "/bucket?cors", "DeleteBucketCors"),
         ("POST", "/bucket?delete", "DeleteObjects"),
@@ -45,6 +48,9 @@ DOMAINS = ("s3.example.test",)
         ("PUT", "/bucket/key?tagging", "PutObjectTagging"),
         ("PUT", "/bucket?versioning", "PutBucketVersioning"),
         ("GET", "/bucket?versioning", "GetBucketVersioning"),
+        ("PUT", "/bucket?object-lock", "PutObjectLockConfiguration"),
+        ("PUT", "/bucket/key?retention", "PutObjectRetention"),
+        ("GET", "/bucket/key?legal-hold", "GetObjectLegalHold"),
     ],
 )
 def test_path_style_operations(method: str, target: str, operation: str) -> None:
@@ -61,7 +67,7 @@ def test_path_style_operations(method: str, target: str, operation: str) -> None
         ("GET", "/bucket/key?torrent"),
         ("POST", "/bucket/key?restore"),
         ("POST", "/bucket/key?select&select-type=2"),
-        ("PUT", "/bucket/key?retention"),
+        ("PUT", "/bucket/key?renameObject"),
         ("GET", "/bucket?acl&policy"),
     ],
 )

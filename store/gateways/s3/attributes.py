@@ -44,9 +44,6 @@ UNSUPPORTED_HEADERS = (
     "x-amz-server-side-encryption-customer-algorithm",
     "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-context",
-    "x-amz-object-lock-mode",
-    "x-amz-object-lock-retain-until-date",
-    "x-amz-object-lock-legal-hold",
     "x-amz-website-redirect-location",
 )
 

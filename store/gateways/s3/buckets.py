@@ -29,6 +29,7 @@ from store.gateways.s3 import errors
 from store.gateways.s3.backend import Backend, Gone, cluster_error
 from store.gateways.s3.cors import CorsRule
 from store.gateways.s3.layout import BUCKETS, Bucket, User
+from store.gateways.s3.object_lock import Rule
 
 BUCKET_TTL = 5.0
 
@@ -75,7 +76,17 @@ class Buckets:
                 return found
             after = page[-1][0]
 
-    async def create(self, name: str, owner: User, *, region: str, acl: str, shards: int) -> Bucket:
+    async def create(
+        self,
+        name: str,
+        owner: User,
+        *,
+        region: str,
+        acl: str,
+        shards: int,
+        object_lock: bool = False,
+    ) -> Bucket:
+        """A new bucket; one with object lock is versioned from the start."""
         bucket = Bucket(
             name=name,
             id=secrets.token_hex(8),
@@ -85,6 +96,8 @@ class Buckets:
             region=region,
             shards=shards,
             acl=acl,
+            versioning="Enabled" if object_lock else "",
+            object_lock=object_lock,
         )
         existing = await self.get(name, fresh=True)
         if existing is not None:
@@ -131,6 +144,9 @@ class Buckets:
 
     async def set_versioning(self, bucket: Bucket, state: str) -> None:
         await self._change(bucket, versioning=state)
+
+    async def set_object_lock(self, bucket: Bucket, rule: Rule | None) -> None:
+        await self._change(bucket, object_lock=True, lock_rule=rule)
 
     async def _change(self, bucket: Bucket, **changes: Any) -> None:
         def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:

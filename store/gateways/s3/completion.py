@@ -248,6 +248,9 @@ async def _publish(
         acl=upload.acl,
         tags=upload.tags,
         checksum_type=upload.checksum_type or "FULL_OBJECT",
+        lock_mode=upload.lock_mode,
+        lock_until=upload.lock_until,
+        legal_hold=upload.legal_hold,
     )
     try:
         await gateway.backend.write_data(head, manifest)

@@ -267,11 +267,20 @@ class Index:
         await self._retire(await self._on_bucket(bucket, action))
         return None
 
-    async def delete_version(self, bucket: Bucket, key: str, version: str) -> Entry | None:
+    async def delete_version(
+        self,
+        bucket: Bucket,
+        key: str,
+        version: str,
+        check: Callable[[Entry], None] | None = None,
+    ) -> Entry | None:
         """Delete one version for good (its data is freed); returns it, or None when the
-        key has no such version."""
+        key has no such version. ``check`` may refuse (by raising) once it sees it."""
 
         def remove(snap: versions.Snapshot) -> versions.Change:
+            target = snap.lookup(version)
+            if check is not None and target is not None:
+                check(target)
             return versions.remove_version(snap, version)
 
         return (await self._change(bucket, key, remove, [version])).result

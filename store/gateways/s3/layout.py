@@ -37,6 +37,7 @@ import msgpack
 import xxhash
 
 from store.gateways.s3.cors import CorsRule
+from store.gateways.s3.object_lock import Rule
 
 T = TypeVar("T")
 
@@ -163,6 +164,8 @@ class Bucket:
     tags: dict[str, str] = field(default_factory=dict)
     cors: tuple[CorsRule, ...] = ()
     versioning: str = ""  # "" (never enabled), "Enabled" or "Suspended"
+    object_lock: bool = False
+    lock_rule: Rule | None = None  # the default retention of new versions
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -180,6 +183,10 @@ class Bucket:
             record["co"] = [rule.to_wire() for rule in self.cors]
         if self.versioning:
             record["vs"] = self.versioning
+        if self.object_lock:
+            record["ol"] = True
+        if self.lock_rule is not None:
+            record["lr"] = self.lock_rule.to_wire()
         return pack(record)
 
     @classmethod
@@ -197,6 +204,8 @@ class Bucket:
             {str(k): str(v) for k, v in r.get("tg", {}).items()},
             tuple(CorsRule.from_wire(rule) for rule in r.get("co", ())),
             str(r.get("vs", "")),
+            bool(r.get("ol", False)),
+            Rule.from_wire(r["lr"]) if r.get("lr") else None,
         )
 
     def shard_names(self) -> list[str]:
@@ -259,6 +268,9 @@ class Entry:
     checksum_type: str = "FULL_OBJECT"  # or COMPOSITE (of a multipart object)
     version: str | None = None
     delete_marker: bool = False
+    lock_mode: str | None = None  # object lock retention: GOVERNANCE or COMPLIANCE ...
+    lock_until: float = 0.0  # ... until then
+    legal_hold: bool | None = None  # None: never set
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -290,6 +302,11 @@ class Entry:
             record["v"] = self.version
         if self.delete_marker:
             record["dm"] = True
+        if self.lock_mode is not None:
+            record["lm"] = self.lock_mode
+            record["lu"] = self.lock_until
+        if self.legal_hold is not None:
+            record["lh"] = self.legal_hold
         return pack(record)
 
     @classmethod
@@ -315,6 +332,9 @@ class Entry:
                 checksum_type=str(r.get("ct", "FULL_OBJECT")),
                 version=None if r.get("v") is None else str(r["v"]),
                 delete_marker=bool(r.get("dm", False)),
+                lock_mode=None if r.get("lm") is None else str(r["lm"]),
+                lock_until=float(r.get("lu", 0.0)),
+                legal_hold=None if r.get("lh") is None else bool(r["lh"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(f"bad object entry: {exc}") from None
@@ -366,10 +386,16 @@ class Upload:
     tags: dict[str, str] = field(default_factory=dict)
     checksum_algorithm: str | None = None
     checksum_type: str | None = None
+    lock_mode: str | None = None
+    lock_until: float = 0.0
+    legal_hold: bool | None = None
 
     def to_bytes(self) -> bytes:
         return pack(
             {
+                "lm": self.lock_mode,
+                "lu": self.lock_until,
+                "lh": self.legal_hold,
                 "u": self.upload_id,
                 "b": self.bucket,
                 "bi": self.bucket_id,
@@ -404,6 +430,9 @@ class Upload:
                 tags={str(k): str(v) for k, v in r.get("tg", {}).items()},
                 checksum_algorithm=r.get("ca"),
                 checksum_type=r.get("ct"),
+                lock_mode=None if r.get("lm") is None else str(r["lm"]),
+                lock_until=float(r.get("lu", 0.0)),
+                legal_hold=None if r.get("lh") is None else bool(r["lh"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptRecord(f"bad upload record: {exc}") from None

@@ -39,7 +39,7 @@ from store.gateways.s3.gateway import Call, Gateway
 from store.gateways.s3.layout import Bucket, Garbage, PartEntry, Upload, UploadRef
 from store.gateways.s3.listing_params import enc, url_encoding
 from store.gateways.s3.ops_copy import copy_data, copy_source_entry, source_version_headers
-from store.gateways.s3.ops_objects import check_entry_size, store_body
+from store.gateways.s3.ops_objects import check_entry_size, lock_of_write, store_body
 from store.gateways.s3.responses import empty, xml
 from store.gateways.web.server import Response
 
@@ -111,6 +111,7 @@ async def create_multipart_upload(call: Call) -> Response:
     attributes.check_unsupported(call.headers)
     tagging = call.header("x-amz-tagging")
     algorithm, checksum_type = _checksum_choice(call)
+    lock = lock_of_write(call, bucket)
     upload = Upload(
         upload_id=layout.new_token(),
         bucket=bucket.name,
@@ -125,6 +126,9 @@ async def create_multipart_upload(call: Call) -> Response:
         tags=attributes.parse_tagging(tagging) if tagging is not None else {},
         checksum_algorithm=algorithm,
         checksum_type=checksum_type,
+        lock_mode=lock.mode,
+        lock_until=lock.until,
+        legal_hold=lock.legal_hold,
     )
     gateway = call.gateway
     record = upload.to_bytes()

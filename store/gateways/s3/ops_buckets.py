@@ -65,8 +65,7 @@ async def create_bucket(call: Call) -> Response:
     if not valid_bucket_name(name):
         raise errors.invalid_bucket_name(name)
     canned = acl.canned_from_headers(call.headers, bucket=True)
-    if (call.header("x-amz-bucket-object-lock-enabled") or "").lower() == "true":
-        raise errors.not_implemented("x-amz-bucket-object-lock-enabled")
+    locked = (call.header("x-amz-bucket-object-lock-enabled") or "").strip().lower() == "true"
     body = await call.payload().read_all(MAX_CONFIG_BODY)
     region = call.gateway.settings.region
     if body.strip():
@@ -100,6 +99,7 @@ async def create_bucket(call: Call) -> Response:
             region=region,
             acl=canned,
             shards=call.gateway.settings.index_shards,
+            object_lock=locked,
         )
     except errors.S3Error as exc:
         # S3's legacy rule in us-east-1: creating a bucket you own again succeeds (and
@@ -160,6 +160,13 @@ async def put_bucket_versioning(call: Call) -> Response:
         return empty(200)
     if status not in (versions.ENABLED, versions.SUSPENDED):
         raise errors.malformed_xml()
+    if bucket.object_lock and status != versions.ENABLED:
+        raise errors.S3Error(
+            "InvalidBucketState",
+            409,
+            "An Object Lock configuration is present on this bucket, so the versioning "
+            "state cannot be changed.",
+        )
     if status != bucket.versioning:
         await call.gateway.buckets.set_versioning(bucket, status)
     return empty(200)
@@ -237,10 +244,6 @@ _NOT_CONFIGURED = {
     "GetBucketLifecycleConfiguration": (
         "NoSuchLifecycleConfiguration",
         "The lifecycle configuration does not exist",
-    ),
-    "GetObjectLockConfiguration": (
-        "ObjectLockConfigurationNotFoundError",
-        "Object Lock configuration does not exist for this bucket",
     ),
     "GetBucketOwnershipControls": (
         "OwnershipControlsNotFoundError",

@@ -18,7 +18,7 @@ from store.gateways.s3 import (
 )
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.ops_objects import new_entry, publish, version_headers
+from store.gateways.s3.ops_objects import lock_of_write, new_entry, publish, version_headers
 from store.gateways.s3.responses import xml
 from store.gateways.s3.sigv4 import decode_component
 from store.gateways.web.server import Response
@@ -155,6 +155,7 @@ async def copy_object(call: Call) -> Response:
         checksum=source.checksum if not source.parts else None,
         acl=canned,
         tags=tags,
+        lock=lock_of_write(call, bucket),
     )
     entry = await publish(call, bucket, call.key, entry)
     doc = xmldoc.Doc("CopyObjectResult")

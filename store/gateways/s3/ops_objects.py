@@ -14,6 +14,7 @@ from store.gateways.s3 import (
     conditions,
     errors,
     layout,
+    object_lock,
     objects,
     versions,
     xmldoc,
@@ -142,6 +143,7 @@ def new_entry(
     checksum: tuple[str, str] | None,
     acl: str,
     tags: dict[str, str],
+    lock: object_lock.Lock,
 ) -> Entry:
     """The entry of an object the caller has just written whole into data object `head`
     (an empty one has none), as of now."""
@@ -157,7 +159,15 @@ def new_entry(
         checksum=checksum,
         acl=acl,
         tags=tags,
+        lock_mode=lock.mode,
+        lock_until=lock.until,
+        legal_hold=lock.legal_hold,
     )
+
+
+def lock_of_write(call: Call, bucket: Bucket) -> object_lock.Lock:
+    """The object lock a write asks for, or the bucket's default retention."""
+    return object_lock.from_headers(call.header, bucket.object_lock, bucket.lock_rule, time.time())
 
 
 def written_headers(entry: Entry) -> list[tuple[str, str]]:
@@ -175,6 +185,7 @@ async def put_object(call: Call) -> Response:
     canned = acl.canned_from_headers(call.headers, bucket=False)
     tagging = call.header("x-amz-tagging")
     tags = attributes.parse_tagging(tagging) if tagging is not None else {}
+    lock = lock_of_write(call, bucket)
     payload = call.payload()
     if payload.length is not None and payload.length > MAX_PUT_SIZE:
         raise errors.entity_too_large(payload.length, MAX_PUT_SIZE)
@@ -184,7 +195,16 @@ async def put_object(call: Call) -> Response:
     head = layout.data_name(bucket.id)
     size, etag, checksum = await store_body(call, head, payload)
     entry = new_entry(
-        call, head, size, etag, headers=stored, meta=meta, checksum=checksum, acl=canned, tags=tags
+        call,
+        head,
+        size,
+        etag,
+        headers=stored,
+        meta=meta,
+        checksum=checksum,
+        acl=canned,
+        tags=tags,
+        lock=lock,
     )
     entry = await publish(call, bucket, call.key, entry)
     return empty(200, written_headers(entry) + version_headers(bucket, entry, written=True))
@@ -290,6 +310,7 @@ async def get_object(call: Call, *, head_only: bool = False) -> Response:
                 [("ETag", entry.quoted_etag), ("Last-Modified", conditions.http_date(entry.mtime))],
             )
         headers = object_headers(call, entry) + version_headers(bucket, entry)
+        headers += object_lock.response_headers(entry)
         number = _part_number(call)
         status = 200
         part: Part | None = None
@@ -340,7 +361,12 @@ async def remove_key(
     headers saying what was done in a versioned bucket."""
     index = call.gateway.index
     if version is not None:
-        removed = await index.delete_version(bucket, key, version)
+        bypass = object_lock.bypass_requested(call.header)
+
+        def removable(entry: Entry) -> None:
+            object_lock.check_removable(entry, bypass, time.time())
+
+        removed = await index.delete_version(bucket, key, version, removable)
         if removed is None:
             return [("x-amz-version-id", version)] if bucket.versioning else []
         return version_headers(bucket, removed)

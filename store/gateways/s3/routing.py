@@ -72,7 +72,6 @@ OBJECT_SUBRESOURCES = frozenset(
 UNCONFIGURED_BUCKET_GETS = {
     "encryption": "GetBucketEncryption",
     "lifecycle": "GetBucketLifecycleConfiguration",
-    "object-lock": "GetObjectLockConfiguration",
     "ownershipControls": "GetBucketOwnershipControls",
     "policy": "GetBucketPolicy",
     "publicAccessBlock": "GetPublicAccessBlock",
@@ -217,6 +216,8 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("GET", "versions"): "ListObjectVersions",
         ("GET", "versioning"): "GetBucketVersioning",
         ("PUT", "versioning"): "PutBucketVersioning",
+        ("GET", "object-lock"): "GetObjectLockConfiguration",
+        ("PUT", "object-lock"): "PutObjectLockConfiguration",
         ("GET", "acl"): "GetBucketAcl",
         ("GET", "tagging"): "GetBucketTagging",
         ("PUT", "tagging"): "PutBucketTagging",
@@ -260,6 +261,10 @@ def _object_operation(method: str, params: dict[str, str]) -> str:
         ("GET", "attributes"): "GetObjectAttributes",
         ("PUT", "tagging"): "PutObjectTagging",
         ("DELETE", "tagging"): "DeleteObjectTagging",
+        ("GET", "retention"): "GetObjectRetention",
+        ("PUT", "retention"): "PutObjectRetention",
+        ("GET", "legal-hold"): "GetObjectLegalHold",
+        ("PUT", "legal-hold"): "PutObjectLegalHold",
     }
     operation = table.get((method, sub))
     if operation is not None:
