@@ -1,11 +1,14 @@
-"""Canned ACLs: accepted, stored and reported; access itself is always the owner's.
+"""Canned ACLs: stored with each bucket and object, reported as grant lists, and enforced.
 
 S3 clients routinely send ``x-amz-acl`` (``private``, ``public-read`` ...). The gateway
-records the canned ACL of each bucket and object and renders it as the grant list S3
-documents for it, so GetBucketAcl/GetObjectAcl tell the truth about what was asked. It
-does not grant anyone else access: every request must be signed by the owner (the issue of
-anonymous or cross-user access is an explicit non-feature, see docs/s3.md). Explicit grant
-headers and ACL documents that are not one of the canned forms are NotImplemented.
+records the canned ACL of each bucket and object, renders it as the grant list S3
+documents for it, and grants what it says: the owner has FULL_CONTROL; ``public-read``
+lets anyone, signed or not, READ (list a bucket, read an object); ``public-read-write``
+lets anyone WRITE a bucket too (add and delete its objects); ``authenticated-read`` lets
+every user of the gateway READ; ``bucket-owner-read`` and ``bucket-owner-full-control``
+give an object's bucket owner READ or FULL_CONTROL. A bucket's configuration is its
+owner's alone. Explicit grant headers and ACL documents that are not one of the canned
+forms are NotImplemented.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from store.gateways.s3 import errors, xmldoc
+from store.gateways.s3.layout import User
 
 if TYPE_CHECKING:
     from store.gateways.s3.gateway import Call
+
+READ, WRITE, READ_ACP, WRITE_ACP = "READ", "WRITE", "READ_ACP", "WRITE_ACP"
+FULL_CONTROL = "FULL_CONTROL"
+# The canonical id S3 gives requests that carry no credentials.
+ANONYMOUS_ID = "65a011a29cdf8ec533ec3d1ccaae921c"
+ANONYMOUS_USER = User("anonymous", ANONYMOUS_ID, 0.0)
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 AUTHENTICATED_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
@@ -45,6 +55,32 @@ GRANT_HEADERS = (
 )
 
 
+def allows(
+    canned: str,
+    owner_id: str,
+    requester_id: str,
+    permission: str,
+    bucket_owner_id: str | None = None,
+) -> bool:
+    """Whether a resource (bucket or object) with this canned ACL and owner grants
+    ``permission`` to the requester (``ANONYMOUS_ID`` for an unsigned request).
+    ``bucket_owner_id`` is the owner of an object's bucket."""
+    if requester_id == owner_id:
+        return True
+    if requester_id == bucket_owner_id:
+        if canned == "bucket-owner-full-control":
+            return True
+        if canned == "bucket-owner-read" and permission == READ:
+            return True
+    anonymous = requester_id == ANONYMOUS_ID
+    for group, granted in CANNED.get(canned, ()):
+        if granted != permission:
+            continue
+        if group == ALL_USERS or (group == AUTHENTICATED_USERS and not anonymous):
+            return True
+    return False
+
+
 def canned_from_headers(headers: Sequence[tuple[str, str]], *, bucket: bool) -> str:
     value = None
     for name, raw in headers:
@@ -60,7 +96,14 @@ def canned_from_headers(headers: Sequence[tuple[str, str]], *, bucket: bool) -> 
     return value
 
 
-def policy_document(owner_id: str, owner_name: str, canned: str) -> bytes:
+def policy_document(
+    owner_id: str,
+    owner_name: str,
+    canned: str,
+    bucket_owner: tuple[str, str] | None = None,
+) -> bytes:
+    """The AccessControlPolicy of a canned ACL; ``bucket_owner`` (id, name) is the owner
+    of an object's bucket, granted READ or FULL_CONTROL by the bucket-owner-* ACLs."""
     doc = xmldoc.Doc("AccessControlPolicy")
     doc.owner("Owner", owner_id, owner_name)
     doc.open("AccessControlList")
@@ -68,10 +111,17 @@ def policy_document(owner_id: str, owner_name: str, canned: str) -> bytes:
     for uri, permission in CANNED.get(canned, ()):
         doc.open("Grant").open("Grantee", f'{XSI} xsi:type="Group"').leaf("URI", uri).close()
         doc.leaf("Permission", permission).close()
-    doc.open("Grant").open("Grantee", f'{XSI} xsi:type="CanonicalUser"')
-    doc.leaf("ID", owner_id).leaf("DisplayName", owner_name).close()
-    doc.leaf("Permission", "FULL_CONTROL").close()
+    _user_grant(doc, owner_id, owner_name, FULL_CONTROL)
+    extra = {"bucket-owner-read": READ, "bucket-owner-full-control": FULL_CONTROL}
+    if bucket_owner is not None and canned in extra and bucket_owner[0] != owner_id:
+        _user_grant(doc, bucket_owner[0], bucket_owner[1], extra[canned])
     return doc.to_bytes()
+
+
+def _user_grant(doc: xmldoc.Doc, user_id: str, name: str, permission: str) -> None:
+    doc.open("Grant").open("Grantee", f'{XSI} xsi:type="CanonicalUser"')
+    doc.leaf("ID", user_id).leaf("DisplayName", name).close()
+    doc.leaf("Permission", permission).close()
 
 
 def _grants_of(root: ET.Element, owner_id: str) -> set[tuple[str, str]] | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import trio
 
-from store.gateways.s3 import checksums, conditions, errors, layout, xmldoc
+from store.gateways.s3 import acl, checksums, conditions, errors, layout, xmldoc
 from store.gateways.s3.backend import Gone
 from store.gateways.s3.gateway import Call, Gateway
 from store.gateways.s3.layout import Bucket, Entry, Garbage, Part, PartEntry, Upload
@@ -169,7 +169,7 @@ async def _already_completed(call: Call, bucket: Bucket, upload_id: str) -> Resp
 
 async def complete_multipart_upload(call: Call) -> Response:
     gateway = call.gateway
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     upload_id = upload_id_of(call)
     repeated = await _already_completed(call, bucket, upload_id)
     if repeated is not None:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from store.gateways.s3 import errors
+from store.gateways.s3 import acl, errors
 from store.gateways.s3.backend import Backend
 from store.gateways.s3.buckets import Buckets
 from store.gateways.s3.chunked import ChunkSigning
 from store.gateways.s3.gc import Collector
 from store.gateways.s3.index import Index
-from store.gateways.s3.layout import DEFAULT_INDEX_SHARDS, Bucket, User
+from store.gateways.s3.layout import DEFAULT_INDEX_SHARDS, Bucket, Entry, User
 from store.gateways.s3.objects import Budget
 from store.gateways.s3.payload import Payload
 from store.gateways.s3.routing import Route
@@ -112,15 +112,47 @@ class Call:
             default_algorithm=default_algorithm,
         )
 
+    @property
+    def anonymous(self) -> bool:
+        return self.user.id == acl.ANONYMOUS_ID
+
     async def owned_bucket(self, name: str | None = None) -> Bucket:
         """The bucket named by the request (or ``name``), which the caller must own."""
         bucket = await self.gateway.buckets.require(name or self.bucket_name)
         self.check_owner(bucket)
         return bucket
 
+    async def bucket_allowing(self, permission: str, name: str | None = None) -> Bucket:
+        """The bucket named by the request (or ``name``), whose ACL must grant the caller
+        ``permission``."""
+        bucket = await self.gateway.buckets.require(name or self.bucket_name)
+        self.check_expected_owner(bucket)
+        if not acl.allows(bucket.acl, bucket.owner_id, self.user.id, permission):
+            raise errors.access_denied()
+        return bucket
+
+    async def existing_bucket(self, name: str | None = None) -> Bucket:
+        """The bucket named by the request (or ``name``), whatever its ACL says: access
+        is decided by the object's (see :meth:`check_object`)."""
+        bucket = await self.gateway.buckets.require(name or self.bucket_name)
+        self.check_expected_owner(bucket)
+        return bucket
+
+    def check_object(self, bucket: Bucket, entry: Entry, permission: str) -> None:
+        """Refuse (AccessDenied) unless the object's ACL grants the caller ``permission``."""
+        if not acl.allows(entry.acl, entry.owner_id, self.user.id, permission, bucket.owner_id):
+            raise errors.access_denied()
+
+    def may_list(self, bucket: Bucket) -> bool:
+        """Whether the caller may learn which keys exist (else a missing one is 403)."""
+        return acl.allows(bucket.acl, bucket.owner_id, self.user.id, acl.READ)
+
     def check_owner(self, bucket: Bucket) -> None:
         if bucket.owner_id != self.user.id:
             raise errors.access_denied()
+        self.check_expected_owner(bucket)
+
+    def check_expected_owner(self, bucket: Bucket) -> None:
         expected = self.header("x-amz-expected-bucket-owner")
         if expected is not None and expected.strip() != bucket.owner_id:
             raise errors.access_denied()

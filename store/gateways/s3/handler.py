@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 from store.errors import ClientTimeout, RemoteError, single_error
 from store.gateways.s3 import (
+    acl,
     completion,
     cors,
     errors,
@@ -173,10 +174,8 @@ async def authenticate(
         return user, None, None
     if request.header("authorization") is not None:
         raise sigv4.unsupported_mechanism()
-    # Anonymous: refused, but like S3 a bucket that does not exist is named as such.
-    if route.bucket is not None and await gateway.buckets.get(route.bucket) is None:
-        raise errors.no_such_bucket(route.bucket)
-    raise errors.access_denied()
+    # Anonymous: what the ACLs grant everyone, and nothing else.
+    return acl.ANONYMOUS_USER, None, None
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -295,7 +294,12 @@ def make_handler(
                     raise errors.method_not_allowed(request.method, kind)
                 raise errors.not_implemented()
             call = Call(gateway, request, route, user, request_id, payload_hash, signing)
-            response = await operation(call)
+            try:
+                response = await operation(call)
+            except S3Error as exc:
+                if call.anonymous and exc.code == "AccessDenied":
+                    stats.auth_failed(ANONYMOUS)  # what needed credentials was sent none
+                raise
         except Exception as exc:
             failure = failure_of(exc, request)
             response = responses.error(failure, resource, request_id, settings.host_id)

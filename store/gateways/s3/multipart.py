@@ -107,7 +107,7 @@ async def part_entries(gateway: Gateway, upload_id: str) -> tuple[list[PartEntry
 
 
 async def create_multipart_upload(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     attributes.check_unsupported(call.headers)
     tagging = call.header("x-amz-tagging")
     algorithm, checksum_type = _checksum_choice(call)
@@ -216,7 +216,7 @@ async def _record_part(call: Call, upload_id: str, part: PartEntry) -> None:
 
 
 async def upload_part(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     upload_id = upload_id_of(call)
     number = _part_number(call)
     upload = await load_upload(call.gateway, bucket, call.key, upload_id)
@@ -240,7 +240,7 @@ async def upload_part(call: Call) -> Response:
 
 
 async def upload_part_copy(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     upload_id = upload_id_of(call)
     number = _part_number(call)
     upload = await load_upload(call.gateway, bucket, call.key, upload_id)
@@ -293,7 +293,7 @@ async def _abort(gateway: Gateway, bucket_id: str, key: str, upload_id: str) -> 
 
 
 async def abort_multipart_upload(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     upload_id = upload_id_of(call)
     await load_upload(call.gateway, bucket, call.key, upload_id)
     await _abort(call.gateway, bucket.id, call.key, upload_id)
@@ -337,7 +337,7 @@ def _int(call: Call, name: str, default: int, high: int) -> int:
 
 async def list_parts(call: Call) -> Response:
     gateway = call.gateway
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     upload_id = upload_id_of(call)
     upload = await load_upload(gateway, bucket, call.key, upload_id)
     max_parts = _int(call, "max-parts", 1000, 1000)
@@ -376,7 +376,7 @@ async def list_parts(call: Call) -> Response:
 
 async def list_multipart_uploads(call: Call) -> Response:
     gateway = call.gateway
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.READ)
     params = call.params
     url = url_encoding(params)
     max_uploads = _int(call, "max-uploads", 1000, 1000)

@@ -24,6 +24,8 @@ MAX_CONFIG_BODY = 64 * 1024
 
 
 async def list_buckets(call: Call) -> Response:
+    if call.anonymous:
+        raise errors.access_denied()
     params = call.params
     prefix = params.get("prefix", "")
     max_buckets = int_param(params, "max-buckets", 1, 10_000, default=10_000)
@@ -61,6 +63,8 @@ async def list_buckets(call: Call) -> Response:
 
 
 async def create_bucket(call: Call) -> Response:
+    if call.anonymous:
+        raise errors.access_denied()
     name = call.bucket_name
     if not valid_bucket_name(name):
         raise errors.invalid_bucket_name(name)
@@ -113,7 +117,7 @@ async def create_bucket(call: Call) -> Response:
 
 
 async def head_bucket(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.READ)
     return empty(200, [("x-amz-bucket-region", bucket.region)])
 
 
@@ -173,12 +177,12 @@ async def put_bucket_versioning(call: Call) -> Response:
 
 
 async def get_bucket_acl(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.READ_ACP)
     return xml(200, acl.policy_document(bucket.owner_id, bucket.owner, bucket.acl))
 
 
 async def put_bucket_acl(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE_ACP)
     canned = await acl.canned_for_put(call, bucket.owner_id)
     await call.gateway.buckets.set_acl(bucket, canned)
     return empty(200)
@@ -309,7 +313,7 @@ class _Listing:
 
     @classmethod
     async def of(cls, call: Call) -> _Listing:
-        return cls(call, await call.owned_bucket())
+        return cls(call, await call.bucket_allowing(acl.READ))
 
     def enc(self, text: str) -> str:
         return enc(text, self.url)

@@ -50,8 +50,10 @@ async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry, bool]:
     bucket_name, key, version = parse_copy_source(value)
     if version is not None and not versions.is_version_id(version):
         raise errors.invalid_argument("Invalid version id specified", "x-amz-copy-source", value)
-    source_bucket = await call.owned_bucket(bucket_name)
+    source_bucket = await call.existing_bucket(bucket_name)
     entry = await call.gateway.index.lookup(source_bucket, key, version)
+    if (entry is None or entry.delete_marker) and not call.may_list(source_bucket):
+        raise errors.access_denied()
     if entry is None or (entry.delete_marker and version is None):
         raise errors.no_such_key(key) if version is None else errors.no_such_version(key, version)
     if entry.delete_marker:
@@ -59,6 +61,7 @@ async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry, bool]:
             "The source of a copy request may not specifically refer to a delete marker by "
             "version id."
         )
+    call.check_object(source_bucket, entry, acl.READ)
     conditions.check_copy_source(call.header, entry.etag, entry.mtime)
     return source_bucket, key, entry, version is not None
 
@@ -101,7 +104,7 @@ async def copy_data(
 
 
 async def copy_object(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     source_bucket, source_key, source, named = await copy_source_entry(call)
     attributes.check_unsupported(call.headers)
     directive = (call.header("x-amz-metadata-directive") or "COPY").upper()

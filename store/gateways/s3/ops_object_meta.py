@@ -15,7 +15,7 @@ ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "Obje
 
 
 async def get_object_attributes(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.existing_bucket()
     version = requested_version(call)
     wanted = {
         a.strip() for a in (call.header("x-amz-object-attributes") or "").split(",") if a.strip()
@@ -58,10 +58,12 @@ async def get_object_attributes(call: Call) -> Response:
     return xml(200, doc.to_bytes(), headers + version_headers(bucket, entry))
 
 
-async def _existing(call: Call) -> tuple[Bucket, Entry]:
-    """The object (or its version named by ``versionId``) the request is about."""
-    bucket = await call.owned_bucket()
-    return bucket, await find_version(call, bucket, call.key, requested_version(call))
+async def _existing(call: Call, permission: str) -> tuple[Bucket, Entry]:
+    """The object (or its version named by ``versionId``) the request is about, whose
+    ACL must grant the caller ``permission``."""
+    bucket = await call.existing_bucket()
+    version = requested_version(call)
+    return bucket, await find_version(call, bucket, call.key, version, permission)
 
 
 async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -> Entry:
@@ -78,20 +80,22 @@ async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -
 
 
 async def get_object_acl(call: Call) -> Response:
-    bucket, entry = await _existing(call)
-    document = acl.policy_document(entry.owner_id, entry.owner, entry.acl)
+    bucket, entry = await _existing(call, acl.READ_ACP)
+    document = acl.policy_document(
+        entry.owner_id, entry.owner, entry.acl, (bucket.owner_id, bucket.owner)
+    )
     return xml(200, document, version_headers(bucket, entry))
 
 
 async def put_object_acl(call: Call) -> Response:
-    bucket, entry = await _existing(call)
+    bucket, entry = await _existing(call, acl.WRITE_ACP)
     canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
     entry = await _update_entry(call, bucket, {"acl": canned})
     return empty(200, version_headers(bucket, entry))
 
 
 async def get_object_tagging(call: Call) -> Response:
-    bucket, entry = await _existing(call)
+    bucket, entry = await _existing(call, acl.READ)
     doc = xmldoc.Doc("Tagging").open("TagSet")
     for key, value in sorted(entry.tags.items()):
         doc.open("Tag").leaf("Key", key).leaf("Value", value).close()
@@ -120,13 +124,13 @@ def parse_tag_set(body: bytes, *, limit: int = attributes.MAX_TAGS) -> dict[str,
 
 
 async def put_object_tagging(call: Call) -> Response:
-    bucket, _ = await _existing(call)
+    bucket, _ = await _existing(call, acl.WRITE_ACP)
     tags = await read_tag_set(call)
     entry = await _update_entry(call, bucket, {"tags": tags})
     return empty(200, version_headers(bucket, entry))
 
 
 async def delete_object_tagging(call: Call) -> Response:
-    bucket, _ = await _existing(call)
+    bucket, _ = await _existing(call, acl.WRITE_ACP)
     entry = await _update_entry(call, bucket, {"tags": {}})
     return empty(204, version_headers(bucket, entry))

@@ -58,10 +58,16 @@ def version_headers(
     return headers
 
 
-async def find_version(call: Call, bucket: Bucket, key: str, version: str | None) -> Entry:
-    """The object a request reads: the current one or the version named. A delete marker
-    is NoSuchKey when current, MethodNotAllowed when named (as S3 answers)."""
+async def find_version(
+    call: Call, bucket: Bucket, key: str, version: str | None, permission: str = acl.READ
+) -> Entry:
+    """The object a request acts on: the current one or the version named, whose ACL
+    must grant the caller ``permission``. A delete marker is NoSuchKey when current,
+    MethodNotAllowed when named (as S3 answers); to a caller who may not list the bucket,
+    what is not there is AccessDenied."""
     entry = await call.gateway.index.lookup(bucket, key, version)
+    if (entry is None or entry.delete_marker) and not call.may_list(bucket):
+        raise errors.access_denied()
     if entry is None:
         if version is None:
             raise errors.no_such_key(key)
@@ -74,6 +80,7 @@ async def find_version(call: Call, bucket: Bucket, key: str, version: str | None
             error.headers.append(("Last-Modified", conditions.http_date(entry.mtime)))
         error.headers.extend(version_headers(bucket, entry))
         raise error
+    call.check_object(bucket, entry, permission)
     return entry
 
 
@@ -178,7 +185,7 @@ def written_headers(entry: Entry) -> list[tuple[str, str]]:
 
 
 async def put_object(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     attributes.check_unsupported(call.headers)
     stored = attributes.http_headers(call.headers)
     meta = attributes.user_metadata(call.headers)
@@ -297,7 +304,7 @@ def checksum_headers(
 
 
 async def get_object(call: Call, *, head_only: bool = False) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.existing_bucket()
     version = requested_version(call)
     gateway = call.gateway
     for attempt in range(READ_RETRIES):
@@ -383,7 +390,7 @@ async def remove_key(
 
 
 async def delete_object(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     version = requested_version(call)
     condition = conditions.delete_condition(
         call.header("if-match"),
@@ -394,7 +401,7 @@ async def delete_object(call: Call) -> Response:
 
 
 async def delete_objects(call: Call) -> Response:
-    bucket = await call.owned_bucket()
+    bucket = await call.bucket_allowing(acl.WRITE)
     if call.header("content-md5") is None and not any(
         name.startswith("x-amz-checksum-") or name == "x-amz-sdk-checksum-algorithm"
         for name, _ in call.headers

@@ -4,8 +4,8 @@ The form's fields come first: they are read, the policy's signature is checked a
 the signing user's secret, and the policy's conditions against the fields. The fields then
 become the headers of an ordinary PutObject (``acl`` is ``x-amz-acl``, ``tagging`` the
 tag set, ``Content-Type``, ``x-amz-meta-*`` ... keep their names) whose body is the file,
-streamed and held to the policy's ``content-length-range``. An unsigned form is an
-anonymous request and is refused like any other.
+streamed and held to the policy's ``content-length-range``. A form without a policy is
+an anonymous request: it may write only where the bucket's ACL lets everyone write.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import cast
 from urllib.parse import urlencode, urlsplit
 
-from store.gateways.s3 import errors, form, ops_objects, post_policy, routing, xmldoc
+from store.gateways.s3 import acl, errors, form, ops_objects, post_policy, routing, xmldoc
 from store.gateways.s3.gateway import Call, Gateway
 from store.gateways.s3.ops_object_meta import parse_tag_set
 from store.gateways.s3.responses import empty, xml
@@ -103,17 +103,16 @@ async def post_object(
     fields: dict[str, str] = {}
     for name, value in sent:
         fields.setdefault(name.lower(), value)
-    if "policy" not in fields:
-        if await gateway.buckets.get(route.bucket) is None:
-            raise errors.no_such_bucket(route.bucket)
-        raise errors.access_denied()
-    signed = post_policy.signature_of(fields, gateway.settings.region)
-    found = await gateway.users.lookup_key(signed.access_key)
-    if found is None:
-        raise errors.invalid_access_key_id(signed.access_key)
-    secret, user = found
-    post_policy.verify(signed, secret.secret, fields["policy"])
-    policy = post_policy.parse_policy(fields["policy"])
+    policy: post_policy.Policy | None = None
+    user = acl.ANONYMOUS_USER
+    if "policy" in fields:
+        signed = post_policy.signature_of(fields, gateway.settings.region)
+        found = await gateway.users.lookup_key(signed.access_key)
+        if found is None:
+            raise errors.invalid_access_key_id(signed.access_key)
+        secret, user = found
+        post_policy.verify(signed, secret.secret, fields["policy"])
+        policy = post_policy.parse_policy(fields["policy"])
     if "key" not in fields:
         raise errors.invalid_argument(
             "Bucket POST must contain a field named 'key'.  If it is specified, please check "
@@ -123,11 +122,12 @@ async def post_object(
         )
     # The key may name the file's own name; the policy judges the key that results.
     key = fields["key"] = fields["key"].replace("${filename}", file.filename or "")
-    policy.check({**fields, "bucket": route.bucket}, datetime.now(UTC))
+    if policy is not None:
+        policy.check({**fields, "bucket": route.bucket}, datetime.now(UTC))
     if not key:
         raise errors.invalid_argument("User key must have a length greater than 0.", "key", "")
     routing.check_key(key)
-    body = _within(reader.file_data(), policy.length_range)
+    body = _within(reader.file_data(), policy.length_range if policy is not None else None)
     put = Request(
         method="PUT",
         target=request.target,

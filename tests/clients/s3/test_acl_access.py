@@ -1,0 +1,184 @@
+"""Canned ACLs decide who may do what: another user and unsigned requests get nothing
+from private buckets and objects, what public-read, public-read-write and
+authenticated-read grant, and an object's bucket owner what bucket-owner-read and
+bucket-owner-full-control give; a bucket's configuration stays its owner's."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.clients.s3.conftest import (
+    REGION,
+    Gateway,
+    User,
+    empty_and_delete,
+    error_of,
+    raw_request,
+    s3_client,
+)
+from tests.clients.s3.test_post_object import post
+
+
+@pytest.fixture
+def alice(gateway: Gateway, user: User) -> Any:
+    return s3_client(gateway.url, user)
+
+
+@pytest.fixture
+def bob(gateway: Gateway, other_user: User) -> Any:
+    return s3_client(gateway.url, other_user)
+
+
+@pytest.fixture
+def nobody(gateway: Gateway) -> Any:
+    """A client that signs nothing."""
+    return boto3.client(
+        "s3",
+        endpoint_url=gateway.url,
+        region_name=REGION,
+        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+    )
+
+
+@pytest.fixture
+def make_bucket(alice: Any) -> Iterator[Any]:
+    made: list[str] = []
+
+    def make(acl: str) -> str:
+        name = f"acl-{uuid.uuid4().hex[:16]}"
+        alice.create_bucket(Bucket=name, ACL=acl)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        empty_and_delete(alice, name)
+
+
+def denied(call: Any, **params: Any) -> bool:
+    with pytest.raises(ClientError) as caught:
+        call(**params)
+    return error_of(caught.value)[0] == 403
+
+
+def test_private_bucket_is_the_owners_alone(
+    alice: Any, bob: Any, nobody: Any, make_bucket: Any
+) -> None:
+    bucket = make_bucket("private")
+    alice.put_object(Bucket=bucket, Key="k", Body=b"secret", ACL="private")
+    for client in (bob, nobody):
+        assert denied(client.list_objects_v2, Bucket=bucket)
+        assert denied(client.get_object, Bucket=bucket, Key="k")
+        assert denied(client.get_object, Bucket=bucket, Key="missing")  # not 404
+        assert denied(client.put_object, Bucket=bucket, Key="new", Body=b"x")
+        assert denied(client.delete_object, Bucket=bucket, Key="k")
+        assert denied(client.get_bucket_acl, Bucket=bucket)
+        assert denied(client.head_bucket, Bucket=bucket)
+    assert denied(nobody.list_buckets)
+    assert denied(nobody.create_bucket, Bucket=f"anon-{uuid.uuid4().hex[:12]}")
+    with pytest.raises(ClientError) as caught:
+        nobody.list_objects_v2(Bucket=f"none-{uuid.uuid4().hex[:12]}")
+    assert error_of(caught.value) == (404, "NoSuchBucket")
+    assert alice.get_object(Bucket=bucket, Key="k")["Body"].read() == b"secret"
+
+
+def test_public_read(alice: Any, bob: Any, nobody: Any, make_bucket: Any, gateway: Gateway) -> None:
+    bucket = make_bucket("public-read")
+    alice.put_object(Bucket=bucket, Key="open", Body=b"for all", ACL="public-read")
+    alice.put_object(Bucket=bucket, Key="closed", Body=b"mine")
+    for client in (bob, nobody):
+        listed = client.list_objects_v2(Bucket=bucket)
+        assert [o["Key"] for o in listed["Contents"]] == ["closed", "open"]
+        assert client.get_object(Bucket=bucket, Key="open")["Body"].read() == b"for all"
+        assert denied(client.get_object, Bucket=bucket, Key="closed")
+        with pytest.raises(ClientError) as caught:
+            client.get_object(Bucket=bucket, Key="missing")  # it may list: so 404
+        assert error_of(caught.value) == (404, "NoSuchKey")
+        assert denied(client.put_object, Bucket=bucket, Key="open", Body=b"mine now")
+        assert denied(client.get_object_acl, Bucket=bucket, Key="open")
+        assert denied(
+            client.put_bucket_versioning,
+            Bucket=bucket,
+            VersioningConfiguration={"Status": "Enabled"},
+        )
+    status, _, body = raw_request(gateway, "GET", f"/{bucket}/open")  # as curl would
+    assert (status, body) == (200, b"for all")
+    assert alice.get_object(Bucket=bucket, Key="open")["Body"].read() == b"for all"
+
+
+def test_public_read_write(alice: Any, bob: Any, nobody: Any, make_bucket: Any) -> None:
+    bucket = make_bucket("public-read-write")
+    alice.put_object(Bucket=bucket, Key="alices", Body=b"a")
+    nobody.put_object(Bucket=bucket, Key="anonymous", Body=b"n")
+    bob.put_object(Bucket=bucket, Key="bobs", Body=b"b")
+    listed = alice.list_objects_v2(Bucket=bucket, FetchOwner=True)["Contents"]
+    assert {o["Key"]: o["Owner"]["DisplayName"] for o in listed} == {
+        "alices": "alice",
+        "anonymous": "anonymous",
+        "bobs": "bob",
+    }
+    # Writing a bucket is adding and deleting its objects, not reading them.
+    assert denied(alice.get_object, Bucket=bucket, Key="bobs")
+    assert denied(bob.get_object, Bucket=bucket, Key="alices")
+    bob.delete_object(Bucket=bucket, Key="alices")
+    alice.delete_object(Bucket=bucket, Key="bobs")
+    assert [o["Key"] for o in bob.list_objects_v2(Bucket=bucket)["Contents"]] == ["anonymous"]
+
+
+def test_authenticated_read(bob: Any, nobody: Any, alice: Any, make_bucket: Any) -> None:
+    bucket = make_bucket("authenticated-read")
+    alice.put_object(Bucket=bucket, Key="k", Body=b"users only", ACL="authenticated-read")
+    assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"users only"
+    assert [o["Key"] for o in bob.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    assert denied(nobody.get_object, Bucket=bucket, Key="k")
+    assert denied(nobody.list_objects_v2, Bucket=bucket)
+
+
+def test_bucket_owner_grants(alice: Any, bob: Any, make_bucket: Any, user: User) -> None:
+    bucket = make_bucket("public-read-write")
+    bob.put_object(Bucket=bucket, Key="read", Body=b"r", ACL="bucket-owner-read")
+    bob.put_object(Bucket=bucket, Key="full", Body=b"f", ACL="bucket-owner-full-control")
+    assert alice.get_object(Bucket=bucket, Key="read")["Body"].read() == b"r"
+    assert denied(alice.get_object_acl, Bucket=bucket, Key="read")
+    grants = alice.get_object_acl(Bucket=bucket, Key="full")["Grants"]
+    assert {"ID": user.id, "Permission": "FULL_CONTROL"} in [
+        {"ID": g["Grantee"].get("ID"), "Permission": g["Permission"]} for g in grants
+    ]
+    alice.put_object_acl(Bucket=bucket, Key="full", ACL="private")
+    assert denied(alice.get_object, Bucket=bucket, Key="full")  # bob owns it: now his alone
+    assert bob.get_object(Bucket=bucket, Key="full")["Body"].read() == b"f"
+
+
+def test_copies_need_read_on_the_source(alice: Any, bob: Any, make_bucket: Any) -> None:
+    shared = make_bucket("public-read")
+    alice.put_object(Bucket=shared, Key="open", Body=b"copy me", ACL="public-read")
+    alice.put_object(Bucket=shared, Key="closed", Body=b"not you")
+    mine = f"bobs-{uuid.uuid4().hex[:12]}"
+    bob.create_bucket(Bucket=mine)
+    try:
+        bob.copy_object(Bucket=mine, Key="copy", CopySource={"Bucket": shared, "Key": "open"})
+        assert bob.get_object(Bucket=mine, Key="copy")["Body"].read() == b"copy me"
+        assert denied(
+            bob.copy_object, Bucket=mine, Key="x", CopySource={"Bucket": shared, "Key": "closed"}
+        )
+    finally:
+        empty_and_delete(bob, mine)
+
+
+def test_forms_without_a_policy_write_only_where_everyone_may(
+    alice: Any, make_bucket: Any, gateway: Gateway
+) -> None:
+    open_bucket, closed_bucket = make_bucket("public-read-write"), make_bucket("private")
+    for bucket, expected in ((open_bucket, 204), (closed_bucket, 403)):
+        status, _, body = post(gateway, bucket, [("key", "form.txt")], b"posted")
+        assert status == expected, body
+    assert alice.list_objects_v2(Bucket=open_bucket)["Contents"][0]["Key"] == "form.txt"
+    assert "Contents" not in alice.list_objects_v2(Bucket=closed_bucket)
