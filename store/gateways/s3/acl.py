@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from store.gateways.s3 import errors, xmldoc
-from store.gateways.s3.layout import User
+from store.gateways.s3.layout import PublicAccessBlock, User
 
 if TYPE_CHECKING:
     from store.gateways.s3.gateway import Call
@@ -55,16 +55,22 @@ GRANT_HEADERS = (
 )
 
 
+PUBLIC = frozenset({"public-read", "public-read-write", "authenticated-read"})
+
+
 def allows(
     canned: str,
     owner_id: str,
     requester_id: str,
     permission: str,
     bucket_owner_id: str | None = None,
+    *,
+    ignore_public: bool = False,
 ) -> bool:
     """Whether a resource (bucket or object) with this canned ACL and owner grants
     ``permission`` to the requester (``ANONYMOUS_ID`` for an unsigned request).
-    ``bucket_owner_id`` is the owner of an object's bucket."""
+    ``bucket_owner_id`` is the owner of an object's bucket; with ``ignore_public`` (a
+    bucket's IgnorePublicAcls) the groups' grants count for nothing."""
     if requester_id == owner_id:
         return True
     if requester_id == bucket_owner_id:
@@ -72,6 +78,8 @@ def allows(
             return True
         if canned == "bucket-owner-read" and permission == READ:
             return True
+    if ignore_public:
+        return False
     anonymous = requester_id == ANONYMOUS_ID
     for group, granted in CANNED.get(canned, ()):
         if granted != permission:
@@ -79,6 +87,12 @@ def allows(
         if group == ALL_USERS or (group == AUTHENTICATED_USERS and not anonymous):
             return True
     return False
+
+
+def check_not_blocked(block: PublicAccessBlock | None, canned: str) -> None:
+    """Refuse to set a public ACL where the bucket's BlockPublicAcls forbids it."""
+    if block is not None and block.block_public_acls and canned in PUBLIC:
+        raise errors.access_denied()
 
 
 def canned_from_headers(headers: Sequence[tuple[str, str]], *, bucket: bool) -> str:

@@ -28,7 +28,7 @@ from store.errors import Code, RemoteError
 from store.gateways.s3 import errors
 from store.gateways.s3.backend import Backend, Gone, cluster_error
 from store.gateways.s3.cors import CorsRule
-from store.gateways.s3.layout import BUCKETS, Bucket, User
+from store.gateways.s3.layout import BUCKETS, Bucket, PublicAccessBlock, User
 from store.gateways.s3.object_lock import Rule
 
 BUCKET_TTL = 5.0
@@ -144,6 +144,9 @@ class Buckets:
 
     async def set_versioning(self, bucket: Bucket, state: str) -> None:
         await self._change(bucket, versioning=state)
+
+    async def set_public_block(self, bucket: Bucket, block: PublicAccessBlock | None) -> None:
+        await self._change(bucket, public_block=block)
 
     async def set_object_lock(self, bucket: Bucket, rule: Rule | None) -> None:
         await self._change(bucket, object_lock=True, lock_rule=rule)

@@ -127,7 +127,13 @@ class Call:
         ``permission``."""
         bucket = await self.gateway.buckets.require(name or self.bucket_name)
         self.check_expected_owner(bucket)
-        if not acl.allows(bucket.acl, bucket.owner_id, self.user.id, permission):
+        if not acl.allows(
+            bucket.acl,
+            bucket.owner_id,
+            self.user.id,
+            permission,
+            ignore_public=bucket.ignores_public_acls,
+        ):
             raise errors.access_denied()
         return bucket
 
@@ -140,12 +146,25 @@ class Call:
 
     def check_object(self, bucket: Bucket, entry: Entry, permission: str) -> None:
         """Refuse (AccessDenied) unless the object's ACL grants the caller ``permission``."""
-        if not acl.allows(entry.acl, entry.owner_id, self.user.id, permission, bucket.owner_id):
+        if not acl.allows(
+            entry.acl,
+            entry.owner_id,
+            self.user.id,
+            permission,
+            bucket.owner_id,
+            ignore_public=bucket.ignores_public_acls,
+        ):
             raise errors.access_denied()
 
     def may_list(self, bucket: Bucket) -> bool:
         """Whether the caller may learn which keys exist (else a missing one is 403)."""
-        return acl.allows(bucket.acl, bucket.owner_id, self.user.id, acl.READ)
+        return acl.allows(
+            bucket.acl,
+            bucket.owner_id,
+            self.user.id,
+            acl.READ,
+            ignore_public=bucket.ignores_public_acls,
+        )
 
     def check_owner(self, bucket: Bucket) -> None:
         if bucket.owner_id != self.user.id:

@@ -152,6 +152,29 @@ class AccessKey:
 
 
 @dataclass(frozen=True)
+class PublicAccessBlock:
+    """What a bucket's owner forbids public ACLs to do (policies are not supported, so
+    the last two are only kept and returned)."""
+
+    block_public_acls: bool = False  # refuse requests that set a public ACL
+    ignore_public_acls: bool = False  # grant nothing by a public ACL
+    block_public_policy: bool = False
+    restrict_public_buckets: bool = False
+
+    def to_wire(self) -> list[bool]:
+        return [
+            self.block_public_acls,
+            self.ignore_public_acls,
+            self.block_public_policy,
+            self.restrict_public_buckets,
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> PublicAccessBlock:
+        return cls(*(bool(flag) for flag in raw[:4]))
+
+
+@dataclass(frozen=True)
 class Bucket:
     name: str
     id: str
@@ -166,6 +189,7 @@ class Bucket:
     versioning: str = ""  # "" (never enabled), "Enabled" or "Suspended"
     object_lock: bool = False
     lock_rule: Rule | None = None  # the default retention of new versions
+    public_block: PublicAccessBlock | None = None
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -187,6 +211,8 @@ class Bucket:
             record["ol"] = True
         if self.lock_rule is not None:
             record["lr"] = self.lock_rule.to_wire()
+        if self.public_block is not None:
+            record["pb"] = self.public_block.to_wire()
         return pack(record)
 
     @classmethod
@@ -206,7 +232,12 @@ class Bucket:
             str(r.get("vs", "")),
             bool(r.get("ol", False)),
             Rule.from_wire(r["lr"]) if r.get("lr") else None,
+            PublicAccessBlock.from_wire(r["pb"]) if r.get("pb") else None,
         )
+
+    @property
+    def ignores_public_acls(self) -> bool:
+        return self.public_block is not None and self.public_block.ignore_public_acls
 
     def shard_names(self) -> list[str]:
         return [index_shard_name(self.id, n) for n in range(self.shards)]

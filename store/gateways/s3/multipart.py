@@ -112,6 +112,8 @@ async def create_multipart_upload(call: Call) -> Response:
     tagging = call.header("x-amz-tagging")
     algorithm, checksum_type = _checksum_choice(call)
     lock = lock_of_write(call, bucket)
+    canned = acl.canned_from_headers(call.headers, bucket=False)
+    acl.check_not_blocked(bucket.public_block, canned)
     upload = Upload(
         upload_id=layout.new_token(),
         bucket=bucket.name,
@@ -122,7 +124,7 @@ async def create_multipart_upload(call: Call) -> Response:
         owner_id=call.user.id,
         headers=attributes.http_headers(call.headers),
         meta=attributes.user_metadata(call.headers),
-        acl=acl.canned_from_headers(call.headers, bucket=False),
+        acl=canned,
         tags=attributes.parse_tagging(tagging) if tagging is not None else {},
         checksum_algorithm=algorithm,
         checksum_type=checksum_type,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from store.gateways.s3 import acl, cors, errors, versions, xmldoc
 from store.gateways.s3.gateway import Call
-from store.gateways.s3.layout import Bucket, Entry
+from store.gateways.s3.layout import Bucket, Entry, PublicAccessBlock
 from store.gateways.s3.listing import PAST_EVERYTHING, Page
 from store.gateways.s3.listing_params import (
     decode_token,
@@ -184,8 +184,55 @@ async def get_bucket_acl(call: Call) -> Response:
 async def put_bucket_acl(call: Call) -> Response:
     bucket = await call.bucket_allowing(acl.WRITE_ACP)
     canned = await acl.canned_for_put(call, bucket.owner_id)
+    acl.check_not_blocked(bucket.public_block, canned)
     await call.gateway.buckets.set_acl(bucket, canned)
     return empty(200)
+
+
+_BLOCK_FIELDS = (
+    "BlockPublicAcls",
+    "IgnorePublicAcls",
+    "BlockPublicPolicy",
+    "RestrictPublicBuckets",
+)
+
+
+async def put_public_access_block(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    payload = call.payload()
+    body = await payload.read_all(MAX_CONFIG_BODY)
+    payload.finish()
+    root = xmldoc.parse(body, "PublicAccessBlockConfiguration")
+    flags = []
+    for name in _BLOCK_FIELDS:
+        value = (xmldoc.child_text(root, name) or "false").strip().lower()
+        if value not in ("true", "false"):
+            raise errors.malformed_xml()
+        flags.append(value == "true")
+    await call.gateway.buckets.set_public_block(bucket, PublicAccessBlock(*flags))
+    return empty(200)
+
+
+async def get_public_access_block(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    if bucket.public_block is None:
+        raise errors.S3Error(
+            "NoSuchPublicAccessBlockConfiguration",
+            404,
+            "The public access block configuration was not found",
+            {"BucketName": bucket.name},
+        )
+    doc = xmldoc.Doc("PublicAccessBlockConfiguration")
+    for name, flag in zip(_BLOCK_FIELDS, bucket.public_block.to_wire(), strict=True):
+        doc.leaf(name, flag)
+    return xml(200, doc.to_bytes())
+
+
+async def delete_public_access_block(call: Call) -> Response:
+    bucket = await call.owned_bucket()
+    if bucket.public_block is not None:
+        await call.gateway.buckets.set_public_block(bucket, None)
+    return empty(204)
 
 
 async def get_bucket_tagging(call: Call) -> Response:
@@ -255,10 +302,6 @@ _NOT_CONFIGURED = {
     ),
     "GetBucketPolicy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
     "GetBucketPolicyStatus": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
-    "GetPublicAccessBlock": (
-        "NoSuchPublicAccessBlockConfiguration",
-        "The public access block configuration was not found",
-    ),
     "GetBucketReplication": (
         "ReplicationConfigurationNotFoundError",
         "The replication configuration was not found",

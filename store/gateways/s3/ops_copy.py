@@ -132,6 +132,7 @@ async def copy_object(call: Call) -> Response:
     else:
         tags = dict(source.tags)
     canned = acl.canned_from_headers(call.headers, bucket=False)
+    acl.check_not_blocked(bucket.public_block, canned)
     if (
         source_bucket.id == bucket.id
         and source_key == call.key

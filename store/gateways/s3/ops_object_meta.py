@@ -90,6 +90,7 @@ async def get_object_acl(call: Call) -> Response:
 async def put_object_acl(call: Call) -> Response:
     bucket, entry = await _existing(call, acl.WRITE_ACP)
     canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
+    acl.check_not_blocked(bucket.public_block, canned)
     entry = await _update_entry(call, bucket, {"acl": canned})
     return empty(200, version_headers(bucket, entry))
 

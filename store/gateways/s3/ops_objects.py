@@ -190,6 +190,7 @@ async def put_object(call: Call) -> Response:
     stored = attributes.http_headers(call.headers)
     meta = attributes.user_metadata(call.headers)
     canned = acl.canned_from_headers(call.headers, bucket=False)
+    acl.check_not_blocked(bucket.public_block, canned)
     tagging = call.header("x-amz-tagging")
     tags = attributes.parse_tagging(tagging) if tagging is not None else {}
     lock = lock_of_write(call, bucket)

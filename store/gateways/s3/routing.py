@@ -74,7 +74,6 @@ UNCONFIGURED_BUCKET_GETS = {
     "lifecycle": "GetBucketLifecycleConfiguration",
     "ownershipControls": "GetBucketOwnershipControls",
     "policy": "GetBucketPolicy",
-    "publicAccessBlock": "GetPublicAccessBlock",
     "replication": "GetBucketReplication",
     "website": "GetBucketWebsite",
     "logging": "GetBucketLogging",
@@ -89,7 +88,6 @@ UNCONFIGURED_BUCKET_DELETES = {
     "website": "DeleteBucketWebsite",
     "encryption": "DeleteBucketEncryption",
     "ownershipControls": "DeleteBucketOwnershipControls",
-    "publicAccessBlock": "DeletePublicAccessBlock",
     "replication": "DeleteBucketReplication",
 }
 
@@ -218,6 +216,9 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("PUT", "versioning"): "PutBucketVersioning",
         ("GET", "object-lock"): "GetObjectLockConfiguration",
         ("PUT", "object-lock"): "PutObjectLockConfiguration",
+        ("GET", "publicAccessBlock"): "GetPublicAccessBlock",
+        ("PUT", "publicAccessBlock"): "PutPublicAccessBlock",
+        ("DELETE", "publicAccessBlock"): "DeletePublicAccessBlock",
         ("GET", "acl"): "GetBucketAcl",
         ("GET", "tagging"): "GetBucketTagging",
         ("PUT", "tagging"): "PutBucketTagging",

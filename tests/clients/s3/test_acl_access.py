@@ -182,3 +182,30 @@ def test_forms_without_a_policy_write_only_where_everyone_may(
         assert status == expected, body
     assert alice.list_objects_v2(Bucket=open_bucket)["Contents"][0]["Key"] == "form.txt"
     assert "Contents" not in alice.list_objects_v2(Bucket=closed_bucket)
+
+
+def test_public_access_block(alice: Any, bob: Any, make_bucket: Any) -> None:
+    bucket = make_bucket("public-read")
+    alice.put_object(Bucket=bucket, Key="k", Body=b"x", ACL="public-read")
+    assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+    with pytest.raises(ClientError) as caught:
+        alice.get_public_access_block(Bucket=bucket)
+    assert error_of(caught.value) == (404, "NoSuchPublicAccessBlockConfiguration")
+    block = {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": False,
+        "RestrictPublicBuckets": True,
+    }
+    alice.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=block)
+    assert alice.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == block
+    # Public ACLs grant nothing any more, and cannot be set.
+    assert denied(bob.get_object, Bucket=bucket, Key="k")
+    assert denied(bob.list_objects_v2, Bucket=bucket)
+    assert denied(alice.put_object, Bucket=bucket, Key="p", Body=b"x", ACL="public-read")
+    assert denied(alice.put_bucket_acl, Bucket=bucket, ACL="authenticated-read")
+    assert denied(alice.put_object_acl, Bucket=bucket, Key="k", ACL="public-read-write")
+    alice.put_object(Bucket=bucket, Key="private", Body=b"x", ACL="private")
+    assert denied(bob.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={})
+    alice.delete_public_access_block(Bucket=bucket)
+    assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
