@@ -163,6 +163,10 @@ def invalid_range(size: int) -> S3Error:
     )
 
 
+def invalid_bucket_state(message: str) -> S3Error:
+    return S3Error("InvalidBucketState", 409, message)
+
+
 def invalid_request(message: str) -> S3Error:
     return S3Error("InvalidRequest", 400, message)
 

@@ -112,6 +112,14 @@ class Call:
             default_algorithm=default_algorithm,
         )
 
+    async def small_body(self, limit: int = 64 * 1024) -> bytes:
+        """The whole body of a request that carries a document (at most ``limit`` bytes),
+        its checksums verified."""
+        payload = self.payload()
+        body = await payload.read_all(limit)
+        payload.finish()
+        return body
+
     @property
     def anonymous(self) -> bool:
         return self.user.id == acl.ANONYMOUS_ID

@@ -207,7 +207,7 @@ class Index:
                 target = snap.lookup(version)
                 if target is None or target.delete_marker:
                     change(None)
-                return versions.modify_version(snap, version, lambda e: change(e))
+                return versions.modify_version(snap, version, change)
 
             result = (await self._change(bucket, key, modify, [version])).result
             assert result is not None

@@ -150,10 +150,7 @@ async def get_bucket_versioning(call: Call) -> Response:
 
 async def put_bucket_versioning(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    payload = call.payload()
-    body = await payload.read_all(MAX_CONFIG_BODY)
-    payload.finish()
-    root = xmldoc.parse(body, "VersioningConfiguration")
+    root = xmldoc.parse(await call.small_body(MAX_CONFIG_BODY), "VersioningConfiguration")
     status = xmldoc.child_text(root, "Status")
     mfa = xmldoc.child_text(root, "MfaDelete")
     if mfa is not None and mfa not in ("Enabled", "Disabled"):
@@ -165,11 +162,9 @@ async def put_bucket_versioning(call: Call) -> Response:
     if status not in (versions.ENABLED, versions.SUSPENDED):
         raise errors.malformed_xml()
     if bucket.object_lock and status != versions.ENABLED:
-        raise errors.S3Error(
-            "InvalidBucketState",
-            409,
+        raise errors.invalid_bucket_state(
             "An Object Lock configuration is present on this bucket, so the versioning "
-            "state cannot be changed.",
+            "state cannot be changed."
         )
     if status != bucket.versioning:
         await call.gateway.buckets.set_versioning(bucket, status)
@@ -199,9 +194,7 @@ _BLOCK_FIELDS = (
 
 async def put_public_access_block(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    payload = call.payload()
-    body = await payload.read_all(MAX_CONFIG_BODY)
-    payload.finish()
+    body = await call.small_body(MAX_CONFIG_BODY)
     root = xmldoc.parse(body, "PublicAccessBlockConfiguration")
     flags = []
     for name in _BLOCK_FIELDS:
@@ -274,10 +267,8 @@ async def get_bucket_cors(call: Call) -> Response:
 
 async def put_bucket_cors(call: Call) -> Response:
     bucket = await call.owned_bucket()
-    payload = call.payload()
-    body = await payload.read_all(64 * 1024)
-    payload.finish()
-    await call.gateway.buckets.set_cors(bucket, cors.parse_configuration(body))
+    rules = cors.parse_configuration(await call.small_body(MAX_CONFIG_BODY))
+    await call.gateway.buckets.set_cors(bucket, rules)
     return empty(200)
 
 

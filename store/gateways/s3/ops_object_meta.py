@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from store.gateways.s3 import acl, attributes, conditions, errors, objects, xmldoc
@@ -66,7 +67,14 @@ async def _existing(call: Call, permission: str) -> tuple[Bucket, Entry]:
     return bucket, await find_version(call, bucket, call.key, version, permission)
 
 
-async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -> Entry:
+async def update_version(
+    call: Call,
+    bucket: Bucket,
+    change: dict[str, object],
+    check: Callable[[Entry], None] | None = None,
+) -> Entry:
+    """Change fields of the object (or of the version ``versionId`` names), atomically;
+    ``check`` may refuse (by raising) once it sees the version."""
     version = requested_version(call)
 
     def modify(current: Entry | None) -> Entry:
@@ -74,6 +82,8 @@ async def _update_entry(call: Call, bucket: Bucket, change: dict[str, object]) -
             if version is None:
                 raise errors.no_such_key(call.key)
             raise errors.no_such_version(call.key, version)
+        if check is not None:
+            check(current)
         return replace(current, **change)  # type: ignore[arg-type]
 
     return await call.gateway.index.update(bucket, call.key, modify, version)
@@ -91,7 +101,7 @@ async def put_object_acl(call: Call) -> Response:
     bucket, entry = await _existing(call, acl.WRITE_ACP)
     canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
     acl.check_not_blocked(bucket.public_block, canned)
-    entry = await _update_entry(call, bucket, {"acl": canned})
+    entry = await update_version(call, bucket, {"acl": canned})
     return empty(200, version_headers(bucket, entry))
 
 
@@ -105,10 +115,7 @@ async def get_object_tagging(call: Call) -> Response:
 
 async def read_tag_set(call: Call, *, limit: int = attributes.MAX_TAGS) -> dict[str, str]:
     """The <Tagging><TagSet><Tag>... document of a request body, validated."""
-    payload = call.payload()
-    body = await payload.read_all(64 * 1024)
-    payload.finish()
-    return parse_tag_set(body, limit=limit)
+    return parse_tag_set(await call.small_body(), limit=limit)
 
 
 def parse_tag_set(body: bytes, *, limit: int = attributes.MAX_TAGS) -> dict[str, str]:
@@ -127,11 +134,11 @@ def parse_tag_set(body: bytes, *, limit: int = attributes.MAX_TAGS) -> dict[str,
 async def put_object_tagging(call: Call) -> Response:
     bucket, _ = await _existing(call, acl.WRITE_ACP)
     tags = await read_tag_set(call)
-    entry = await _update_entry(call, bucket, {"tags": tags})
+    entry = await update_version(call, bucket, {"tags": tags})
     return empty(200, version_headers(bucket, entry))
 
 
 async def delete_object_tagging(call: Call) -> Response:
     bucket, _ = await _existing(call, acl.WRITE_ACP)
-    entry = await _update_entry(call, bucket, {"tags": {}})
+    entry = await update_version(call, bucket, {"tags": {}})
     return empty(204, version_headers(bucket, entry))
