@@ -6,8 +6,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from store.gateways.s3 import acl
+from store.gateways.s3 import acl, acl_requests
 from store.gateways.s3.acl import ANONYMOUS_ID, READ, READ_ACP, WRITE, WRITE_ACP
+from store.gateways.s3.errors import S3Error
+from store.gateways.s3.layout import Grant
 
 OWNER, OTHER, BUCKET_OWNER = "o" * 64, "x" * 64, "b" * 64
 EVERYTHING = (READ, WRITE, READ_ACP, WRITE_ACP)
@@ -45,3 +47,45 @@ def test_bucket_owner_grant_is_listed() -> None:
         for g in root.iter("{http://s3.amazonaws.com/doc/2006-03-01/}Grant")
     ]
     assert grants == [(OWNER, "FULL_CONTROL"), (BUCKET_OWNER, "READ")]
+
+
+def test_custom_grants() -> None:
+    grants = (
+        Grant(OTHER, READ),
+        Grant(acl.AUTHENTICATED_USERS, WRITE, group=True),
+    )
+
+    def allowed(requester: str, permission: str, ignore_public: bool = False) -> bool:
+        return acl.allows(
+            acl.CUSTOM, OWNER, requester, permission, grants=grants, ignore_public=ignore_public
+        )
+
+    assert allowed(OTHER, READ) and not allowed(OTHER, READ_ACP)
+    assert allowed(BUCKET_OWNER, WRITE) and not allowed(ANONYMOUS_ID, WRITE)
+    assert not allowed(BUCKET_OWNER, WRITE, ignore_public=True)
+    # The owner keeps the ACL, and gets the rest only by a grant.
+    assert allowed(OWNER, READ_ACP) and allowed(OWNER, WRITE_ACP) and not allowed(OWNER, READ)
+    full = (Grant(OTHER, "FULL_CONTROL"),)
+    assert all(acl.allows(acl.CUSTOM, OWNER, OTHER, p, grants=full) for p in EVERYTHING)
+    assert acl.is_public(acl.CUSTOM, grants) and not acl.is_public(acl.CUSTOM, full)
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ('id="abc"', [("id", "abc", READ)]),
+        (
+            'id="a", uri="http://x/y" ,emailAddress="e@x"',
+            [("id", "a", READ), ("uri", "http://x/y", READ), ("emailaddress", "e@x", READ)],
+        ),
+    ],
+)
+def test_grant_headers(value: str, parsed: list[tuple[str, str, str]]) -> None:
+    assert acl_requests._header_grants([("x-amz-grant-read", value)]) == parsed
+
+
+@pytest.mark.parametrize("value", ["id=abc", 'id="a" uri="b"', 'who="x"', 'id="a",,'])
+def test_malformed_grant_headers(value: str) -> None:
+    with pytest.raises(S3Error) as caught:
+        acl_requests._header_grants([("x-amz-grant-write", value)])
+    assert caught.value.code == "InvalidArgument"

@@ -7,21 +7,24 @@ lets anyone, signed or not, READ (list a bucket, read an object); ``public-read-
 lets anyone WRITE a bucket too (add and delete its objects); ``authenticated-read`` lets
 every user of the gateway READ; ``bucket-owner-read`` and ``bucket-owner-full-control``
 give an object's bucket owner READ or FULL_CONTROL. A bucket's configuration is its
-owner's alone. Explicit grant headers and ACL documents that are not one of the canned
-forms are NotImplemented.
+owner's alone.
+
+An ACL that is not a canned one (``x-amz-grant-*`` headers, or an AccessControlPolicy
+document) is kept as its list of grants, under the name ``custom`` (see
+:mod:`acl_requests`). As in S3, its owner keeps READ_ACP and WRITE_ACP whatever it says,
+and gets the rest only by a grant.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from store.gateways.s3 import errors, xmldoc
-from store.gateways.s3.layout import PublicAccessBlock, User
+from store.gateways.s3.layout import Grant, PublicAccessBlock, User
 
 if TYPE_CHECKING:
-    from store.gateways.s3.gateway import Call
+    pass
 
 READ, WRITE, READ_ACP, WRITE_ACP = "READ", "WRITE", "READ_ACP", "WRITE_ACP"
 FULL_CONTROL = "FULL_CONTROL"
@@ -56,6 +59,8 @@ GRANT_HEADERS = (
 
 
 PUBLIC = frozenset({"public-read", "public-read-write", "authenticated-read"})
+CUSTOM = "custom"
+PERMISSIONS = (READ, WRITE, READ_ACP, WRITE_ACP, FULL_CONTROL)
 
 
 def allows(
@@ -66,11 +71,15 @@ def allows(
     bucket_owner_id: str | None = None,
     *,
     ignore_public: bool = False,
+    grants: Sequence[Grant] = (),
 ) -> bool:
     """Whether a resource (bucket or object) with this canned ACL and owner grants
     ``permission`` to the requester (``ANONYMOUS_ID`` for an unsigned request).
     ``bucket_owner_id`` is the owner of an object's bucket; with ``ignore_public`` (a
-    bucket's IgnorePublicAcls) the groups' grants count for nothing."""
+    bucket's IgnorePublicAcls) the groups' grants count for nothing. ``grants`` are those
+    of a custom ACL."""
+    if canned == CUSTOM:
+        return _grants_allow(grants, owner_id, requester_id, permission, ignore_public)
     if requester_id == owner_id:
         return True
     if requester_id == bucket_owner_id:
@@ -89,17 +98,46 @@ def allows(
     return False
 
 
-def check_not_blocked(block: PublicAccessBlock | None, canned: str) -> None:
+def _grants_allow(
+    grants: Sequence[Grant],
+    owner_id: str,
+    requester_id: str,
+    permission: str,
+    ignore_public: bool,
+) -> bool:
+    if requester_id == owner_id and permission in (READ_ACP, WRITE_ACP):
+        return True
+    anonymous = requester_id == ANONYMOUS_ID
+    for grant in grants:
+        if grant.permission not in (permission, FULL_CONTROL):
+            continue
+        if not grant.group:
+            if grant.grantee == requester_id:
+                return True
+        elif not ignore_public and (
+            grant.grantee == ALL_USERS or (grant.grantee == AUTHENTICATED_USERS and not anonymous)
+        ):
+            return True
+    return False
+
+
+def is_public(canned: str, grants: Sequence[Grant] = ()) -> bool:
+    return canned in PUBLIC or any(
+        g.group and g.grantee in (ALL_USERS, AUTHENTICATED_USERS) for g in grants
+    )
+
+
+def check_not_blocked(
+    block: PublicAccessBlock | None, canned: str, grants: Sequence[Grant] = ()
+) -> None:
     """Refuse to set a public ACL where the bucket's BlockPublicAcls forbids it."""
-    if block is not None and block.block_public_acls and canned in PUBLIC:
+    if block is not None and block.block_public_acls and is_public(canned, grants):
         raise errors.access_denied()
 
 
 def canned_from_headers(headers: Sequence[tuple[str, str]], *, bucket: bool) -> str:
     value = None
     for name, raw in headers:
-        if name in GRANT_HEADERS:
-            raise errors.not_implemented(name)
         if name == "x-amz-acl":
             value = raw.strip()
     if value is None:
@@ -115,12 +153,22 @@ def policy_document(
     owner_name: str,
     canned: str,
     bucket_owner: tuple[str, str] | None = None,
+    grants: Sequence[Grant] = (),
 ) -> bytes:
-    """The AccessControlPolicy of a canned ACL; ``bucket_owner`` (id, name) is the owner
-    of an object's bucket, granted READ or FULL_CONTROL by the bucket-owner-* ACLs."""
+    """The AccessControlPolicy of an ACL; ``bucket_owner`` (id, name) is the owner of an
+    object's bucket, granted READ or FULL_CONTROL by the bucket-owner-* ACLs."""
     doc = xmldoc.Doc("AccessControlPolicy")
     doc.owner("Owner", owner_id, owner_name)
     doc.open("AccessControlList")
+    if canned == CUSTOM:
+        for grant in grants:
+            if grant.group:
+                doc.open("Grant").open("Grantee", f'{XSI} xsi:type="Group"')
+                doc.leaf("URI", grant.grantee).close().leaf("Permission", grant.permission)
+                doc.close()
+            else:
+                _user_grant(doc, grant.grantee, grant.name, grant.permission)
+        return doc.to_bytes()
     # The groups' grants come first, as RGW lists them (S3 specifies no order).
     for uri, permission in CANNED.get(canned, ()):
         doc.open("Grant").open("Grantee", f'{XSI} xsi:type="Group"').leaf("URI", uri).close()
@@ -136,49 +184,3 @@ def _user_grant(doc: xmldoc.Doc, user_id: str, name: str, permission: str) -> No
     doc.open("Grant").open("Grantee", f'{XSI} xsi:type="CanonicalUser"')
     doc.leaf("ID", user_id).leaf("DisplayName", name).close()
     doc.leaf("Permission", permission).close()
-
-
-def _grants_of(root: ET.Element, owner_id: str) -> set[tuple[str, str]] | None:
-    """The grants of an AccessControlPolicy as (who, permission); None if any is not
-    expressible as a canned ACL of this owner."""
-    grants: set[tuple[str, str]] = set()
-    for acl_list in xmldoc.children(root, "AccessControlList"):
-        for grant in xmldoc.children(acl_list, "Grant"):
-            permission = xmldoc.child_text(grant, "Permission") or ""
-            grantee = next(xmldoc.children(grant, "Grantee"), None)
-            if grantee is None:
-                return None
-            uri = xmldoc.child_text(grantee, "URI")
-            user_id = xmldoc.child_text(grantee, "ID")
-            if uri is not None:
-                grants.add((uri, permission))
-            elif user_id == owner_id:
-                grants.add(("owner", permission))
-            else:
-                return None
-    return grants
-
-
-async def canned_for_put(call: Call, owner_id: str, *, bucket: bool = True) -> str:
-    """The canned ACL a PutBucketAcl/PutObjectAcl asks for (header or document)."""
-    body = await call.payload().read_all(64 * 1024)
-    if not body.strip():
-        if call.header("x-amz-acl") is None and not any(
-            name in GRANT_HEADERS for name, _ in call.headers
-        ):
-            raise errors.S3Error(
-                "MissingSecurityHeader",
-                400,
-                "Your request was missing a required header",
-                {"MissingHeaderName": "x-amz-acl"},
-            )
-        return canned_from_headers(call.headers, bucket=bucket)
-    if call.header("x-amz-acl") is not None:
-        raise errors.S3Error("UnexpectedContent", 400, "This request does not support content")
-    root = xmldoc.parse(body, "AccessControlPolicy")
-    grants = _grants_of(root, owner_id)
-    if grants is not None:
-        for name, extra in CANNED.items():
-            if grants == {("owner", "FULL_CONTROL"), *extra}:
-                return name
-    raise errors.not_implemented("AccessControlPolicy")

@@ -28,7 +28,7 @@ from store.errors import Code, RemoteError
 from store.gateways.s3 import errors
 from store.gateways.s3.backend import Backend, Gone, cluster_error
 from store.gateways.s3.cors import CorsRule
-from store.gateways.s3.layout import BUCKETS, Bucket, PublicAccessBlock, User
+from store.gateways.s3.layout import BUCKETS, Bucket, Grant, PublicAccessBlock, User
 from store.gateways.s3.object_lock import Rule
 
 BUCKET_TTL = 5.0
@@ -85,6 +85,7 @@ class Buckets:
         acl: str,
         shards: int,
         object_lock: bool = False,
+        grants: tuple[Grant, ...] = (),
     ) -> Bucket:
         """A new bucket; one with object lock is versioned from the start."""
         bucket = Bucket(
@@ -96,6 +97,7 @@ class Buckets:
             region=region,
             shards=shards,
             acl=acl,
+            grants=grants,
             versioning="Enabled" if object_lock else "",
             object_lock=object_lock,
         )
@@ -133,8 +135,8 @@ class Buckets:
             for shard in names:
                 nursery.start_soon(self.backend.delete, shard)
 
-    async def set_acl(self, bucket: Bucket, acl: str) -> None:
-        await self._change(bucket, acl=acl)
+    async def set_acl(self, bucket: Bucket, acl: str, grants: tuple[Grant, ...] = ()) -> None:
+        await self._change(bucket, acl=acl, grants=grants)
 
     async def set_tags(self, bucket: Bucket, tags: dict[str, str]) -> None:
         await self._change(bucket, tags=tags)

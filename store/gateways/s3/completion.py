@@ -246,6 +246,7 @@ async def _publish(
         meta=upload.meta,
         checksum=checksum,
         acl=upload.acl,
+        grants=upload.grants,
         tags=upload.tags,
         checksum_type=upload.checksum_type or "FULL_OBJECT",
         lock_mode=upload.lock_mode,

@@ -184,6 +184,14 @@ def key_too_long(size: int) -> S3Error:
     )
 
 
+def malformed_acl() -> S3Error:
+    return S3Error(
+        "MalformedACLError",
+        400,
+        "The XML you provided was not well-formed or did not validate against our published schema.",
+    )
+
+
 def malformed_xml() -> S3Error:
     return S3Error(
         "MalformedXML",

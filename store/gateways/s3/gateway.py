@@ -141,6 +141,7 @@ class Call:
             self.user.id,
             permission,
             ignore_public=bucket.ignores_public_acls,
+            grants=bucket.grants,
         ):
             raise errors.access_denied()
         return bucket
@@ -161,6 +162,7 @@ class Call:
             permission,
             bucket.owner_id,
             ignore_public=bucket.ignores_public_acls,
+            grants=entry.grants,
         ):
             raise errors.access_denied()
 
@@ -172,6 +174,7 @@ class Call:
             self.user.id,
             acl.READ,
             ignore_public=bucket.ignores_public_acls,
+            grants=bucket.grants,
         )
 
     def check_owner(self, bucket: Bucket) -> None:

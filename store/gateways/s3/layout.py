@@ -148,6 +148,32 @@ class AccessKey:
         return cls(str(r["a"]), str(r["s"]), str(r["u"]), float(r["c"]))
 
 
+# --- access --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One grant of an ACL that is not a canned one: a user (by canonical id, with the
+    display name it had when granted) or a group (by URI) and a permission."""
+
+    grantee: str
+    permission: str
+    group: bool = False
+    name: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.grantee, self.permission, self.group, self.name]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Grant:
+        grantee, permission, group, name = raw
+        return cls(str(grantee), str(permission), bool(group), str(name))
+
+
+def _grants(raw: Any) -> tuple[Grant, ...]:
+    return tuple(Grant.from_wire(g) for g in raw or ())
+
+
 # --- buckets -------------------------------------------------------------------------------
 
 
@@ -190,6 +216,7 @@ class Bucket:
     object_lock: bool = False
     lock_rule: Rule | None = None  # the default retention of new versions
     public_block: PublicAccessBlock | None = None
+    grants: tuple[Grant, ...] = ()  # when ``acl`` is "custom"
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -213,6 +240,8 @@ class Bucket:
             record["lr"] = self.lock_rule.to_wire()
         if self.public_block is not None:
             record["pb"] = self.public_block.to_wire()
+        if self.grants:
+            record["gr"] = [g.to_wire() for g in self.grants]
         return pack(record)
 
     @classmethod
@@ -233,6 +262,7 @@ class Bucket:
             bool(r.get("ol", False)),
             Rule.from_wire(r["lr"]) if r.get("lr") else None,
             PublicAccessBlock.from_wire(r["pb"]) if r.get("pb") else None,
+            _grants(r.get("gr")),
         )
 
     @property
@@ -302,6 +332,7 @@ class Entry:
     lock_mode: str | None = None  # object lock retention: GOVERNANCE or COMPLIANCE ...
     lock_until: float = 0.0  # ... until then
     legal_hold: bool | None = None  # None: never set
+    grants: tuple[Grant, ...] = ()  # when ``acl`` is "custom"
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -338,6 +369,8 @@ class Entry:
             record["lu"] = self.lock_until
         if self.legal_hold is not None:
             record["lh"] = self.legal_hold
+        if self.grants:
+            record["gr"] = [g.to_wire() for g in self.grants]
         return pack(record)
 
     @classmethod
@@ -366,6 +399,7 @@ class Entry:
                 lock_mode=None if r.get("lm") is None else str(r["lm"]),
                 lock_until=float(r.get("lu", 0.0)),
                 legal_hold=None if r.get("lh") is None else bool(r["lh"]),
+                grants=_grants(r.get("gr")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(f"bad object entry: {exc}") from None
@@ -420,10 +454,12 @@ class Upload:
     lock_mode: str | None = None
     lock_until: float = 0.0
     legal_hold: bool | None = None
+    grants: tuple[Grant, ...] = ()
 
     def to_bytes(self) -> bytes:
         return pack(
             {
+                "gr": [g.to_wire() for g in self.grants],
                 "lm": self.lock_mode,
                 "lu": self.lock_until,
                 "lh": self.legal_hold,
@@ -464,6 +500,7 @@ class Upload:
                 lock_mode=None if r.get("lm") is None else str(r["lm"]),
                 lock_until=float(r.get("lu", 0.0)),
                 legal_hold=None if r.get("lh") is None else bool(r["lh"]),
+                grants=_grants(r.get("gr")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptRecord(f"bad upload record: {exc}") from None

@@ -39,7 +39,7 @@ from store.gateways.s3.gateway import Call, Gateway
 from store.gateways.s3.layout import Bucket, Garbage, PartEntry, Upload, UploadRef
 from store.gateways.s3.listing_params import enc, url_encoding
 from store.gateways.s3.ops_copy import copy_data, copy_source_entry, source_version_headers
-from store.gateways.s3.ops_objects import check_entry_size, lock_of_write, store_body
+from store.gateways.s3.ops_objects import acl_of_write, check_entry_size, lock_of_write, store_body
 from store.gateways.s3.responses import empty, xml
 from store.gateways.web.server import Response
 
@@ -112,8 +112,7 @@ async def create_multipart_upload(call: Call) -> Response:
     tagging = call.header("x-amz-tagging")
     algorithm, checksum_type = _checksum_choice(call)
     lock = lock_of_write(call, bucket)
-    canned = acl.canned_from_headers(call.headers, bucket=False)
-    acl.check_not_blocked(bucket.public_block, canned)
+    requested = await acl_of_write(call, bucket)
     upload = Upload(
         upload_id=layout.new_token(),
         bucket=bucket.name,
@@ -124,7 +123,8 @@ async def create_multipart_upload(call: Call) -> Response:
         owner_id=call.user.id,
         headers=attributes.http_headers(call.headers),
         meta=attributes.user_metadata(call.headers),
-        acl=canned,
+        acl=requested.canned,
+        grants=requested.grants,
         tags=attributes.parse_tagging(tagging) if tagging is not None else {},
         checksum_algorithm=algorithm,
         checksum_type=checksum_type,

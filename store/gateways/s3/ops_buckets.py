@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from store.gateways.s3 import acl, cors, errors, versions, xmldoc
+from store.gateways.s3 import acl, acl_requests, cors, errors, versions, xmldoc
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry, PublicAccessBlock
 from store.gateways.s3.listing import PAST_EVERYTHING, Page
@@ -68,7 +68,7 @@ async def create_bucket(call: Call) -> Response:
     name = call.bucket_name
     if not valid_bucket_name(name):
         raise errors.invalid_bucket_name(name)
-    canned = acl.canned_from_headers(call.headers, bucket=True)
+    requested = await acl_requests.from_headers(call, call.user.id, bucket=True)
     locked = (call.header("x-amz-bucket-object-lock-enabled") or "").strip().lower() == "true"
     body = await call.payload().read_all(MAX_CONFIG_BODY)
     region = call.gateway.settings.region
@@ -101,7 +101,8 @@ async def create_bucket(call: Call) -> Response:
             name,
             call.user,
             region=region,
-            acl=canned,
+            acl=requested.canned,
+            grants=requested.grants,
             shards=call.gateway.settings.index_shards,
             object_lock=locked,
         )
@@ -111,8 +112,8 @@ async def create_bucket(call: Call) -> Response:
         if exc.code != "BucketAlreadyOwnedByYou" or region != "us-east-1":
             raise
         bucket = await call.owned_bucket(name)
-        if bucket.acl != canned:
-            await call.gateway.buckets.set_acl(bucket, canned)
+        if (bucket.acl, bucket.grants) != (requested.canned, requested.grants):
+            await call.gateway.buckets.set_acl(bucket, requested.canned, requested.grants)
     return empty(200, [("Location", f"/{name}")])
 
 
@@ -173,14 +174,15 @@ async def put_bucket_versioning(call: Call) -> Response:
 
 async def get_bucket_acl(call: Call) -> Response:
     bucket = await call.bucket_allowing(acl.READ_ACP)
-    return xml(200, acl.policy_document(bucket.owner_id, bucket.owner, bucket.acl))
+    document = acl.policy_document(bucket.owner_id, bucket.owner, bucket.acl, grants=bucket.grants)
+    return xml(200, document)
 
 
 async def put_bucket_acl(call: Call) -> Response:
     bucket = await call.bucket_allowing(acl.WRITE_ACP)
-    canned = await acl.canned_for_put(call, bucket.owner_id)
-    acl.check_not_blocked(bucket.public_block, canned)
-    await call.gateway.buckets.set_acl(bucket, canned)
+    requested = await acl_requests.for_put(call, bucket.owner_id, bucket=True)
+    acl.check_not_blocked(bucket.public_block, requested.canned, requested.grants)
+    await call.gateway.buckets.set_acl(bucket, requested.canned, requested.grants)
     return empty(200)
 
 

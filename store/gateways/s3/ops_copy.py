@@ -18,7 +18,13 @@ from store.gateways.s3 import (
 )
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
-from store.gateways.s3.ops_objects import lock_of_write, new_entry, publish, version_headers
+from store.gateways.s3.ops_objects import (
+    acl_of_write,
+    lock_of_write,
+    new_entry,
+    publish,
+    version_headers,
+)
 from store.gateways.s3.responses import xml
 from store.gateways.s3.sigv4 import decode_component
 from store.gateways.web.server import Response
@@ -131,8 +137,7 @@ async def copy_object(call: Call) -> Response:
         tags = attributes.parse_tagging(tagging) if tagging else {}
     else:
         tags = dict(source.tags)
-    canned = acl.canned_from_headers(call.headers, bucket=False)
-    acl.check_not_blocked(bucket.public_block, canned)
+    requested = await acl_of_write(call, bucket)
     if (
         source_bucket.id == bucket.id
         and source_key == call.key
@@ -157,7 +162,7 @@ async def copy_object(call: Call) -> Response:
         headers=stored,
         meta=meta,
         checksum=source.checksum if not source.parts else None,
-        acl=canned,
+        acl=requested,
         tags=tags,
         lock=lock_of_write(call, bucket),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from store.gateways.s3 import acl, attributes, conditions, errors, objects, xmldoc
+from store.gateways.s3 import acl, acl_requests, attributes, conditions, errors, objects, xmldoc
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry
 from store.gateways.s3.ops_objects import find_version, requested_version, version_headers
@@ -92,16 +92,17 @@ async def update_version(
 async def get_object_acl(call: Call) -> Response:
     bucket, entry = await _existing(call, acl.READ_ACP)
     document = acl.policy_document(
-        entry.owner_id, entry.owner, entry.acl, (bucket.owner_id, bucket.owner)
+        entry.owner_id, entry.owner, entry.acl, (bucket.owner_id, bucket.owner), entry.grants
     )
     return xml(200, document, version_headers(bucket, entry))
 
 
 async def put_object_acl(call: Call) -> Response:
     bucket, entry = await _existing(call, acl.WRITE_ACP)
-    canned = await acl.canned_for_put(call, entry.owner_id, bucket=False)
-    acl.check_not_blocked(bucket.public_block, canned)
-    entry = await update_version(call, bucket, {"acl": canned})
+    requested = await acl_requests.for_put(call, entry.owner_id, bucket=False)
+    acl.check_not_blocked(bucket.public_block, requested.canned, requested.grants)
+    change: dict[str, object] = {"acl": requested.canned, "grants": requested.grants}
+    entry = await update_version(call, bucket, change)
     return empty(200, version_headers(bucket, entry))
 
 

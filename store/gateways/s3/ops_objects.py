@@ -10,6 +10,7 @@ import trio
 
 from store.gateways.s3 import (
     acl,
+    acl_requests,
     attributes,
     conditions,
     errors,
@@ -19,6 +20,7 @@ from store.gateways.s3 import (
     versions,
     xmldoc,
 )
+from store.gateways.s3.acl_requests import RequestedAcl
 from store.gateways.s3.backend import Gone
 from store.gateways.s3.gateway import Call
 from store.gateways.s3.layout import Bucket, Entry, Garbage, Part
@@ -148,7 +150,7 @@ def new_entry(
     headers: dict[str, str],
     meta: dict[str, str],
     checksum: tuple[str, str] | None,
-    acl: str,
+    acl: RequestedAcl,
     tags: dict[str, str],
     lock: object_lock.Lock,
 ) -> Entry:
@@ -164,12 +166,21 @@ def new_entry(
         headers=headers,
         meta=meta,
         checksum=checksum,
-        acl=acl,
+        acl=acl.canned,
+        grants=acl.grants,
         tags=tags,
         lock_mode=lock.mode,
         lock_until=lock.until,
         legal_hold=lock.legal_hold,
     )
+
+
+async def acl_of_write(call: Call, bucket: Bucket) -> RequestedAcl:
+    """The ACL a write gives what it creates (owned by the caller), if the bucket's
+    public access block allows it."""
+    requested = await acl_requests.from_headers(call, call.user.id, bucket=False)
+    acl.check_not_blocked(bucket.public_block, requested.canned, requested.grants)
+    return requested
 
 
 def lock_of_write(call: Call, bucket: Bucket) -> object_lock.Lock:
@@ -189,8 +200,7 @@ async def put_object(call: Call) -> Response:
     attributes.check_unsupported(call.headers)
     stored = attributes.http_headers(call.headers)
     meta = attributes.user_metadata(call.headers)
-    canned = acl.canned_from_headers(call.headers, bucket=False)
-    acl.check_not_blocked(bucket.public_block, canned)
+    requested = await acl_of_write(call, bucket)
     tagging = call.header("x-amz-tagging")
     tags = attributes.parse_tagging(tagging) if tagging is not None else {}
     lock = lock_of_write(call, bucket)
@@ -210,7 +220,7 @@ async def put_object(call: Call) -> Response:
         headers=stored,
         meta=meta,
         checksum=checksum,
-        acl=canned,
+        acl=requested,
         tags=tags,
         lock=lock,
     )

@@ -209,3 +209,69 @@ def test_public_access_block(alice: Any, bob: Any, make_bucket: Any) -> None:
     assert denied(bob.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={})
     alice.delete_public_access_block(Bucket=bucket)
     assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
+def owner_and(grants: list[dict[str, Any]], owner: User) -> dict[str, Any]:
+    """An AccessControlPolicy: the owner's FULL_CONTROL and ``grants``."""
+    full = {"Grantee": {"ID": owner.id, "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}
+    return {"Owner": {"ID": owner.id}, "Grants": [full, *grants]}
+
+
+def test_explicit_grants(
+    alice: Any, bob: Any, nobody: Any, make_bucket: Any, user: User, other_user: User
+) -> None:
+    bucket = make_bucket("private")
+    alice.put_object(Bucket=bucket, Key="k", Body=b"x")
+    to_bob = {"Grantee": {"ID": other_user.id, "Type": "CanonicalUser"}, "Permission": "READ"}
+    alice.put_bucket_acl(Bucket=bucket, AccessControlPolicy=owner_and([to_bob], user))
+    grants = alice.get_bucket_acl(Bucket=bucket)["Grants"]
+    assert {(g["Grantee"]["ID"], g["Grantee"]["DisplayName"], g["Permission"]) for g in grants} == {
+        (user.id, "alice", "FULL_CONTROL"),
+        (other_user.id, "bob", "READ"),
+    }
+    assert [o["Key"] for o in bob.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    assert denied(bob.put_object, Bucket=bucket, Key="new", Body=b"x")
+    assert denied(bob.get_object, Bucket=bucket, Key="k")  # the object's ACL is its own
+    assert denied(nobody.list_objects_v2, Bucket=bucket)
+    # Grant headers on an object: bob may read it and its ACL, not change it.
+    alice.put_object_acl(
+        Bucket=bucket,
+        Key="k",
+        GrantFullControl=f'id="{user.id}"',
+        GrantRead=f'id="{other_user.id}"',
+        GrantReadACP=f'id="{other_user.id}"',
+    )
+    assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+    assert len(bob.get_object_acl(Bucket=bucket, Key="k")["Grants"]) == 3
+    assert denied(bob.put_object_acl, Bucket=bucket, Key="k", ACL="public-read")
+    # A group grant is a canned ACL when it is one.
+    everyone = {
+        "Grantee": {"URI": "http://acs.amazonaws.com/groups/global/AllUsers", "Type": "Group"},
+        "Permission": "READ",
+    }
+    alice.put_object_acl(Bucket=bucket, Key="k", AccessControlPolicy=owner_and([everyone], user))
+    assert nobody.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+    for grant, code in (
+        (
+            {"Grantee": {"EmailAddress": "bob@example.com", "Type": "AmazonCustomerByEmail"}},
+            "UnresolvableGrantByEmailAddress",
+        ),
+        ({"Grantee": {"ID": "0" * 64, "Type": "CanonicalUser"}}, "InvalidArgument"),
+    ):
+        policy = owner_and([{**grant, "Permission": "READ"}], user)
+        with pytest.raises(ClientError) as caught:
+            alice.put_bucket_acl(Bucket=bucket, AccessControlPolicy=policy)
+        assert error_of(caught.value) == (400, code)
+
+
+def test_an_owner_who_revokes_every_grant_keeps_the_acl(
+    alice: Any, make_bucket: Any, user: User
+) -> None:
+    bucket = make_bucket("private")
+    alice.put_bucket_acl(
+        Bucket=bucket, AccessControlPolicy={"Owner": {"ID": user.id}, "Grants": []}
+    )
+    assert alice.get_bucket_acl(Bucket=bucket)["Grants"] == []
+    assert denied(alice.list_objects_v2, Bucket=bucket)
+    alice.put_bucket_acl(Bucket=bucket, ACL="private")
+    assert "Contents" not in alice.list_objects_v2(Bucket=bucket)

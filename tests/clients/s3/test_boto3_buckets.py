@@ -139,9 +139,10 @@ def test_acl_canned_and_reported(s3: Any, user: User) -> None:
         }
         s3.put_bucket_acl(Bucket=name, ACL="private")
         assert len(s3.get_bucket_acl(Bucket=name)["Grants"]) == 1
-        with pytest.raises(ClientError) as caught:
-            s3.put_bucket_acl(Bucket=name, GrantRead="id=someone")
-        assert error_of(caught.value) == (501, "NotImplemented")
+        for bad in ("id=unquoted", 'id="no-such-user"', 'uri="http://example.com/group"'):
+            with pytest.raises(ClientError) as caught:
+                s3.put_bucket_acl(Bucket=name, GrantRead=bad)
+            assert error_of(caught.value) == (400, "InvalidArgument")
     finally:
         s3.delete_bucket(Bucket=name)
 
