@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from store.gateways.s3 import acl, acl_requests
+from store.gateways.s3.access import Grant
 from store.gateways.s3.acl import ANONYMOUS_ID, READ, READ_ACP, WRITE, WRITE_ACP
 from store.gateways.s3.errors import S3Error
-from store.gateways.s3.layout import Grant
 
 OWNER, OTHER, BUCKET_OWNER = "o" * 64, "x" * 64, "b" * 64
 EVERYTHING = (READ, WRITE, READ_ACP, WRITE_ACP)

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from store.gateways.s3 import errors, xmldoc
-from store.gateways.s3.layout import Grant, PublicAccessBlock, User
+from store.gateways.s3.access import Grant, PublicAccessBlock
+from store.gateways.s3.layout import User
 
 if TYPE_CHECKING:
     pass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from store.gateways.s3 import errors, xmldoc
+from store.gateways.s3.access import Grant
 from store.gateways.s3.acl import (
     ALL_USERS,
     AUTHENTICATED_USERS,
@@ -31,7 +32,6 @@ from store.gateways.s3.acl import (
     WRITE_ACP,
     canned_from_headers,
 )
-from store.gateways.s3.layout import Grant
 
 if TYPE_CHECKING:
     from store.gateways.s3.gateway import Call

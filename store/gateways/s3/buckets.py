@@ -26,9 +26,10 @@ import trio
 
 from store.errors import Code, RemoteError
 from store.gateways.s3 import errors
+from store.gateways.s3.access import Grant, PublicAccessBlock
 from store.gateways.s3.backend import Backend, Gone, cluster_error
 from store.gateways.s3.cors import CorsRule
-from store.gateways.s3.layout import BUCKETS, Bucket, Grant, PublicAccessBlock, User
+from store.gateways.s3.layout import BUCKETS, Bucket, User
 from store.gateways.s3.object_lock import Rule
 
 BUCKET_TTL = 5.0

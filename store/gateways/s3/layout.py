@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import msgpack
 import xxhash
 
+from store.gateways.s3.access import Grant, PublicAccessBlock, grants_of
 from store.gateways.s3.cors import CorsRule
 from store.gateways.s3.object_lock import Rule
 
@@ -148,56 +149,7 @@ class AccessKey:
         return cls(str(r["a"]), str(r["s"]), str(r["u"]), float(r["c"]))
 
 
-# --- access --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One grant of an ACL that is not a canned one: a user (by canonical id, with the
-    display name it had when granted) or a group (by URI) and a permission."""
-
-    grantee: str
-    permission: str
-    group: bool = False
-    name: str = ""
-
-    def to_wire(self) -> list[Any]:
-        return [self.grantee, self.permission, self.group, self.name]
-
-    @classmethod
-    def from_wire(cls, raw: Any) -> Grant:
-        grantee, permission, group, name = raw
-        return cls(str(grantee), str(permission), bool(group), str(name))
-
-
-def _grants(raw: Any) -> tuple[Grant, ...]:
-    return tuple(Grant.from_wire(g) for g in raw or ())
-
-
 # --- buckets -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PublicAccessBlock:
-    """What a bucket's owner forbids public ACLs to do (policies are not supported, so
-    the last two are only kept and returned)."""
-
-    block_public_acls: bool = False  # refuse requests that set a public ACL
-    ignore_public_acls: bool = False  # grant nothing by a public ACL
-    block_public_policy: bool = False
-    restrict_public_buckets: bool = False
-
-    def to_wire(self) -> list[bool]:
-        return [
-            self.block_public_acls,
-            self.ignore_public_acls,
-            self.block_public_policy,
-            self.restrict_public_buckets,
-        ]
-
-    @classmethod
-    def from_wire(cls, raw: Any) -> PublicAccessBlock:
-        return cls(*(bool(flag) for flag in raw[:4]))
 
 
 @dataclass(frozen=True)
@@ -262,7 +214,7 @@ class Bucket:
             bool(r.get("ol", False)),
             Rule.from_wire(r["lr"]) if r.get("lr") else None,
             PublicAccessBlock.from_wire(r["pb"]) if r.get("pb") else None,
-            _grants(r.get("gr")),
+            grants_of(r.get("gr")),
         )
 
     @property
@@ -399,7 +351,7 @@ class Entry:
                 lock_mode=None if r.get("lm") is None else str(r["lm"]),
                 lock_until=float(r.get("lu", 0.0)),
                 legal_hold=None if r.get("lh") is None else bool(r["lh"]),
-                grants=_grants(r.get("gr")),
+                grants=grants_of(r.get("gr")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(f"bad object entry: {exc}") from None
@@ -500,7 +452,7 @@ class Upload:
                 lock_mode=None if r.get("lm") is None else str(r["lm"]),
                 lock_until=float(r.get("lu", 0.0)),
                 legal_hold=None if r.get("lh") is None else bool(r["lh"]),
-                grants=_grants(r.get("gr")),
+                grants=grants_of(r.get("gr")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptRecord(f"bad upload record: {exc}") from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from store.gateways.s3 import acl, acl_requests, cors, errors, versions, xmldoc
+from store.gateways.s3.access import PublicAccessBlock
 from store.gateways.s3.gateway import Call
-from store.gateways.s3.layout import Bucket, Entry, PublicAccessBlock
+from store.gateways.s3.layout import Bucket, Entry
 from store.gateways.s3.listing import PAST_EVERYTHING, Page
 from store.gateways.s3.listing_params import (
     decode_token,
