@@ -56,6 +56,28 @@ def cluster_error(exc: RemoteError | ClientTimeout) -> S3Error:
     return errors.internal_error()
 
 
+def omap_ops(changes: Mapping[str, bytes | None], *, removing: bool = True) -> list[list[Any]]:
+    """The operations that set (and, with ``removing``, remove: None) these omap keys."""
+    sets = {k: v for k, v in changes.items() if v is not None}
+    removals = [k for k, v in changes.items() if v is None]
+    ops: list[list[Any]] = []
+    if sets:
+        ops.append(["omap_set", sets])
+    if removals and removing:
+        ops.append(["omap_rm", removals])
+    return ops
+
+
+async def contention_pause(attempt: int) -> None:
+    """Wait a little (longer each time) before reading again after losing a race."""
+    await trio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+
+
+def gave_up(name: str) -> S3Error:
+    log.warning("compare-and-set on %s gave up after %d attempts", name, MAX_CAS_ATTEMPTS)
+    return errors.slow_down()
+
+
 class Backend:
     def __init__(self, client: Client, pool: str) -> None:
         self.client = client
@@ -142,13 +164,8 @@ class Backend:
                     raise Gone(name) from None
                 current, cond = {}, {"exists": False}
             changes, result = update(current)
-            sets = {k: v for k, v in changes.items() if v is not None}
-            removals = [k for k, v in changes.items() if v is None]
-            ops: list[list[Any]] = []
-            if sets:
-                ops.append(["omap_set", sets])
-            if removals and cond.get("exists") is not False:
-                ops.append(["omap_rm", removals])
+            # Nothing to remove from an object that does not exist yet.
+            ops = omap_ops(changes, removing=cond.get("exists") is not False)
             if not ops:
                 return result
             try:
@@ -157,9 +174,8 @@ class Backend:
             except RemoteError as exc:
                 if exc.code != Code.ECANCELED:
                     raise cluster_error(exc) from None
-            await trio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-        log.warning("compare-and-set on %s gave up after %d attempts", name, MAX_CAS_ATTEMPTS)
-        raise errors.slow_down()
+            await contention_pause(attempt)
+        raise gave_up(name)
 
     async def read_versioned(self, name: str, ops: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """The results of read-only ``ops`` and the object's version, for
@@ -177,13 +193,7 @@ class Backend:
     ) -> bool:
         """Set (None: remove) omap keys if the object is still at ``version``; False when
         it changed meanwhile (read again and recompute)."""
-        sets = {k: v for k, v in changes.items() if v is not None}
-        removals = [k for k, v in changes.items() if v is None]
-        ops: list[list[Any]] = []
-        if sets:
-            ops.append(["omap_set", sets])
-        if removals:
-            ops.append(["omap_rm", removals])
+        ops = omap_ops(changes)
         if not ops:
             return True
         try:

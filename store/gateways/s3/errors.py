@@ -163,6 +163,11 @@ def invalid_range(size: int) -> S3Error:
     )
 
 
+def not_configured(code: str, message: str, bucket: str) -> S3Error:
+    """A bucket configuration that is not set: each kind has its own code and message."""
+    return S3Error(code, 404, message, {"BucketName": bucket})
+
+
 def invalid_bucket_state(message: str) -> S3Error:
     return S3Error("InvalidBucketState", 409, message)
 

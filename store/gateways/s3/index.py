@@ -13,15 +13,18 @@ that the shard did not change meanwhile, or reads again.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import trio
-
 from store.gateways.s3 import errors, layout, listing, versions
-from store.gateways.s3.backend import MAX_CAS_ATTEMPTS, Backend, Gone
+from store.gateways.s3.backend import (
+    MAX_CAS_ATTEMPTS,
+    Backend,
+    Gone,
+    contention_pause,
+    gave_up,
+)
 from store.gateways.s3.buckets import Buckets
 from store.gateways.s3.gc import Collector
 from store.gateways.s3.layout import Bucket, Entry, Garbage
@@ -138,8 +141,8 @@ class Index:
                 change = compute(snap)
                 if await self.backend.write_if_unchanged(name, change.writes, version):
                     return change
-                await trio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-            raise errors.slow_down()
+                await contention_pause(attempt)
+            raise gave_up(name)
 
         change = await self._on_bucket(bucket, action)
         for entry in change.freed:

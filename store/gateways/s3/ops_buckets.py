@@ -212,11 +212,10 @@ async def put_public_access_block(call: Call) -> Response:
 async def get_public_access_block(call: Call) -> Response:
     bucket = await call.owned_bucket()
     if bucket.public_block is None:
-        raise errors.S3Error(
+        raise errors.not_configured(
             "NoSuchPublicAccessBlockConfiguration",
-            404,
             "The public access block configuration was not found",
-            {"BucketName": bucket.name},
+            bucket.name,
         )
     doc = xmldoc.Doc("PublicAccessBlockConfiguration")
     for name, flag in zip(_BLOCK_FIELDS, bucket.public_block.to_wire(), strict=True):
@@ -234,9 +233,7 @@ async def delete_public_access_block(call: Call) -> Response:
 async def get_bucket_tagging(call: Call) -> Response:
     bucket = await call.owned_bucket()
     if not bucket.tags:
-        raise errors.S3Error(
-            "NoSuchTagSet", 404, "The TagSet does not exist", {"BucketName": bucket.name}
-        )
+        raise errors.not_configured("NoSuchTagSet", "The TagSet does not exist", bucket.name)
     doc = xmldoc.Doc("Tagging").open("TagSet")
     for key, value in sorted(bucket.tags.items()):
         doc.open("Tag").leaf("Key", key).leaf("Value", value).close()
@@ -259,11 +256,8 @@ async def delete_bucket_tagging(call: Call) -> Response:
 async def get_bucket_cors(call: Call) -> Response:
     bucket = await call.owned_bucket()
     if not bucket.cors:
-        raise errors.S3Error(
-            "NoSuchCORSConfiguration",
-            404,
-            "The CORS configuration does not exist",
-            {"BucketName": bucket.name},
+        raise errors.not_configured(
+            "NoSuchCORSConfiguration", "The CORS configuration does not exist", bucket.name
         )
     return xml(200, cors.configuration_document(bucket.cors))
 
@@ -318,7 +312,7 @@ async def get_unconfigured(call: Call) -> Response:
     operation = call.route.operation
     if operation in _NOT_CONFIGURED:
         code, message = _NOT_CONFIGURED[operation]
-        raise errors.S3Error(code, 404, message, {"BucketName": bucket.name})
+        raise errors.not_configured(code, message, bucket.name)
     if operation == "GetBucketRequestPayment":
         doc = xmldoc.Doc("RequestPaymentConfiguration").leaf("Payer", "BucketOwner")
         return xml(200, doc.to_bytes())

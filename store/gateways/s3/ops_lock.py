@@ -28,11 +28,10 @@ async def put_object_lock_configuration(call: Call) -> Response:
 async def get_object_lock_configuration(call: Call) -> Response:
     bucket = await call.owned_bucket()
     if not bucket.object_lock:
-        raise errors.S3Error(
+        raise errors.not_configured(
             "ObjectLockConfigurationNotFoundError",
-            404,
             "Object Lock configuration does not exist for this bucket",
-            {"BucketName": bucket.name},
+            bucket.name,
         )
     return xml(200, object_lock.configuration_document(bucket.lock_rule))
 

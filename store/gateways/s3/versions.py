@@ -55,7 +55,7 @@ def record_prefix(key: str) -> str:
 
 
 def record_name(key: str, sk: str) -> str:
-    return f"{RECORD}{key}\x00{sk}"
+    return record_prefix(key) + sk
 
 
 def null_pointer(key: str) -> str:

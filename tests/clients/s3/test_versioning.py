@@ -109,7 +109,8 @@ def test_deleting_versions_for_good_frees_only_their_data(
 ) -> None:
     enable(s3, bucket)
     before = data_objects(cluster)
-    old = s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(MIB))["VersionId"]
+    kept = os.urandom(MIB)
+    old = s3.put_object(Bucket=bucket, Key="k", Body=kept)["VersionId"]
     old_data = data_objects(cluster) - before
     new = s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(MIB))["VersionId"]
     new_data = data_objects(cluster) - before - old_data
@@ -121,7 +122,7 @@ def test_deleting_versions_for_good_frees_only_their_data(
     s3.delete_object(Bucket=bucket, Key="k", VersionId=new)
     wait_until(lambda: not (data_objects(cluster) & new_data), "the deleted version's data")
     assert old_data <= data_objects(cluster)
-    assert body(s3, bucket, "k", old) is not None
+    assert body(s3, bucket, "k", old) == kept
     assert [v for _, v, _, _ in history(s3, bucket)][1:] == [old]
 
 
@@ -155,7 +156,11 @@ def test_listing_versions_in_pages(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="c/two", Body=b"null now")
     whole = history(s3, bucket)
     assert len(whole) == 3 + 2 + 3 + 3
-    assert [k for k, _, _, _ in whole] == sorted(k for k, _, _, _ in whole)
+    # history() regroups what boto3 splits; the listing itself must come in key order.
+    listed = s3.list_object_versions(Bucket=bucket)
+    for kind in ("Versions", "DeleteMarkers"):
+        keys = [v["Key"] for v in listed[kind]]
+        assert keys == sorted(keys)
     assert [latest for _, _, latest, _ in whole].count(True) == 4
     for size in (1, 2, 3, 5):
         assert history(s3, bucket, PaginationConfig={"PageSize": size}) == whole
