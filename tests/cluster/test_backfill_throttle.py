@@ -88,6 +88,7 @@ def test_writes_during_a_move_keep_size_copies(cluster_factory: ClusterFactory) 
         cluster.start_osd(i, extra=["--recovery-max-rate", "0.2"])  # a slow move
     cluster.wait_healthy()
     moving: list[str] = []
+    misplaced: list[int] = []
 
     async def run() -> None:
         async with Client.connect(cluster.config()) as client:
@@ -122,15 +123,19 @@ def test_writes_during_a_move_keep_size_copies(cluster_factory: ClusterFactory) 
                 if not {"backfilling", "backfill_wait"} & state:
                     continue  # not seen moving (yet, or any more)
                 # osd.3 still holds every object and receives the writes: copies are
-                # misplaced, none missing.
+                # misplaced, none missing. (A report made as the last object of a
+                # backfill went over, before the member is marked done, rightly counts
+                # none misplaced: the count is checked over all the observations.)
                 assert "remapped" in state and "degraded" not in state, row
-                assert row["misplaced"] > 0 and row["degraded"] == 0, row
+                assert row["degraded"] == 0, row
+                misplaced.append(row["misplaced"])
                 moving.append(name)
                 held = await trio.to_thread.run_sync(copies, cluster, name)
                 assert held >= 3, f"{name} written during the move of {pg} has {held} copies"
 
     trio.run(run)
     assert moving, "no write landed while a PG was moving"
+    assert max(misplaced) > 0, misplaced
     deadline = time.monotonic() + 120
     while not all(
         r["state"] == "active+clean" for r in json.loads(cluster.cli("pg", "ls", "--json").stdout)
