@@ -64,7 +64,7 @@ for label in ("iam", "iam root", "iam alt root"):
 open(f"{folder}/s3tests.conf", "w").write("\n".join(sections))
 PY
 
-left_out=(lifecycle lifecycle_expiration lifecycle_transition bucket_policy
+left_out=(lifecycle lifecycle_expiration lifecycle_transition
     encryption sse_s3 s3select s3website s3website_routing_rules s3website_redirect_location
     iam_account iam_cross_account iam_role iam_tenant iam_user test_of_sts sns
     bucket_logging bucket_logging_cleanup fails_without_logging_rollover cloud_transition

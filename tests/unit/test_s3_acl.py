@@ -74,6 +74,8 @@ def test_custom_grants() -> None:
     ("value", "parsed"),
     [
         ('id="abc"', [("id", "abc", READ)]),
+        ("id=abc", [("id", "abc", READ)]),  # unquoted, as the AWS CLI's examples write it
+        ("emailAddress=e@x, id=b", [("emailaddress", "e@x", READ), ("id", "b", READ)]),
         (
             'id="a", uri="http://x/y" ,emailAddress="e@x"',
             [("id", "a", READ), ("uri", "http://x/y", READ), ("emailaddress", "e@x", READ)],
@@ -84,7 +86,7 @@ def test_grant_headers(value: str, parsed: list[tuple[str, str, str]]) -> None:
     assert acl_requests._header_grants([("x-amz-grant-read", value)]) == parsed
 
 
-@pytest.mark.parametrize("value", ["id=abc", 'id="a" uri="b"', 'who="x"', 'id="a",,'])
+@pytest.mark.parametrize("value", ['id="a" uri="b"', 'who="x"', 'id="a",,', 'id=a"b', "id="])
 def test_malformed_grant_headers(value: str) -> None:
     with pytest.raises(S3Error) as caught:
         acl_requests._header_grants([("x-amz-grant-write", value)])

@@ -51,6 +51,10 @@ DOMAINS = ("s3.example.test",)
         ("PUT", "/bucket?object-lock", "PutObjectLockConfiguration"),
         ("PUT", "/bucket/key?retention", "PutObjectRetention"),
         ("GET", "/bucket/key?legal-hold", "GetObjectLegalHold"),
+        ("PUT", "/bucket?policy", "PutBucketPolicy"),
+        ("GET", "/bucket?policy", "GetBucketPolicy"),
+        ("DELETE", "/bucket?policy", "DeleteBucketPolicy"),
+        ("GET", "/bucket?policyStatus", "GetBucketPolicyStatus"),
     ],
 )
 def test_path_style_operations(method: str, target: str, operation: str) -> None:
@@ -62,7 +66,7 @@ def test_path_style_operations(method: str, target: str, operation: str) -> None
     ("method", "target"),
     [
         ("PUT", "/bucket?lifecycle"),
-        ("PUT", "/bucket?policy"),
+        ("PUT", "/bucket?replication"),
         ("PUT", "/bucket?website"),
         ("GET", "/bucket/key?torrent"),
         ("POST", "/bucket/key?restore"),

@@ -32,13 +32,12 @@ def grants_of(raw: Any) -> tuple[Grant, ...]:
 
 @dataclass(frozen=True)
 class PublicAccessBlock:
-    """What a bucket's owner forbids public ACLs to do (policies are not supported, so
-    the last two are only kept and returned)."""
+    """What a bucket's owner forbids public ACLs and a public bucket policy to do."""
 
     block_public_acls: bool = False  # refuse requests that set a public ACL
     ignore_public_acls: bool = False  # grant nothing by a public ACL
-    block_public_policy: bool = False
-    restrict_public_buckets: bool = False
+    block_public_policy: bool = False  # refuse a public bucket policy
+    restrict_public_buckets: bool = False  # a public policy grants only the owner
 
     def to_wire(self) -> list[bool]:
         return [

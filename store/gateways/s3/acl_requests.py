@@ -40,7 +40,10 @@ HEADER_PERMISSIONS = dict(
     zip(GRANT_HEADERS, (READ, WRITE, READ_ACP, WRITE_ACP, FULL_CONTROL), strict=True)
 )
 GROUPS = (ALL_USERS, AUTHENTICATED_USERS, LOG_DELIVERY)
-_GRANTEE = re.compile(r'\s*(id|uri|emailAddress)\s*=\s*"([^"]*)"\s*(?:,|$)', re.IGNORECASE)
+# ``id="..."`` as S3 documents it; the quotes are often left out, and S3 takes that too.
+_GRANTEE = re.compile(
+    r'\s*(id|uri|emailAddress)\s*=\s*(?:"([^"]*)"|([^",\s]+))\s*(?:,|$)', re.IGNORECASE
+)
 
 # (kind, value, permission) with kind "id", "uri" or "emailaddress", before resolving
 RawGrant = tuple[str, str, str]
@@ -63,7 +66,8 @@ def _header_grants(headers: Sequence[tuple[str, str]]) -> list[RawGrant]:
             match = _GRANTEE.match(value, position)
             if match is None or match.end() == position:
                 raise errors.invalid_argument("Invalid grant header", name, value)
-            raw.append((match.group(1).lower(), match.group(2), permission))
+            grantee = match.group(2) if match.group(2) is not None else match.group(3)
+            raw.append((match.group(1).lower(), grantee, permission))
             position = match.end()
     return raw
 

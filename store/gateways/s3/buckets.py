@@ -9,6 +9,10 @@ the delete is refused: BucketNotEmpty, with the shards already deleted re-create
 only then is the name released. Writers publish into a shard on condition that it exists,
 so nothing can be published into a bucket being deleted.
 
+A bucket's policy is a record of its own beside the bucket's (``p.<name>``, naming the
+bucket id it belongs to), read together with it in one request, so that listing buckets
+never reads policies.
+
 Gateways remember bucket records for ``BUCKET_TTL`` seconds. A stale record is harmless:
 its shards are gone, which every index operation notices (:class:`Gone`), and the caller
 then asks again.
@@ -29,10 +33,30 @@ from store.gateways.s3 import errors
 from store.gateways.s3.access import Grant, PublicAccessBlock
 from store.gateways.s3.backend import Backend, Gone, cluster_error
 from store.gateways.s3.cors import CorsRule
-from store.gateways.s3.layout import BUCKETS, Bucket, User
+from store.gateways.s3.layout import BUCKETS, Bucket, User, pack, unpack
 from store.gateways.s3.object_lock import Rule
 
 BUCKET_TTL = 5.0
+
+
+def bucket_key(name: str) -> str:
+    """The bucket's record in the directory."""
+    return f"b.{name}"
+
+
+def policy_key(name: str) -> str:
+    return f"p.{name}"
+
+
+def pack_policy(bucket_id: str, text: str) -> bytes:
+    return pack({"i": bucket_id, "d": text})
+
+
+def unpack_policy(raw: bytes, bucket_id: str) -> str | None:
+    """The text of a policy record, if it is the bucket's (not a former namesake's)."""
+    record = unpack(raw)
+    text = record.get("d")
+    return text if record.get("i") == bucket_id and isinstance(text, str) else None
 
 
 class Buckets:
@@ -46,10 +70,14 @@ class Buckets:
         if not fresh and cached is not None and now - cached[0] < BUCKET_TTL:
             return cached[1]
         try:
-            raw = (await self.backend.omap_get(BUCKETS, [f"b.{name}"])).get(f"b.{name}")
+            found = await self.backend.omap_get(BUCKETS, [bucket_key(name), policy_key(name)])
         except Gone:
-            raw = None
+            found = {}
+        raw = found.get(bucket_key(name))
         bucket = Bucket.from_bytes(raw) if raw is not None else None
+        raw_policy = found.get(policy_key(name))
+        if bucket is not None and raw_policy is not None:
+            bucket = replace(bucket, policy=unpack_policy(raw_policy, bucket.id))
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[name] = (now, bucket)
@@ -108,12 +136,13 @@ class Buckets:
         await self._create_shards(bucket)
 
         def claim(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], Bucket | None]:
-            raw = current.get(f"b.{name}")
+            raw = current.get(bucket_key(name))
             if raw is not None:
                 return {}, Bucket.from_bytes(raw)
-            return {f"b.{name}": bucket.to_bytes()}, None
+            # A policy left by a namesake whose deletion was cut short goes too.
+            return {bucket_key(name): bucket.to_bytes(), policy_key(name): None}, None
 
-        taken = await self.backend.compare_and_set(BUCKETS, [f"b.{name}"], claim)
+        taken = await self.backend.compare_and_set(BUCKETS, [bucket_key(name)], claim)
         if taken is not None:
             await self._delete_shards(bucket.shard_names())
             raise self._taken(taken, owner)
@@ -154,15 +183,28 @@ class Buckets:
     async def set_object_lock(self, bucket: Bucket, rule: Rule | None) -> None:
         await self._change(bucket, object_lock=True, lock_rule=rule)
 
+    async def set_policy(self, bucket: Bucket, text: str | None) -> None:
+        """Set (or with None, delete) the bucket's policy."""
+
+        def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
+            raw = current.get(bucket_key(bucket.name))
+            if raw is None or Bucket.from_bytes(raw).id != bucket.id:
+                raise errors.no_such_bucket(bucket.name)
+            record = pack_policy(bucket.id, text) if text is not None else None
+            return {policy_key(bucket.name): record}, None
+
+        await self.backend.compare_and_set(BUCKETS, [bucket_key(bucket.name)], update)
+        self.forget(bucket.name)
+
     async def _change(self, bucket: Bucket, **changes: Any) -> None:
         def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
-            raw = current.get(f"b.{bucket.name}")
+            raw = current.get(bucket_key(bucket.name))
             if raw is None or Bucket.from_bytes(raw).id != bucket.id:
                 raise errors.no_such_bucket(bucket.name)
             changed = replace(Bucket.from_bytes(raw), **changes)
-            return {f"b.{bucket.name}": changed.to_bytes()}, None
+            return {bucket_key(bucket.name): changed.to_bytes()}, None
 
-        await self.backend.compare_and_set(BUCKETS, [f"b.{bucket.name}"], update)
+        await self.backend.compare_and_set(BUCKETS, [bucket_key(bucket.name)], update)
         self.forget(bucket.name)
 
     async def delete(self, bucket: Bucket) -> None:
@@ -189,10 +231,10 @@ class Buckets:
             raise
 
         def release(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
-            raw = current.get(f"b.{bucket.name}")
+            raw = current.get(bucket_key(bucket.name))
             if raw is not None and Bucket.from_bytes(raw).id == bucket.id:
-                return {f"b.{bucket.name}": None}, None
+                return {bucket_key(bucket.name): None, policy_key(bucket.name): None}, None
             return {}, None
 
-        await self.backend.compare_and_set(BUCKETS, [f"b.{bucket.name}"], release)
+        await self.backend.compare_and_set(BUCKETS, [bucket_key(bucket.name)], release)
         self.forget(bucket.name)

@@ -197,6 +197,10 @@ def malformed_acl() -> S3Error:
     )
 
 
+def malformed_policy(message: str) -> S3Error:
+    return S3Error("MalformedPolicy", 400, message)
+
+
 def malformed_xml() -> S3Error:
     return S3Error(
         "MalformedXML",

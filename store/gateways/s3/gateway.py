@@ -9,13 +9,14 @@ serve the same pool.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from store.gateways.s3 import acl, errors
+from store.gateways.s3 import acl, errors, policy, policy_requests
 from store.gateways.s3.backend import Backend
 from store.gateways.s3.buckets import Buckets
 from store.gateways.s3.chunked import ChunkSigning
@@ -28,6 +29,8 @@ from store.gateways.s3.routing import Route
 from store.gateways.s3.users import Users
 from store.gateways.web.server import Request
 from store.metrics.s3 import S3Stats
+
+log = logging.getLogger("store.s3")
 
 
 @dataclass
@@ -69,6 +72,12 @@ class Call:
     request_id: str
     payload_hash: str | None  # what a SigV4 request declared; None for SigV2
     signing: ChunkSigning | None  # for aws-chunked bodies
+    _policy_keys: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def signature(self) -> str:
+        """The signature version, as the ``s3:signatureversion`` condition key names it."""
+        return "AWS" if self.payload_hash is None else "AWS4-HMAC-SHA256"
 
     def header(self, name: str) -> str | None:
         return self.request.header(name)
@@ -124,27 +133,100 @@ class Call:
     def anonymous(self) -> bool:
         return self.user.id == acl.ANONYMOUS_ID
 
+    # --- access: the bucket policy first, then the ACLs ----------------------------------
+
+    @property
+    def action(self) -> str:
+        """The request's action, as bucket policies name it."""
+        return policy_requests.action_of(self.route.operation, self.params)
+
+    def policy_decision(
+        self,
+        bucket: Bucket,
+        action: str,
+        key: str | None,
+        entry: Entry | None = None,
+        extra: dict[str, list[str]] | None = None,
+    ) -> str | None:
+        """What the bucket's policy says of the caller doing ``action`` on the bucket
+        (``key`` None) or an object: ALLOW, DENY or None (nothing)."""
+        if bucket.policy is None:
+            return None
+        try:
+            document = policy.parsed(bucket.policy)
+        except policy.PolicyError:
+            log.error("bucket %s has a policy that does not parse", bucket.name)
+            return None
+        if self._policy_keys is None:
+            user = None if self.anonymous else (self.user.name, self.user.id)
+            self._policy_keys = policy_requests.request_keys(
+                self.headers,
+                self.params,
+                peer=self.request.peer[0],
+                secure=self.request.scheme == "https",
+                user=user,
+                signature=None if self.anonymous else self.signature,
+            )
+        keys = self._policy_keys
+        if entry is not None and entry.tags:
+            keys = {**keys, **policy_requests.object_tag_keys(entry.tags)}
+        if extra:
+            keys = {**keys, **extra}
+        caller = policy.Caller(self.user.id, self.user.name, self.anonymous)
+        decision = document.decide(
+            caller, action, policy_requests.resource_of(bucket.name, key), keys
+        )
+        if (
+            decision == policy.ALLOW
+            and bucket.restricts_public_policy
+            and document.public
+            and self.user.id != bucket.owner_id
+        ):
+            return None  # RestrictPublicBuckets: a public policy grants only the owner
+        return decision
+
+    def _allowed(self, acl_grants: bool, decision: str | None) -> bool:
+        return decision != policy.DENY and (decision == policy.ALLOW or acl_grants)
+
     async def owned_bucket(self, name: str | None = None) -> Bucket:
-        """The bucket named by the request (or ``name``), which the caller must own."""
+        """The bucket named by the request (or ``name``), whose configuration the request
+        changes or reads: the owner's unless its policy denies it, others' only where the
+        policy allows it; the policy itself is always the owner's alone."""
         bucket = await self.gateway.buckets.require(name or self.bucket_name)
-        self.check_owner(bucket)
+        action = self.action
+        if action in policy_requests.OWNER_KEEPS:
+            allowed = bucket.owner_id == self.user.id
+        else:
+            decision = self.policy_decision(bucket, action, None)
+            allowed = self._allowed(bucket.owner_id == self.user.id, decision)
+        if not allowed:
+            raise errors.access_denied()
+        self.check_expected_owner(bucket)
         return bucket
 
     async def bucket_allowing(self, permission: str, name: str | None = None) -> Bucket:
-        """The bucket named by the request (or ``name``), whose ACL must grant the caller
-        ``permission``."""
+        """The bucket named by the request (or ``name``), where the caller may do the
+        request's action: its ACL grants ``permission``, or its policy allows it."""
         bucket = await self.gateway.buckets.require(name or self.bucket_name)
         self.check_expected_owner(bucket)
-        if not acl.allows(
+        self.check_bucket(bucket, permission, key=self.route.key if name is None else None)
+        return bucket
+
+    def check_bucket(
+        self, bucket: Bucket, permission: str, *, key: str | None, action: str | None = None
+    ) -> None:
+        """Refuse (AccessDenied) ``action`` (the request's) on the bucket or one of its
+        keys unless the bucket's ACL grants ``permission`` or its policy allows it."""
+        grants = acl.allows(
             bucket.acl,
             bucket.owner_id,
             self.user.id,
             permission,
             ignore_public=bucket.ignores_public_acls,
             grants=bucket.grants,
-        ):
+        )
+        if not self._allowed(grants, self.policy_decision(bucket, action or self.action, key)):
             raise errors.access_denied()
-        return bucket
 
     async def existing_bucket(self, name: str | None = None) -> Bucket:
         """The bucket named by the request (or ``name``), whatever its ACL says: access
@@ -153,9 +235,19 @@ class Call:
         self.check_expected_owner(bucket)
         return bucket
 
-    def check_object(self, bucket: Bucket, entry: Entry, permission: str) -> None:
-        """Refuse (AccessDenied) unless the object's ACL grants the caller ``permission``."""
-        if not acl.allows(
+    def check_object(
+        self,
+        bucket: Bucket,
+        entry: Entry,
+        permission: str,
+        *,
+        action: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Refuse (AccessDenied) unless the object's ACL grants the caller ``permission``
+        or the bucket's policy allows ``action`` (the request's) on it (``key``: the
+        request's)."""
+        grants = acl.allows(
             entry.acl,
             entry.owner_id,
             self.user.id,
@@ -163,12 +255,17 @@ class Call:
             bucket.owner_id,
             ignore_public=bucket.ignores_public_acls,
             grants=entry.grants,
-        ):
+        )
+        decision = self.policy_decision(
+            bucket, action or self.action, key if key is not None else self.route.key, entry
+        )
+        if not self._allowed(grants, decision):
             raise errors.access_denied()
 
-    def may_list(self, bucket: Bucket) -> bool:
-        """Whether the caller may learn which keys exist (else a missing one is 403)."""
-        return acl.allows(
+    def may_list(self, bucket: Bucket, key: str | None = None) -> bool:
+        """Whether the caller may learn which keys exist (else a missing ``key`` is 403):
+        a policy is asked about listing with the key as the prefix."""
+        grants = acl.allows(
             bucket.acl,
             bucket.owner_id,
             self.user.id,
@@ -176,11 +273,9 @@ class Call:
             ignore_public=bucket.ignores_public_acls,
             grants=bucket.grants,
         )
-
-    def check_owner(self, bucket: Bucket) -> None:
-        if bucket.owner_id != self.user.id:
-            raise errors.access_denied()
-        self.check_expected_owner(bucket)
+        extra = {"s3:prefix": [key]} if key is not None else None
+        decision = self.policy_decision(bucket, "s3:ListBucket", None, extra=extra)
+        return self._allowed(grants, decision)
 
     def check_expected_owner(self, bucket: Bucket) -> None:
         expected = self.header("x-amz-expected-bucket-owner")

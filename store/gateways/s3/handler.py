@@ -33,6 +33,7 @@ from store.gateways.s3 import (
     ops_lock,
     ops_object_meta,
     ops_objects,
+    ops_policy,
     ops_post,
     responses,
     routing,
@@ -98,6 +99,10 @@ OPERATIONS: dict[str, Operation] = {
     "AbortMultipartUpload": multipart.abort_multipart_upload,
     "ListParts": multipart.list_parts,
     "ListMultipartUploads": multipart.list_multipart_uploads,
+    "PutBucketPolicy": ops_policy.put_bucket_policy,
+    "GetBucketPolicy": ops_policy.get_bucket_policy,
+    "DeleteBucketPolicy": ops_policy.delete_bucket_policy,
+    "GetBucketPolicyStatus": ops_policy.get_bucket_policy_status,
 }
 for _operation in routing.UNCONFIGURED_BUCKET_GETS.values():
     OPERATIONS[_operation] = ops_buckets.get_unconfigured

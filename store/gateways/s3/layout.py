@@ -5,7 +5,8 @@ Theory of operation
 Everything lives in one pool (``--pool``, default ``s3``):
 
 ``s3.users``                  omap ``u.<name>`` -> user, ``k.<access key>`` -> key
-``s3.buckets``                omap ``b.<bucket>`` -> bucket record (owner, id, shards ...)
+``s3.buckets``                omap ``b.<bucket>`` -> bucket record (owner, id, shards ...),
+                              ``p.<bucket>`` -> its bucket policy (bucket id, JSON text)
 ``s3.index.<id>.<n>``         the bucket index, shard n: omap ``<key>`` -> object entry
                               (and the version records of :mod:`versions`)
 ``s3.uploads.<id>``           omap ``<key>`` -> the multipart uploads in progress for it
@@ -169,6 +170,8 @@ class Bucket:
     lock_rule: Rule | None = None  # the default retention of new versions
     public_block: PublicAccessBlock | None = None
     grants: tuple[Grant, ...] = ()  # when ``acl`` is "custom"
+    # The bucket policy's JSON text: a record of its own (see ``buckets``), not this one's.
+    policy: str | None = None
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -220,6 +223,10 @@ class Bucket:
     @property
     def ignores_public_acls(self) -> bool:
         return self.public_block is not None and self.public_block.ignore_public_acls
+
+    @property
+    def restricts_public_policy(self) -> bool:
+        return self.public_block is not None and self.public_block.restrict_public_buckets
 
     def shard_names(self) -> list[str]:
         return [index_shard_name(self.id, n) for n in range(self.shards)]

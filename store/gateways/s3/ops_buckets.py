@@ -288,8 +288,6 @@ _NOT_CONFIGURED = {
         "OwnershipControlsNotFoundError",
         "The bucket ownership controls were not found",
     ),
-    "GetBucketPolicy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
-    "GetBucketPolicyStatus": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
     "GetBucketReplication": (
         "ReplicationConfigurationNotFoundError",
         "The replication configuration was not found",

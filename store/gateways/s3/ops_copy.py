@@ -58,7 +58,7 @@ async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry, bool]:
         raise errors.invalid_argument("Invalid version id specified", "x-amz-copy-source", value)
     source_bucket = await call.existing_bucket(bucket_name)
     entry = await call.gateway.index.lookup(source_bucket, key, version)
-    if (entry is None or entry.delete_marker) and not call.may_list(source_bucket):
+    if (entry is None or entry.delete_marker) and not call.may_list(source_bucket, key):
         raise errors.access_denied()
     if entry is None or (entry.delete_marker and version is None):
         raise errors.no_such_key(key) if version is None else errors.no_such_version(key, version)
@@ -67,7 +67,8 @@ async def copy_source_entry(call: Call) -> tuple[Bucket, str, Entry, bool]:
             "The source of a copy request may not specifically refer to a delete marker by "
             "version id."
         )
-    call.check_object(source_bucket, entry, acl.READ)
+    action = "s3:GetObjectVersion" if version is not None else "s3:GetObject"
+    call.check_object(source_bucket, entry, acl.READ, action=action, key=key)
     conditions.check_copy_source(call.header, entry.etag, entry.mtime)
     return source_bucket, key, entry, version is not None
 

@@ -68,7 +68,7 @@ async def find_version(
     MethodNotAllowed when named (as S3 answers); to a caller who may not list the bucket,
     what is not there is AccessDenied."""
     entry = await call.gateway.index.lookup(bucket, key, version)
-    if (entry is None or entry.delete_marker) and not call.may_list(bucket):
+    if (entry is None or entry.delete_marker) and not call.may_list(bucket, key):
         raise errors.access_denied()
     if entry is None:
         if version is None:
@@ -412,7 +412,9 @@ async def delete_object(call: Call) -> Response:
 
 
 async def delete_objects(call: Call) -> Response:
-    bucket = await call.bucket_allowing(acl.WRITE)
+    bucket = await call.existing_bucket()
+    if bucket.policy is None:  # else the policy decides key by key
+        call.check_bucket(bucket, acl.WRITE, key=None)
     if call.header("content-md5") is None and not any(
         name.startswith("x-amz-checksum-") or name == "x-amz-sdk-checksum-algorithm"
         for name, _ in call.headers
@@ -454,6 +456,9 @@ async def delete_objects(call: Call) -> Response:
         else:
             async with limiter:
                 try:
+                    if bucket.policy is not None:
+                        action = "s3:DeleteObject" if version is None else "s3:DeleteObjectVersion"
+                        call.check_bucket(bucket, acl.WRITE, key=key, action=action)
                     done[i] = dict(await remove_key(call, bucket, key, version, condition))
                 except errors.S3Error as exc:
                     failures[i] = exc

@@ -73,18 +73,15 @@ UNCONFIGURED_BUCKET_GETS = {
     "encryption": "GetBucketEncryption",
     "lifecycle": "GetBucketLifecycleConfiguration",
     "ownershipControls": "GetBucketOwnershipControls",
-    "policy": "GetBucketPolicy",
     "replication": "GetBucketReplication",
     "website": "GetBucketWebsite",
     "logging": "GetBucketLogging",
     "notification": "GetBucketNotificationConfiguration",
     "accelerate": "GetBucketAccelerateConfiguration",
     "requestPayment": "GetBucketRequestPayment",
-    "policyStatus": "GetBucketPolicyStatus",
 }
 UNCONFIGURED_BUCKET_DELETES = {
     "lifecycle": "DeleteBucketLifecycle",
-    "policy": "DeleteBucketPolicy",
     "website": "DeleteBucketWebsite",
     "encryption": "DeleteBucketEncryption",
     "ownershipControls": "DeleteBucketOwnershipControls",
@@ -231,6 +228,10 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
         ("GET", "cors"): "GetBucketCors",
         ("PUT", "cors"): "PutBucketCors",
         ("DELETE", "cors"): "DeleteBucketCors",
+        ("GET", "policy"): "GetBucketPolicy",
+        ("PUT", "policy"): "PutBucketPolicy",
+        ("DELETE", "policy"): "DeleteBucketPolicy",
+        ("GET", "policyStatus"): "GetBucketPolicyStatus",
     }
     operation = table.get((method, sub))
     if operation is not None:

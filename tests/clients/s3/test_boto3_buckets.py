@@ -151,7 +151,12 @@ def test_unsupported_configuration_is_not_implemented_and_reads_as_unset(
     s3: Any, bucket: str
 ) -> None:
     with pytest.raises(ClientError) as caught:
-        s3.put_bucket_policy(Bucket=bucket, Policy="{}")
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=bucket,
+            LifecycleConfiguration={
+                "Rules": [{"ID": "r", "Status": "Enabled", "Filter": {}, "Expiration": {"Days": 1}}]
+            },
+        )
     assert error_of(caught.value) == (501, "NotImplemented")
     with pytest.raises(ClientError) as caught:
         s3.get_bucket_policy(Bucket=bucket)

@@ -111,7 +111,7 @@ def test_unimplemented_is_never_a_success(gateway: Gateway, user: User, bucket: 
     for method, target in (
         ("PUT", f"/{bucket}?lifecycle"),
         ("PUT", f"/{bucket}?website"),
-        ("PUT", f"/{bucket}?policy"),
+        ("PUT", f"/{bucket}?replication"),
         ("GET", f"/{bucket}/k?torrent"),
         ("POST", f"/{bucket}/k?select&select-type=2"),
     ):
