@@ -112,13 +112,20 @@ class Backend:
             raise cluster_error(exc) from None
         return {str(k): bytes(v) for k, v in reply["res"][0].items()}
 
-    async def swap(self, name: str, key: str, value: bytes | None) -> bytes | None:
-        """Set (or with None remove) ``key`` and return its previous value, atomically.
+    async def swap(
+        self,
+        name: str,
+        key: str,
+        value: bytes | None,
+        also: Mapping[str, bytes | None] | None = None,
+    ) -> bytes | None:
+        """Set (or with None remove) ``key``, and the keys of ``also`` with it, and return
+        the previous value of ``key``, atomically.
 
         The object must exist: raises Gone when it does not (a deleted bucket's index)."""
-        change = ["omap_set", {key: value}] if value is not None else ["omap_rm", [key]]
+        changes = omap_ops({key: value, **(also or {})})
         try:
-            reply = await self.execute(name, [["omap_get", [key]], change], {"exists": True})
+            reply = await self.execute(name, [["omap_get", [key]], *changes], {"exists": True})
         except RemoteError as exc:
             if exc.code in (Code.ECANCELED, Code.ENOENT):
                 raise Gone(name) from None

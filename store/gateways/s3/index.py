@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from store.gateways.s3 import errors, layout, listing, versions
@@ -66,8 +67,9 @@ class Index:
         if version is None:
 
             async def current(b: Bucket) -> Entry | None:
-                raw = (await self.backend.omap_get(self._shard(b, key), [key])).get(key)
-                return Entry.from_bytes(raw) if raw is not None else None
+                names = [key, versions.inline_name(key)]
+                values = await self.backend.omap_get(self._shard(b, key), names)
+                return _with_data(values, key)
 
             return await self._on_bucket(bucket, current)
 
@@ -91,7 +93,8 @@ class Index:
         self, name: str, key: str, wanted: Sequence[str | None] = ()
     ) -> tuple[versions.Snapshot, list[Any]]:
         sks = [v for v in wanted if v is not None and versions.is_sk(v)]
-        names = [key, versions.null_pointer(key)] + [versions.record_name(key, v) for v in sks]
+        names = [key, versions.null_pointer(key), versions.inline_name(key)]
+        names += [versions.record_name(key, v) for v in sks]
         prefix = versions.record_prefix(key)
         while True:
             results, version = await self.backend.read_versioned(
@@ -114,10 +117,9 @@ class Index:
                 raw = more[0].get(record)
                 if raw is not None:
                     records[null_sk] = Entry.from_bytes(bytes(raw))
-            current = values.get(key)
             snap = versions.Snapshot(
                 key=key,
-                current=Entry.from_bytes(current) if current is not None else None,
+                current=_with_data(values, key),
                 null_sk=null_sk,
                 newest=tuple(sk for sk, _ in listed),
                 records=records,
@@ -139,6 +141,9 @@ class Index:
             for attempt in range(MAX_CAS_ATTEMPTS):
                 snap, version = await self._snapshot(name, key, wanted)
                 change = compute(snap)
+                if snap.current is not None and snap.current.inline and key in change.writes:
+                    # Its bytes went along into whatever was copied from it.
+                    change.writes[versions.inline_name(key)] = None
                 if await self.backend.write_if_unchanged(name, change.writes, version):
                     return change
                 await contention_pause(attempt)
@@ -173,10 +178,11 @@ class Index:
             published = (await self._change(bucket, key, add)).result
             assert published is not None
             return published
+        writes = _unversioned_writes(key, entry)
         if check is None:
 
             async def swap(b: Bucket) -> bytes | None:
-                return await self.backend.swap(self._shard(b, key), key, entry.to_bytes())
+                return await self.backend.swap(self._shard(b, key), key, writes[key], writes)
 
             await self._retire(await self._on_bucket(bucket, swap))
             return entry
@@ -185,7 +191,7 @@ class Index:
         def update(current: dict[str, bytes]) -> tuple[dict[str, bytes | None], bytes | None]:
             raw = current.get(key)
             checked(_visible(Entry.from_bytes(raw) if raw is not None else None))
-            return {key: entry.to_bytes()}, raw
+            return writes, raw
 
         async def action(b: Bucket) -> bytes | None:
             return await self.backend.compare_and_set(
@@ -248,10 +254,11 @@ class Index:
                 return versions.add_version(snap, marker, mode, time.time_ns())
 
             return (await self._change(bucket, key, add)).result
+        removal = _unversioned_writes(key, None)
         if check is None:
 
             async def swap(b: Bucket) -> bytes | None:
-                return await self.backend.swap(self._shard(b, key), key, None)
+                return await self.backend.swap(self._shard(b, key), key, None, removal)
 
             await self._retire(await self._on_bucket(bucket, swap))
             return None
@@ -260,7 +267,7 @@ class Index:
         def update(current: dict[str, bytes]) -> tuple[dict[str, bytes | None], bytes | None]:
             raw = current.get(key)
             checked(_visible(Entry.from_bytes(raw) if raw is not None else None))
-            return ({key: None} if raw is not None else {}), raw
+            return (removal if raw is not None else {}), raw
 
         async def action(b: Bucket) -> bytes | None:
             return await self.backend.compare_and_set(
@@ -419,6 +426,31 @@ class Index:
     async def is_empty(self, bucket: Bucket) -> bool:
         page = await self.page(bucket, prefix="", delimiter="", marker=None, max_keys=1)
         return not page.contents
+
+
+def _with_data(values: dict[str, bytes], key: str) -> Entry | None:
+    """The key's entry from what was read of ``<key>`` and ``\\0d<key>``: an inline
+    object's with its bytes."""
+    raw = values.get(key)
+    if raw is None:
+        return None
+    entry = Entry.from_bytes(raw)
+    if entry.inline and entry.data is None:
+        data = values.get(versions.inline_name(key))
+        if data is None:
+            raise layout.CorruptRecord(f"the bytes of inline object {key!r} are missing")
+        entry = replace(entry, data=bytes(data))
+    return entry
+
+
+def _unversioned_writes(key: str, entry: Entry | None) -> dict[str, bytes | None]:
+    """What makes ``entry`` (None: nothing) the key's object in a bucket never versioned:
+    an inline object's bytes go beside its entry, never inside it (listings read entries)."""
+    if entry is None:
+        return {key: None, versions.inline_name(key): None}
+    if entry.inline:
+        return {key: replace(entry, data=None).to_bytes(), versions.inline_name(key): entry.data}
+    return {key: entry.to_bytes(), versions.inline_name(key): None}
 
 
 def _visible(entry: Entry | None) -> Entry | None:

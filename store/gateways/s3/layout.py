@@ -7,8 +7,9 @@ Everything lives in one pool (``--pool``, default ``s3``):
 ``s3.users``                  omap ``u.<name>`` -> user, ``k.<access key>`` -> key
 ``s3.buckets``                omap ``b.<bucket>`` -> bucket record (owner, id, shards ...),
                               ``p.<bucket>`` -> its bucket policy (bucket id, JSON text)
-``s3.index.<id>.<n>``         the bucket index, shard n: omap ``<key>`` -> object entry
-                              (and the version records of :mod:`versions`)
+``s3.index.<id>.<n>``         the bucket index, shard n: omap ``<key>`` -> object entry,
+                              ``\\0d<key>`` -> its bytes when it is small (``INLINE_MAX``),
+                              and the version records of :mod:`versions`
 ``s3.uploads.<id>``           omap ``<key>`` -> the multipart uploads in progress for it
 ``s3.upload.<upload id>``     omap ``meta`` -> upload record, ``p.<nnnnn>`` -> part entry
 ``s3.data.<id>.<token>``      an object's first stripe (or a multipart manifest) ...
@@ -46,6 +47,7 @@ T = TypeVar("T")
 USERS = "s3.users"
 BUCKETS = "s3.buckets"
 STRIPE_SIZE = 4 * 1024 * 1024
+INLINE_MAX = 16 * 1024  # objects up to this size (unversioned buckets) live in the index
 GC_SHARDS = 8
 DEFAULT_INDEX_SHARDS = 8
 
@@ -265,7 +267,8 @@ class Part:
 class Entry:
     """One key of a bucket index: everything about the object but its bytes.
 
-    ``head`` is None for an empty object (no data object at all). ``parts`` > 0 marks a
+    ``head`` is None for an empty object or one kept in the index (``inline``: no data
+    object at all). ``parts`` > 0 marks a
     multipart object, whose head object holds the manifest instead of the first stripe.
     ``version`` is the key of the entry's version record (see ``versions``), None for an
     object of a bucket that was never versioned; a delete marker has no data.
@@ -292,6 +295,10 @@ class Entry:
     lock_until: float = 0.0  # ... until then
     legal_hold: bool | None = None  # None: never set
     grants: tuple[Grant, ...] = ()  # when ``acl`` is "custom"
+    # A small object kept in the index (no data object): its bytes are ``data``, stored
+    # in the record itself (a version's) or beside the key's entry (see ``index``).
+    inline: bool = False
+    data: bytes | None = None
 
     def to_bytes(self) -> bytes:
         record: dict[str, Any] = {
@@ -330,6 +337,10 @@ class Entry:
             record["lh"] = self.legal_hold
         if self.grants:
             record["gr"] = [g.to_wire() for g in self.grants]
+        if self.inline:
+            record["in"] = True
+        if self.data is not None:
+            record["d"] = self.data
         return pack(record)
 
     @classmethod
@@ -359,6 +370,8 @@ class Entry:
                 lock_until=float(r.get("lu", 0.0)),
                 legal_hold=None if r.get("lh") is None else bool(r["lh"]),
                 grants=grants_of(r.get("gr")),
+                inline=bool(r.get("in", False)),
+                data=bytes(r["d"]) if r.get("d") is not None else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(f"bad object entry: {exc}") from None

@@ -196,6 +196,13 @@ async def plan(backend: Backend, entry: Entry, start: int, end: int) -> list[Seg
     return plan_striped(entry.head, entry.size, entry.stripe, start, end)
 
 
+def inline_bytes(entry: Entry, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an object kept in the index."""
+    if entry.data is None or len(entry.data) != entry.size:
+        raise DataLost("an inline object's bytes are missing or short")
+    return entry.data[start:end]
+
+
 async def read_first(backend: Backend, segments: list[Segment]) -> bytes:
     """The first segment, read before answering: a Gone here means "look again"."""
     if not segments:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import AsyncGenerator
 
 from store.gateways.s3 import (
     acl,
@@ -92,7 +93,12 @@ async def copy_data(
     hasher = checksums.new_hasher(algorithm) if algorithm else None
     segments = await objects.plan(gateway.backend, entry, start, end)
     async with objects.DataWriter(gateway.backend, head, gateway.budget) as writer:
-        chunks = objects.stream_segments(gateway.backend, segments, gateway.budget, gateway.nursery)
+        if entry.inline:
+            chunks = _inline(entry, start, end)
+        else:
+            chunks = objects.stream_segments(
+                gateway.backend, segments, gateway.budget, gateway.nursery
+            )
         try:
             async for chunk in chunks:
                 md5.update(chunk)
@@ -108,6 +114,10 @@ async def copy_data(
     if hasher is not None and algorithm is not None:
         checksum = (algorithm, base64.b64encode(hasher.digest()).decode())
     return size, md5.hexdigest(), checksum
+
+
+async def _inline(entry: Entry, start: int, end: int) -> AsyncGenerator[bytes, None]:
+    yield objects.inline_bytes(entry, start, end)
 
 
 async def copy_object(call: Call) -> Response:

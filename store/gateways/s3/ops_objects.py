@@ -4,6 +4,7 @@ and tags."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from urllib.parse import quote
 
 import trio
@@ -123,7 +124,7 @@ async def publish(call: Call, bucket: Bucket, key: str, entry: Entry) -> Entry:
     version); frees that data if publishing fails."""
     gateway = call.gateway
     try:
-        check_entry_size(entry.to_bytes())
+        check_entry_size(replace(entry, data=None).to_bytes())
         if call.header("if-match") is not None or call.header("if-none-match") is not None:
             return await gateway.index.publish(
                 bucket,
@@ -211,7 +212,15 @@ async def put_object(call: Call) -> Response:
         current = await call.gateway.index.get(bucket, call.key)
         conditions.check_put(call.header, call.key, current.etag if current else None)
     head = layout.data_name(bucket.id)
-    size, etag, checksum = await store_body(call, head, payload)
+    small = payload.length is not None and 0 < payload.length <= layout.INLINE_MAX
+    data: bytes | None = None
+    if small and not bucket.versioning:
+        # Kept in the index: one cluster write (the entry and its bytes) instead of two.
+        data = await payload.read_all(layout.INLINE_MAX)
+        etag, checksum = payload.finish()
+        size = len(data)
+    else:
+        size, etag, checksum = await store_body(call, head, payload)
     entry = new_entry(
         call,
         head,
@@ -224,6 +233,8 @@ async def put_object(call: Call) -> Response:
         tags=tags,
         lock=lock,
     )
+    if data is not None:
+        entry = replace(entry, head=None, inline=True, data=data)
     entry = await publish(call, bucket, call.key, entry)
     return empty(200, written_headers(entry) + version_headers(bucket, entry, written=True))
 
@@ -347,6 +358,11 @@ async def get_object(call: Call, *, head_only: bool = False) -> Response:
         headers.append(("Content-Length", str(end - start)))
         if head_only:
             return empty(status, headers)
+        if entry.inline:
+            try:
+                return Response(status, headers, objects.inline_bytes(entry, start, end))
+            except objects.DataLost:
+                raise errors.internal_error() from None
         try:
             segments = await objects.plan(gateway.backend, entry, start, end)
             first = await objects.read_first(gateway.backend, segments)

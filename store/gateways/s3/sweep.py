@@ -60,8 +60,8 @@ async def referenced_heads(backend: Backend) -> set[str]:
     for bucket in await Buckets(backend).all():
         for shard in bucket.shard_names():
             for name, raw in await _pages(backend, shard):
-                if name.startswith(versions.NULL_POINTER):
-                    continue  # names a version record, listed on its own
+                if name.startswith((versions.NULL_POINTER, versions.INLINE_DATA)):
+                    continue  # a version record's name, or an inline object's bytes
                 entry = Entry.from_bytes(raw)
                 await add_entry_heads(entry.head, entry.parts, entry.manifest_size)
         for _, raw in await _pages(backend, layout.uploads_name(bucket.id)):

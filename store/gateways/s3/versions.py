@@ -8,6 +8,7 @@ take, since keys never hold a NUL:
 
 ``\\0v<key>\\0<sk>``  a version (an object or a delete marker): a copy of its entry
 ``\\0n<key>``        the ``sk`` of the key's null version, when that one is recorded
+``\\0d<key>``        the bytes of the key's entry when that is an inline object
 
 An ``sk`` is 16 hex digits of 2^64 - 1 minus nanoseconds since the epoch, then 8 random
 hex digits, or ``null`` for the null version (the one a bucket with versioning suspended
@@ -19,6 +20,11 @@ An entry whose ``version`` is None was written while the bucket was not versione
 (or by a gateway that did not know yet): it is the key's null version, unrecorded.
 Whoever replaces it records it first, or frees it when it is the null version being
 replaced.
+
+An inline object's bytes are kept beside the unrecorded entry that owns them
+(``\\0d<key>``) and inside every record or entry copied from it: the index reads them
+into the snapshot, so the records a change writes carry them, and the change removes
+``\\0d<key>`` whenever it rewrites the key's entry.
 
 Data belongs to a version's record, or to an unrecorded entry, and is freed only when its
 owner goes: a version deleted by id, a null version replaced, or (in a bucket never
@@ -40,6 +46,7 @@ from store.gateways.s3.layout import Entry
 
 RECORD = "\x00v"
 NULL_POINTER = "\x00n"
+INLINE_DATA = "\x00d"  # + key: the bytes of the key's entry when it is inline
 # Keys hold no NUL, so every key sorts after this and every record name before it.
 KEYS_START = "\x00\U0010ffff"
 ENABLED = "Enabled"
@@ -60,6 +67,10 @@ def record_name(key: str, sk: str) -> str:
 
 def null_pointer(key: str) -> str:
     return NULL_POINTER + key
+
+
+def inline_name(key: str) -> str:
+    return INLINE_DATA + key
 
 
 def is_sk(text: str) -> bool:

@@ -129,7 +129,8 @@ def test_overwritten_and_deleted_data_is_freed(cluster: Cluster, s3: Any, bucket
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(9 * MIB))  # three stripes
     first = data_objects(cluster) - before
     assert len(first) == 3
-    s3.put_object(Bucket=bucket, Key="k", Body=b"small now")
+    smaller = os.urandom(100_000)
+    s3.put_object(Bucket=bucket, Key="k", Body=smaller)
     second = data_objects(cluster) - before - first
     assert len(second) == 1
     # The main gateway frees replaced data after 1 s (--gc-delay 1), on its next pass.
@@ -138,10 +139,23 @@ def test_overwritten_and_deleted_data_is_freed(cluster: Cluster, s3: Any, bucket
         "the replaced stripes to be freed",
         timeout=60.0,
     )
-    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"small now"
-    s3.delete_object(Bucket=bucket, Key="k")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == smaller
+    # A small object lives in the index: no data object, and the last one is freed.
+    s3.put_object(Bucket=bucket, Key="k", Body=b"small now")
     wait_until(
         lambda: not (data_objects(cluster) & second),
+        "the data of the object a small one replaced to be freed",
+        timeout=60.0,
+    )
+    assert data_objects(cluster) - before == set()
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"small now"
+    s3.put_object(Bucket=bucket, Key="k", Body=smaller)
+    third = data_objects(cluster) - before
+    assert len(third) == 1
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == smaller
+    s3.delete_object(Bucket=bucket, Key="k")
+    wait_until(
+        lambda: not (data_objects(cluster) & third),
         "the deleted object's data to be freed",
         timeout=60.0,
     )
