@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 from store.gateways.s3 import (
     acl,
@@ -120,6 +121,24 @@ async def _inline(entry: Entry, start: int, end: int) -> AsyncGenerator[bytes, N
     yield objects.inline_bytes(entry, start, end)
 
 
+async def read_small(call: Call, entry: Entry) -> bytes:
+    """The whole of a small object (kept in the index or not), read into memory."""
+    if entry.inline:
+        try:
+            return objects.inline_bytes(entry, 0, entry.size)
+        except objects.DataLost:
+            raise errors.no_such_key("source changed during the copy") from None
+    gateway = call.gateway
+    segments = await objects.plan(gateway.backend, entry, 0, entry.size)
+    chunks = objects.stream_segments(gateway.backend, segments, gateway.budget, gateway.nursery)
+    try:
+        return b"".join([chunk async for chunk in chunks])
+    except objects.DataLost:
+        raise errors.no_such_key("source changed during the copy") from None
+    finally:
+        await chunks.aclose()
+
+
 async def copy_object(call: Call) -> Response:
     bucket = await call.bucket_allowing(acl.WRITE)
     source_bucket, source_key, source, named = await copy_source_entry(call)
@@ -163,7 +182,11 @@ async def copy_object(call: Call) -> Response:
         )
     head = layout.data_name(bucket.id)
     size, etag = 0, _EMPTY_MD5
-    if source.size:
+    data: bytes | None = None
+    if 0 < source.size <= layout.INLINE_MAX and not bucket.versioning:
+        data = await read_small(call, source)  # the copy is kept in the index too
+        size, etag = len(data), hashlib.md5(data).hexdigest()
+    elif source.size:
         size, etag, _ = await copy_data(call, source, 0, source.size, head)
     entry = new_entry(
         call,
@@ -177,6 +200,8 @@ async def copy_object(call: Call) -> Response:
         tags=tags,
         lock=lock_of_write(call, bucket),
     )
+    if data is not None:
+        entry = replace(entry, head=None, inline=True, data=data)
     entry = await publish(call, bucket, call.key, entry)
     doc = xmldoc.Doc("CopyObjectResult")
     doc.leaf("LastModified", xmldoc.iso_time(entry.mtime)).leaf("ETag", entry.quoted_etag)

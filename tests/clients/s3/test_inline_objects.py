@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from store.gateways.s3.layout import INLINE_MAX
-from tests.clients.s3.conftest import error_of
+from tests.clients.s3.conftest import empty_and_delete, error_of
 from tests.clients.s3.test_gateways import data_objects
 from tests.cluster.harness import Cluster
 
@@ -74,11 +74,27 @@ def test_overwrites_deletes_and_conditions(s3: Any, bucket: str) -> None:
     assert body_of(s3, bucket, "k") == b"again"
 
 
-def test_copies_of_small_objects(s3: Any, bucket: str) -> None:
+def test_copies_of_small_objects(cluster: Cluster, s3: Any, bucket: str) -> None:
     data = os.urandom(10_000)
     s3.put_object(Bucket=bucket, Key="src", Body=data)
-    s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+    before = data_objects(cluster)
+    copied = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+    assert copied["CopyObjectResult"]["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
     assert body_of(s3, bucket, "dst") == data
+    # A small object stored in a data object (written while versioning was on) is copied
+    # into the index of a bucket that never was versioned.
+    versioned = f"{bucket}-v"
+    s3.create_bucket(Bucket=versioned)
+    try:
+        s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_object(Bucket=versioned, Key="v", Body=b"from a data object")
+        with_data = data_objects(cluster)
+        assert len(with_data - before) == 1
+        s3.copy_object(Bucket=bucket, Key="dst2", CopySource={"Bucket": versioned, "Key": "v"})
+        assert data_objects(cluster) == with_data
+        assert body_of(s3, bucket, "dst2") == b"from a data object"
+    finally:
+        empty_and_delete(s3, versioned)
     upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     part = s3.upload_part_copy(
         Bucket=bucket,
