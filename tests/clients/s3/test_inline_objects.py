@@ -26,7 +26,7 @@ def test_small_objects_have_no_data_object(cluster: Cluster, s3: Any, bucket: st
     small, limit = os.urandom(4096), os.urandom(INLINE_MAX)
     s3.put_object(Bucket=bucket, Key="small", Body=small, ContentType="text/plain")
     s3.put_object(Bucket=bucket, Key="limit", Body=limit)
-    assert data_objects(cluster) == before
+    assert not data_objects(cluster) - before  # (earlier tests' data may go meanwhile)
     s3.put_object(Bucket=bucket, Key="over", Body=os.urandom(INLINE_MAX + 1))
     assert len(data_objects(cluster) - before) == 1
     assert body_of(s3, bucket, "small") == small and body_of(s3, bucket, "limit") == limit
@@ -91,7 +91,7 @@ def test_copies_of_small_objects(cluster: Cluster, s3: Any, bucket: str) -> None
         with_data = data_objects(cluster)
         assert len(with_data - before) == 1
         s3.copy_object(Bucket=bucket, Key="dst2", CopySource={"Bucket": versioned, "Key": "v"})
-        assert data_objects(cluster) == with_data
+        assert not data_objects(cluster) - with_data
         assert body_of(s3, bucket, "dst2") == b"from a data object"
     finally:
         empty_and_delete(s3, versioned)
