@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore import UNSIGNED
 from botocore.config import Config
 
 from store import tls
@@ -153,6 +154,29 @@ def s3_client(
 @pytest.fixture(scope="package")
 def s3(gateway: Gateway, user: User) -> Any:
     return s3_client(gateway.url, user)
+
+
+@pytest.fixture
+def alice(gateway: Gateway, user: User) -> Any:
+    """The main user's client (the owner of the buckets a test makes)."""
+    return s3_client(gateway.url, user)
+
+
+@pytest.fixture
+def bob(gateway: Gateway, other_user: User) -> Any:
+    """Another user's client."""
+    return s3_client(gateway.url, other_user)
+
+
+@pytest.fixture
+def nobody(gateway: Gateway) -> Any:
+    """A client that signs nothing."""
+    return boto3.client(
+        "s3",
+        endpoint_url=gateway.url,
+        region_name=REGION,
+        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+    )
 
 
 @pytest.fixture

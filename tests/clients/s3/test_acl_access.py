@@ -9,43 +9,17 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore import UNSIGNED
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.clients.s3.conftest import (
-    REGION,
     Gateway,
     User,
     empty_and_delete,
     error_of,
     raw_request,
-    s3_client,
 )
 from tests.clients.s3.test_post_object import post
-
-
-@pytest.fixture
-def alice(gateway: Gateway, user: User) -> Any:
-    return s3_client(gateway.url, user)
-
-
-@pytest.fixture
-def bob(gateway: Gateway, other_user: User) -> Any:
-    return s3_client(gateway.url, other_user)
-
-
-@pytest.fixture
-def nobody(gateway: Gateway) -> Any:
-    """A client that signs nothing."""
-    return boto3.client(
-        "s3",
-        endpoint_url=gateway.url,
-        region_name=REGION,
-        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
-    )
 
 
 @pytest.fixture

@@ -10,33 +10,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore import UNSIGNED
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.clients.s3.conftest import REGION, Gateway, User, empty_and_delete, error_of, s3_client
-
-
-@pytest.fixture
-def alice(gateway: Gateway, user: User) -> Any:
-    return s3_client(gateway.url, user)
-
-
-@pytest.fixture
-def bob(gateway: Gateway, other_user: User) -> Any:
-    return s3_client(gateway.url, other_user)
-
-
-@pytest.fixture
-def nobody(gateway: Gateway) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=gateway.url,
-        region_name=REGION,
-        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
-    )
+from tests.clients.s3.conftest import User, empty_and_delete, error_of
 
 
 @pytest.fixture
