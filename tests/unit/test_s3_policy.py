@@ -173,6 +173,19 @@ def test_set_qualifiers() -> None:
     assert decide(any_of, **tags) == ALLOW
     assert decide(all_of, **tags) is None
     assert decide(all_of, s3_RequestObjectTagKeys=["env"]) == ALLOW
+    assert decide(all_of) == ALLOW and decide(any_of) is None  # no values at all
+    # Negated: every value (ForAllValues), or some value (ForAnyValue), matches none.
+    none_secret = document(
+        statement(Condition={"ForAllValues:StringNotEquals": {"s3:RequestObjectTagKeys": "x"}})
+    )
+    some_other = document(
+        statement(Condition={"ForAnyValue:StringNotEquals": {"s3:RequestObjectTagKeys": "x"}})
+    )
+    assert decide(none_secret, **tags) == ALLOW
+    assert decide(none_secret, s3_RequestObjectTagKeys=["team", "x"]) is None
+    assert decide(some_other, s3_RequestObjectTagKeys=["team", "x"]) == ALLOW
+    assert decide(some_other, s3_RequestObjectTagKeys=["x"]) is None
+    assert decide(some_other) is None
 
 
 def test_numbers_dates_addresses_and_booleans() -> None:

@@ -92,17 +92,19 @@ class Condition:
         if not present:
             if self.qualifier == "ForAllValues":
                 return True  # every one of no values matches
+            if self.qualifier == "ForAnyValue":
+                return self.if_exists  # none of no values does
             return self.if_exists or negated
         values = [_substitute(v, caller) for v in self.values]
 
         def one(actual: str) -> bool:
-            return any(test(actual, wanted) for wanted in values)
+            """A request value against the policy's: equal to (like ...) any of them,
+            or for a negated operator, to none."""
+            return any(test(actual, wanted) for wanted in values) != negated
 
-        if self.qualifier == "ForAllValues":
-            matched = all(one(actual) for actual in present)
-        else:  # one value, or ForAnyValue
-            matched = any(one(actual) for actual in present)
-        return matched != negated
+        if self.qualifier == "ForAllValues" or (negated and not self.qualifier):
+            return all(one(actual) for actual in present)
+        return any(one(actual) for actual in present)
 
 
 @dataclass(frozen=True)
