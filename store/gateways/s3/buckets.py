@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -185,24 +185,27 @@ class Buckets:
 
     async def set_policy(self, bucket: Bucket, text: str | None) -> None:
         """Set (or with None, delete) the bucket's policy."""
-
-        def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
-            raw = current.get(bucket_key(bucket.name))
-            if raw is None or Bucket.from_bytes(raw).id != bucket.id:
-                raise errors.no_such_bucket(bucket.name)
-            record = pack_policy(bucket.id, text) if text is not None else None
-            return {policy_key(bucket.name): record}, None
-
-        await self.backend.compare_and_set(BUCKETS, [bucket_key(bucket.name)], update)
-        self.forget(bucket.name)
+        record = pack_policy(bucket.id, text) if text is not None else None
+        await self._rewrite(bucket, lambda _: {policy_key(bucket.name): record})
 
     async def _change(self, bucket: Bucket, **changes: Any) -> None:
+        await self._rewrite(
+            bucket,
+            lambda current: {bucket_key(bucket.name): replace(current, **changes).to_bytes()},
+        )
+
+    async def _rewrite(
+        self, bucket: Bucket, writes: Callable[[Bucket], Mapping[str, bytes | None]]
+    ) -> None:
+        """Write ``writes(record)`` for the bucket's current record, on condition that the
+        directory is unchanged; NoSuchBucket if the bucket is gone (or is a namesake)."""
+
         def update(current: dict[str, bytes]) -> tuple[Mapping[str, bytes | None], None]:
             raw = current.get(bucket_key(bucket.name))
-            if raw is None or Bucket.from_bytes(raw).id != bucket.id:
+            found = Bucket.from_bytes(raw) if raw is not None else None
+            if found is None or found.id != bucket.id:
                 raise errors.no_such_bucket(bucket.name)
-            changed = replace(Bucket.from_bytes(raw), **changes)
-            return {bucket_key(bucket.name): changed.to_bytes()}, None
+            return writes(found), None
 
         await self.backend.compare_and_set(BUCKETS, [bucket_key(bucket.name)], update)
         self.forget(bucket.name)

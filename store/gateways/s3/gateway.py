@@ -185,9 +185,6 @@ class Call:
             return None  # RestrictPublicBuckets: a public policy grants only the owner
         return decision
 
-    def _allowed(self, acl_grants: bool, decision: str | None) -> bool:
-        return decision != policy.DENY and (decision == policy.ALLOW or acl_grants)
-
     async def owned_bucket(self, name: str | None = None) -> Bucket:
         """The bucket named by the request (or ``name``), whose configuration the request
         changes or reads: the owner's unless its policy denies it, others' only where the
@@ -198,7 +195,7 @@ class Call:
             allowed = bucket.owner_id == self.user.id
         else:
             decision = self.policy_decision(bucket, action, None)
-            allowed = self._allowed(bucket.owner_id == self.user.id, decision)
+            allowed = _allowed(bucket.owner_id == self.user.id, decision)
         if not allowed:
             raise errors.access_denied()
         self.check_expected_owner(bucket)
@@ -217,6 +214,17 @@ class Call:
     ) -> None:
         """Refuse (AccessDenied) ``action`` (the request's) on the bucket or one of its
         keys unless the bucket's ACL grants ``permission`` or its policy allows it."""
+        if not self._bucket_allows(bucket, permission, action or self.action, key):
+            raise errors.access_denied()
+
+    def _bucket_allows(
+        self,
+        bucket: Bucket,
+        permission: str,
+        action: str,
+        key: str | None,
+        extra: dict[str, list[str]] | None = None,
+    ) -> bool:
         grants = acl.allows(
             bucket.acl,
             bucket.owner_id,
@@ -225,8 +233,7 @@ class Call:
             ignore_public=bucket.ignores_public_acls,
             grants=bucket.grants,
         )
-        if not self._allowed(grants, self.policy_decision(bucket, action or self.action, key)):
-            raise errors.access_denied()
+        return _allowed(grants, self.policy_decision(bucket, action, key, extra=extra))
 
     async def existing_bucket(self, name: str | None = None) -> Bucket:
         """The bucket named by the request (or ``name``), whatever its ACL says: access
@@ -259,25 +266,21 @@ class Call:
         decision = self.policy_decision(
             bucket, action or self.action, key if key is not None else self.route.key, entry
         )
-        if not self._allowed(grants, decision):
+        if not _allowed(grants, decision):
             raise errors.access_denied()
 
     def may_list(self, bucket: Bucket, key: str | None = None) -> bool:
         """Whether the caller may learn which keys exist (else a missing ``key`` is 403):
         a policy is asked about listing with the key as the prefix."""
-        grants = acl.allows(
-            bucket.acl,
-            bucket.owner_id,
-            self.user.id,
-            acl.READ,
-            ignore_public=bucket.ignores_public_acls,
-            grants=bucket.grants,
-        )
         extra = {"s3:prefix": [key]} if key is not None else None
-        decision = self.policy_decision(bucket, "s3:ListBucket", None, extra=extra)
-        return self._allowed(grants, decision)
+        return self._bucket_allows(bucket, acl.READ, "s3:ListBucket", None, extra)
 
     def check_expected_owner(self, bucket: Bucket) -> None:
         expected = self.header("x-amz-expected-bucket-owner")
         if expected is not None and expected.strip() != bucket.owner_id:
             raise errors.access_denied()
+
+
+def _allowed(acl_grants: bool, decision: str | None) -> bool:
+    """The policy first (an explicit deny wins, an allow grants), then the ACL."""
+    return decision != policy.DENY and (decision == policy.ALLOW or acl_grants)

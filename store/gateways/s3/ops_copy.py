@@ -92,22 +92,14 @@ async def copy_data(
     gateway = call.gateway
     md5 = hashlib.md5()
     hasher = checksums.new_hasher(algorithm) if algorithm else None
-    segments = await objects.plan(gateway.backend, entry, start, end)
+    chunks = _source_bytes(call, entry, start, end)
     async with objects.DataWriter(gateway.backend, head, gateway.budget) as writer:
-        if entry.inline:
-            chunks = _inline(entry, start, end)
-        else:
-            chunks = objects.stream_segments(
-                gateway.backend, segments, gateway.budget, gateway.nursery
-            )
         try:
             async for chunk in chunks:
                 md5.update(chunk)
                 if hasher is not None:
                     hasher.update(chunk)
                 await writer.write(chunk)
-        except objects.DataLost:
-            raise errors.no_such_key("source changed during the copy") from None
         finally:
             await chunks.aclose()
         size = await writer.finish()
@@ -117,26 +109,33 @@ async def copy_data(
     return size, md5.hexdigest(), checksum
 
 
-async def _inline(entry: Entry, start: int, end: int) -> AsyncGenerator[bytes, None]:
-    yield objects.inline_bytes(entry, start, end)
-
-
 async def read_small(call: Call, entry: Entry) -> bytes:
     """The whole of a small object (kept in the index or not), read into memory."""
-    if entry.inline:
-        try:
-            return objects.inline_bytes(entry, 0, entry.size)
-        except objects.DataLost:
-            raise errors.no_such_key("source changed during the copy") from None
-    gateway = call.gateway
-    segments = await objects.plan(gateway.backend, entry, 0, entry.size)
-    chunks = objects.stream_segments(gateway.backend, segments, gateway.budget, gateway.nursery)
+    chunks = _source_bytes(call, entry, 0, entry.size)
     try:
         return b"".join([chunk async for chunk in chunks])
-    except objects.DataLost:
-        raise errors.no_such_key("source changed during the copy") from None
     finally:
         await chunks.aclose()
+
+
+async def _source_bytes(
+    call: Call, entry: Entry, start: int, end: int
+) -> AsyncGenerator[bytes, None]:
+    """Bytes [start, end) of a copy source, in pieces, wherever they are kept."""
+    try:
+        if entry.inline:
+            yield objects.inline_bytes(entry, start, end)
+            return
+        gateway = call.gateway
+        segments = await objects.plan(gateway.backend, entry, start, end)
+        chunks = objects.stream_segments(gateway.backend, segments, gateway.budget, gateway.nursery)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+    except objects.DataLost:
+        raise errors.no_such_key("source changed during the copy") from None
 
 
 async def copy_object(call: Call) -> Response:

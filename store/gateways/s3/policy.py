@@ -391,20 +391,15 @@ def _date(value: str) -> float:
     return stamp.timestamp()
 
 
-def _number(test: Callable[[float, float], bool]) -> Callable[[str, str], bool]:
+def _compared(
+    parse: Callable[[str], float], test: Callable[[float, float], bool]
+) -> Callable[[str, str], bool]:
+    """A test of numbers (or dates) as the request and the policy write them; a request
+    value that does not parse matches nothing."""
+
     def compare(actual: str, wanted: str) -> bool:
         try:
-            return test(float(actual), float(wanted))
-        except ValueError:
-            return False
-
-    return compare
-
-
-def _dated(test: Callable[[float, float], bool]) -> Callable[[str, str], bool]:
-    def compare(actual: str, wanted: str) -> bool:
-        try:
-            return test(_date(actual), _date(wanted))
+            return test(parse(actual), parse(wanted))
         except ValueError:
             return False
 
@@ -430,18 +425,18 @@ _OPERATORS: dict[str, tuple[bool, Callable[[str, str], bool]]] = {
     "StringNotEqualsIgnoreCase": (True, lambda a, w: a.lower() == w.lower()),
     "StringLike": (False, _like),
     "StringNotLike": (True, _like),
-    "NumericEquals": (False, _number(lambda a, w: a == w)),
-    "NumericNotEquals": (True, _number(lambda a, w: a == w)),
-    "NumericLessThan": (False, _number(lambda a, w: a < w)),
-    "NumericLessThanEquals": (False, _number(lambda a, w: a <= w)),
-    "NumericGreaterThan": (False, _number(lambda a, w: a > w)),
-    "NumericGreaterThanEquals": (False, _number(lambda a, w: a >= w)),
-    "DateEquals": (False, _dated(lambda a, w: a == w)),
-    "DateNotEquals": (True, _dated(lambda a, w: a == w)),
-    "DateLessThan": (False, _dated(lambda a, w: a < w)),
-    "DateLessThanEquals": (False, _dated(lambda a, w: a <= w)),
-    "DateGreaterThan": (False, _dated(lambda a, w: a > w)),
-    "DateGreaterThanEquals": (False, _dated(lambda a, w: a >= w)),
+    "NumericEquals": (False, _compared(float, lambda a, w: a == w)),
+    "NumericNotEquals": (True, _compared(float, lambda a, w: a == w)),
+    "NumericLessThan": (False, _compared(float, lambda a, w: a < w)),
+    "NumericLessThanEquals": (False, _compared(float, lambda a, w: a <= w)),
+    "NumericGreaterThan": (False, _compared(float, lambda a, w: a > w)),
+    "NumericGreaterThanEquals": (False, _compared(float, lambda a, w: a >= w)),
+    "DateEquals": (False, _compared(_date, lambda a, w: a == w)),
+    "DateNotEquals": (True, _compared(_date, lambda a, w: a == w)),
+    "DateLessThan": (False, _compared(_date, lambda a, w: a < w)),
+    "DateLessThanEquals": (False, _compared(_date, lambda a, w: a <= w)),
+    "DateGreaterThan": (False, _compared(_date, lambda a, w: a > w)),
+    "DateGreaterThanEquals": (False, _compared(_date, lambda a, w: a >= w)),
     "Bool": (False, lambda a, w: a.lower() == w.lower()),
     "BinaryEquals": (False, lambda a, w: a == w),
     "IpAddress": (False, _in_network),

@@ -24,6 +24,7 @@ import boto3
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from store import tls
 from tests.clients.gateway_process import GatewayProcess, started_gateways
@@ -234,3 +235,10 @@ def error_of(exc: Any) -> tuple[int, str]:
     """(HTTP status, S3 error code) of a botocore ClientError."""
     response = exc.response
     return response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]
+
+
+def failure(call: Any, **params: Any) -> tuple[int, str]:
+    """(HTTP status, S3 error code) of a call that must fail."""
+    with pytest.raises(ClientError) as caught:
+        call(**params)
+    return error_of(caught.value)

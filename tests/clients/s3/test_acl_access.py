@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from tests.clients.s3.conftest import (
     Gateway,
     User,
     empty_and_delete,
-    error_of,
+    failure,
     raw_request,
 )
 from tests.clients.s3.test_post_object import post
@@ -38,9 +37,7 @@ def make_bucket(alice: Any) -> Iterator[Any]:
 
 
 def denied(call: Any, **params: Any) -> bool:
-    with pytest.raises(ClientError) as caught:
-        call(**params)
-    return error_of(caught.value)[0] == 403
+    return failure(call, **params)[0] == 403
 
 
 def test_private_bucket_is_the_owners_alone(
@@ -58,9 +55,10 @@ def test_private_bucket_is_the_owners_alone(
         assert denied(client.head_bucket, Bucket=bucket)
     assert denied(nobody.list_buckets)
     assert denied(nobody.create_bucket, Bucket=f"anon-{uuid.uuid4().hex[:12]}")
-    with pytest.raises(ClientError) as caught:
-        nobody.list_objects_v2(Bucket=f"none-{uuid.uuid4().hex[:12]}")
-    assert error_of(caught.value) == (404, "NoSuchBucket")
+    assert failure(nobody.list_objects_v2, Bucket=f"none-{uuid.uuid4().hex[:12]}") == (
+        404,
+        "NoSuchBucket",
+    )
     assert alice.get_object(Bucket=bucket, Key="k")["Body"].read() == b"secret"
 
 
@@ -73,9 +71,8 @@ def test_public_read(alice: Any, bob: Any, nobody: Any, make_bucket: Any, gatewa
         assert [o["Key"] for o in listed["Contents"]] == ["closed", "open"]
         assert client.get_object(Bucket=bucket, Key="open")["Body"].read() == b"for all"
         assert denied(client.get_object, Bucket=bucket, Key="closed")
-        with pytest.raises(ClientError) as caught:
-            client.get_object(Bucket=bucket, Key="missing")  # it may list: so 404
-        assert error_of(caught.value) == (404, "NoSuchKey")
+        # It may list: so 404.
+        assert failure(client.get_object, Bucket=bucket, Key="missing") == (404, "NoSuchKey")
         assert denied(client.put_object, Bucket=bucket, Key="open", Body=b"mine now")
         assert denied(client.get_object_acl, Bucket=bucket, Key="open")
         assert denied(
@@ -162,9 +159,10 @@ def test_public_access_block(alice: Any, bob: Any, make_bucket: Any) -> None:
     bucket = make_bucket("public-read")
     alice.put_object(Bucket=bucket, Key="k", Body=b"x", ACL="public-read")
     assert bob.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
-    with pytest.raises(ClientError) as caught:
-        alice.get_public_access_block(Bucket=bucket)
-    assert error_of(caught.value) == (404, "NoSuchPublicAccessBlockConfiguration")
+    assert failure(alice.get_public_access_block, Bucket=bucket) == (
+        404,
+        "NoSuchPublicAccessBlockConfiguration",
+    )
     block = {
         "BlockPublicAcls": True,
         "IgnorePublicAcls": True,
@@ -233,9 +231,10 @@ def test_explicit_grants(
         ({"Grantee": {"ID": "0" * 64, "Type": "CanonicalUser"}}, "InvalidArgument"),
     ):
         policy = owner_and([{**grant, "Permission": "READ"}], user)
-        with pytest.raises(ClientError) as caught:
-            alice.put_bucket_acl(Bucket=bucket, AccessControlPolicy=policy)
-        assert error_of(caught.value) == (400, code)
+        assert failure(alice.put_bucket_acl, Bucket=bucket, AccessControlPolicy=policy) == (
+            400,
+            code,
+        )
 
 
 def test_an_owner_who_revokes_every_grant_keeps_the_acl(

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
-from tests.clients.s3.conftest import User, empty_and_delete, error_of
+from tests.clients.s3.conftest import User, empty_and_delete, failure
 
 
 @pytest.fixture
@@ -33,23 +32,17 @@ def allow(action: str | list[str], resource: str | list[str], **more: Any) -> di
     return base | more
 
 
-def error(call: Any, **params: Any) -> tuple[int, str]:
-    with pytest.raises(ClientError) as caught:
-        call(**params)
-    return error_of(caught.value)
-
-
 def test_put_get_delete(alice: Any, bob: Any, bucket: str) -> None:
-    assert error(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
+    assert failure(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
     text = policy(allow("s3:ListBucket", f"arn:aws:s3:::{bucket}"))
     alice.put_bucket_policy(Bucket=bucket, Policy=text)
     assert alice.get_bucket_policy(Bucket=bucket)["Policy"] == text  # as sent
     # Others may neither read nor change it.
-    assert error(bob.get_bucket_policy, Bucket=bucket)[0] == 403
-    assert error(bob.put_bucket_policy, Bucket=bucket, Policy=text)[0] == 403
-    assert error(bob.delete_bucket_policy, Bucket=bucket)[0] == 403
+    assert failure(bob.get_bucket_policy, Bucket=bucket)[0] == 403
+    assert failure(bob.put_bucket_policy, Bucket=bucket, Policy=text)[0] == 403
+    assert failure(bob.delete_bucket_policy, Bucket=bucket)[0] == 403
     alice.delete_bucket_policy(Bucket=bucket)
-    assert error(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
+    assert failure(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
     alice.delete_bucket_policy(Bucket=bucket)  # deleting none is fine
 
 
@@ -63,25 +56,25 @@ def test_put_get_delete(alice: Any, bob: Any, bucket: str) -> None:
     ],
 )
 def test_malformed_policies(alice: Any, bucket: str, text: str) -> None:
-    assert error(alice.put_bucket_policy, Bucket=bucket, Policy=text) == (400, "MalformedPolicy")
-    assert error(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
+    assert failure(alice.put_bucket_policy, Bucket=bucket, Policy=text) == (400, "MalformedPolicy")
+    assert failure(alice.get_bucket_policy, Bucket=bucket) == (404, "NoSuchBucketPolicy")
 
 
 def test_allow_opens_a_private_bucket(alice: Any, bob: Any, nobody: Any, bucket: str) -> None:
     alice.put_object(Bucket=bucket, Key="pub/a", Body=b"public a")
     alice.put_object(Bucket=bucket, Key="private/b", Body=b"private b")
     for client in (bob, nobody):
-        assert error(client.get_object, Bucket=bucket, Key="pub/a")[0] == 403
+        assert failure(client.get_object, Bucket=bucket, Key="pub/a")[0] == 403
     alice.put_bucket_policy(
         Bucket=bucket, Policy=policy(allow("s3:GetObject", f"arn:aws:s3:::{bucket}/pub/*"))
     )
     for client in (bob, nobody):
         assert client.get_object(Bucket=bucket, Key="pub/a")["Body"].read() == b"public a"
-        assert error(client.get_object, Bucket=bucket, Key="private/b")[0] == 403
-        assert error(client.list_objects_v2, Bucket=bucket)[0] == 403
+        assert failure(client.get_object, Bucket=bucket, Key="private/b")[0] == 403
+        assert failure(client.list_objects_v2, Bucket=bucket)[0] == 403
         # Without ListBucket a missing key is 403, not 404.
-        assert error(client.get_object, Bucket=bucket, Key="pub/missing")[0] == 403
-        assert error(client.put_object, Bucket=bucket, Key="pub/x", Body=b"x")[0] == 403
+        assert failure(client.get_object, Bucket=bucket, Key="pub/missing")[0] == 403
+        assert failure(client.put_object, Bucket=bucket, Key="pub/x", Body=b"x")[0] == 403
     # The owner still has everything.
     assert alice.get_object(Bucket=bucket, Key="private/b")["Body"].read() == b"private b"
 
@@ -95,11 +88,11 @@ def test_listing_by_prefix_and_missing_keys(alice: Any, bob: Any, bucket: str) -
     )
     listed = bob.list_objects_v2(Bucket=bucket, Prefix="public/")
     assert [o["Key"] for o in listed["Contents"]] == ["public/x"]
-    assert error(bob.list_objects_v2, Bucket=bucket, Prefix="private/")[0] == 403
-    assert error(bob.list_objects_v2, Bucket=bucket)[0] == 403
+    assert failure(bob.list_objects_v2, Bucket=bucket, Prefix="private/")[0] == 403
+    assert failure(bob.list_objects_v2, Bucket=bucket)[0] == 403
     # A missing key under the listable prefix is 404; elsewhere 403.
-    assert error(bob.head_object, Bucket=bucket, Key="public/none")[0] == 404
-    assert error(bob.head_object, Bucket=bucket, Key="private/none")[0] == 403
+    assert failure(bob.head_object, Bucket=bucket, Key="public/none")[0] == 404
+    assert failure(bob.head_object, Bucket=bucket, Key="private/none")[0] == 403
 
 
 def test_deny_wins_over_acls_and_the_owner(alice: Any, bob: Any, bucket: str) -> None:
@@ -113,9 +106,9 @@ def test_deny_wins_over_acls_and_the_owner(alice: Any, bob: Any, bucket: str) ->
         "Resource": f"arn:aws:s3:::{bucket}",
     }
     alice.put_bucket_policy(Bucket=bucket, Policy=policy(deny))
-    assert error(bob.list_objects_v2, Bucket=bucket)[0] == 403
-    assert error(alice.list_objects_v2, Bucket=bucket)[0] == 403
-    assert error(alice.get_bucket_tagging, Bucket=bucket)[0] == 403
+    assert failure(bob.list_objects_v2, Bucket=bucket)[0] == 403
+    assert failure(alice.list_objects_v2, Bucket=bucket)[0] == 403
+    assert failure(alice.get_bucket_tagging, Bucket=bucket)[0] == 403
     # The owner keeps the policy itself, so a deny can always be taken back.
     assert json.loads(alice.get_bucket_policy(Bucket=bucket)["Policy"]) == json.loads(policy(deny))
     alice.delete_bucket_policy(Bucket=bucket)
@@ -137,13 +130,13 @@ def test_conditions_on_the_request(alice: Any, bob: Any, bucket: str, user: User
         Bucket=bucket, Policy=policy(allow("s3:PutObject", objects), no_public_acls, tagged)
     )
     bob.put_object(Bucket=bucket, Key="private-key", Body=b"p")
-    assert error(bob.put_object, Bucket=bucket, Key="k", Body=b"x", ACL="public-read")[0] == 403
+    assert failure(bob.put_object, Bucket=bucket, Key="k", Body=b"x", ACL="public-read")[0] == 403
     # bob's own object is his by its ACL; alice's are readable only when tagged public.
     assert bob.get_object(Bucket=bucket, Key="private-key")["Body"].read() == b"p"
     alice.put_object(Bucket=bucket, Key="open", Body=b"o", Tagging="security=public")
     alice.put_object(Bucket=bucket, Key="shut", Body=b"s", Tagging="security=private")
     assert bob.get_object(Bucket=bucket, Key="open")["Body"].read() == b"o"
-    assert error(bob.get_object, Bucket=bucket, Key="shut")[0] == 403
+    assert failure(bob.get_object, Bucket=bucket, Key="shut")[0] == 403
 
 
 def test_delete_objects_key_by_key(alice: Any, bob: Any, bucket: str) -> None:
@@ -175,14 +168,14 @@ def test_copy_source_condition(alice: Any, bob: Any, bucket: str) -> None:
         alice.put_bucket_policy(Bucket=bucket, Policy=policy(put))
         bob.copy_object(Bucket=bucket, Key="c", CopySource={"Bucket": source, "Key": "public/a"})
         assert bob.get_object(Bucket=bucket, Key="c")["Body"].read() == b"copy me"
-        denied = error(
+        denied = failure(
             bob.copy_object,
             Bucket=bucket,
             Key="d",
             CopySource={"Bucket": source, "Key": "private/b"},
         )
         assert denied[0] == 403
-        assert error(bob.put_object, Bucket=bucket, Key="e", Body=b"plain")[0] == 403
+        assert failure(bob.put_object, Bucket=bucket, Key="e", Body=b"plain")[0] == 403
     finally:
         empty_and_delete(alice, source)
 
@@ -195,7 +188,7 @@ def test_policy_status_and_public_access_blocks(alice: Any, nobody: Any, bucket:
     pinned["Condition"] = {"IpAddress": {"aws:SourceIp": "10.0.0.0/32"}}
     alice.put_bucket_policy(Bucket=bucket, Policy=policy(pinned))
     assert alice.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is False
-    assert error(nobody.get_object, Bucket=bucket, Key="k")[0] == 403  # not from 10.0.0.0
+    assert failure(nobody.get_object, Bucket=bucket, Key="k")[0] == 403  # not from 10.0.0.0
     alice.put_bucket_policy(Bucket=bucket, Policy=public)
     assert alice.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is True
     assert nobody.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
@@ -206,11 +199,11 @@ def test_policy_status_and_public_access_blocks(alice: Any, nobody: Any, bucket:
         "RestrictPublicBuckets": True,
     }
     alice.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=flags)
-    assert error(nobody.get_object, Bucket=bucket, Key="k")[0] == 403
+    assert failure(nobody.get_object, Bucket=bucket, Key="k")[0] == 403
     assert alice.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
     flags |= {"BlockPublicPolicy": True, "RestrictPublicBuckets": False}
     alice.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=flags)
-    assert error(alice.put_bucket_policy, Bucket=bucket, Policy=public)[0] == 403
+    assert failure(alice.put_bucket_policy, Bucket=bucket, Policy=public)[0] == 403
     alice.put_bucket_policy(Bucket=bucket, Policy=policy(pinned))  # not public: allowed
 
 
@@ -223,6 +216,6 @@ def test_a_new_bucket_of_the_same_name_has_no_policy(alice: Any) -> None:
     alice.delete_bucket(Bucket=name)
     alice.create_bucket(Bucket=name)
     try:
-        assert error(alice.get_bucket_policy, Bucket=name) == (404, "NoSuchBucketPolicy")
+        assert failure(alice.get_bucket_policy, Bucket=name) == (404, "NoSuchBucketPolicy")
     finally:
         empty_and_delete(alice, name)

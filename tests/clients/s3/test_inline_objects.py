@@ -8,10 +8,8 @@ import hashlib
 import os
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from store.gateways.s3.layout import INLINE_MAX
-from tests.clients.s3.conftest import empty_and_delete, error_of
+from tests.clients.s3.conftest import empty_and_delete, failure
 from tests.clients.s3.test_gateways import data_objects
 from tests.cluster.harness import Cluster
 
@@ -54,22 +52,13 @@ def test_overwrites_deletes_and_conditions(s3: Any, bucket: str) -> None:
     assert body_of(s3, bucket, "k") == large
     s3.put_object(Bucket=bucket, Key="k", Body=b"three")
     assert body_of(s3, bucket, "k") == b"three"
-    try:
-        s3.put_object(Bucket=bucket, Key="k", Body=b"four", IfNoneMatch="*")
-    except ClientError as exc:
-        assert error_of(exc) == (412, "PreconditionFailed")
-    else:
-        raise AssertionError("an existing inline object did not stop If-None-Match: *")
+    stopped = failure(s3.put_object, Bucket=bucket, Key="k", Body=b"four", IfNoneMatch="*")
+    assert stopped == (412, "PreconditionFailed")
     s3.put_object_tagging(Bucket=bucket, Key="k", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})
     s3.put_object_acl(Bucket=bucket, Key="k", ACL="public-read")
     assert body_of(s3, bucket, "k") == b"three"  # metadata changes keep the bytes
     s3.delete_object(Bucket=bucket, Key="k")
-    try:
-        s3.get_object(Bucket=bucket, Key="k")
-    except ClientError as exc:
-        assert error_of(exc) == (404, "NoSuchKey")
-    else:
-        raise AssertionError("a deleted inline object is still there")
+    assert failure(s3.get_object, Bucket=bucket, Key="k") == (404, "NoSuchKey")
     s3.put_object(Bucket=bucket, Key="k", Body=b"again")
     assert body_of(s3, bucket, "k") == b"again"
 
