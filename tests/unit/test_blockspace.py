@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,72 @@ def test_direct_and_buffered_writes_store_the_same_bytes(tmp_path: Path, direct:
         again = _patterned(2, 99)
         space._write_run(again, 1, direct)
         assert space.read_run(0, 4) == blocks[0] + again[0] + again[1] + blocks[3]
+    finally:
+        space.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_large_reads_see_every_write_however_it_was_made(tmp_path: Path, direct: bool) -> None:
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [], direct=direct)
+    try:
+        assert space.direct_reads is direct
+        big = DIRECT_MIN // BS * 3
+        blocks = _patterned(big, 11)
+        space.write_blocks([b"".join(blocks)])  # direct where it may be
+        # Blocks written again through the page cache, not yet written back: a direct
+        # read of the range must return them, not what the device had.
+        again = _patterned(3, 77)
+        space._write_run(again, 5, direct=False)
+        blocks[5:8] = again
+        assert space.read_run(0, big) == b"".join(blocks)
+        # A read running past the end of the file is short, as a buffered one is.
+        assert space.read_run(big - 2, DIRECT_MIN // BS) == b"".join(blocks[-2:])
+        assert space.read_run(big, DIRECT_MIN // BS) == b""
+    finally:
+        space.close()
+
+
+def test_threads_reading_at_once_each_get_their_own_bytes(tmp_path: Path) -> None:
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [])
+    try:
+        run = DIRECT_MIN // BS
+        contents = [b"".join(_patterned(run, seed)) for seed in range(4)]
+        for data in contents:
+            space.write_blocks([data])
+        wrong: list[int] = []
+
+        def reader(which: int) -> None:
+            for _ in range(50):
+                if space.read_run(which * run, run) != contents[which]:
+                    wrong.append(which)
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert space.direct_reads
+        assert wrong == []
+    finally:
+        space.close()
+
+
+def test_a_file_system_refusing_direct_reads_falls_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [])
+    try:
+        data = b"".join(_patterned(DIRECT_MIN // BS, 5))
+        space.write_blocks([data])
+        assert space.direct_reads
+
+        def refuse(fd: int, buffers: object, offset: int) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(os, "preadv", refuse)
+        assert space.read_run(0, DIRECT_MIN // BS) == data
+        assert not space.direct_reads
+        assert space.direct  # writes are another matter
     finally:
         space.close()
 
