@@ -1,9 +1,11 @@
 """Length-prefixed msgpack frames for the TCP (TLS) links: daemon <-> daemon, anyone <-> master.
 
 A frame is a u32 BE payload length followed by one msgpack object. ``FrameDecoder`` is fed
-whatever the stream delivers and hands out whole frames; it keeps one growing buffer and a read
-offset, and drops the consumed front only once it is at least half the buffer, so buffering
-costs amortised O(1) per byte however the stream is split.
+whatever the stream delivers and hands out whole frames. It keeps the pieces it was fed as
+they came, with a read offset into the first: a frame inside one piece is decoded where it
+lies, and a frame spread over several is joined once, when its last byte has arrived, so
+every byte is copied at most once however the stream is split (growing one buffer piece by
+piece copied a 4 MiB frame several times over as the buffer was reallocated).
 
 ``next_frame`` answers None for "no whole frame yet", so a frame may not carry msgpack nil at
 its top level: ``encode_frame(None)`` is refused and a received nil frame is a ``FrameError``.
@@ -12,6 +14,7 @@ its top level: ``encode_frame(None)`` is refused and a received nil frame is a `
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 import msgpack
 
@@ -21,8 +24,6 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 _LENGTH = struct.Struct("!I")
 _MAX_LENGTH = (1 << 32) - 1
-# Below this many consumed bytes compaction is not worth a memmove.
-_COMPACT_MIN = 64 * 1024
 
 
 def encode_frame(obj: object) -> bytes:
@@ -34,15 +35,20 @@ def encode_frame(obj: object) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
+def _join(parts: list[bytes | memoryview]) -> bytes:
+    return b"".join(parts)
+
+
 class FrameDecoder:
-    __slots__ = ("_buffer", "_limits", "_offset", "max_frame")
+    __slots__ = ("_head", "_limits", "_pieces", "_size", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 0 < max_frame <= _MAX_LENGTH:
             raise ValueError(f"max_frame must be in 1..{_MAX_LENGTH}, got {max_frame}")
         self.max_frame = max_frame
-        self._buffer = bytearray()
-        self._offset = 0
+        self._pieces: deque[bytes] = deque()
+        self._head = 0  # bytes of the first piece already consumed
+        self._size = 0  # bytes fed and not yet consumed
         # Cap every container and string at what a frame could hold, so a small header that
         # claims a billion elements is refused before anything is allocated for it.
         self._limits = {
@@ -56,10 +62,20 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buffer) - self._offset
+        return self._size
+
+    @property
+    def held(self) -> int:
+        """Bytes of memory the pieces hold, consumed ones included."""
+        return sum(len(piece) for piece in self._pieces)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        if not data:
+            return
+        # A caller may reuse its buffer: only bytes are kept as they are.
+        piece = data if isinstance(data, bytes) else bytes(data)
+        self._pieces.append(piece)
+        self._size += len(piece)
 
     def next_frame(self) -> object | None:
         """The next whole frame's object, or None until more bytes arrive.
@@ -67,32 +83,46 @@ class FrameDecoder:
         Raises ``FrameError`` for a frame over ``max_frame`` or a payload that is not exactly
         one msgpack object; the stream cannot be resynchronised after that, so close it.
         """
-        start = self._offset
-        available = len(self._buffer) - start
-        if available < _LENGTH.size:
+        if self._size < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(self._buffer, start)
+        first = self._first(_LENGTH.size)
+        (length,) = _LENGTH.unpack_from(first, self._head)
         if length > self.max_frame:
             raise FrameError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
-        end = start + _LENGTH.size + length
-        if len(self._buffer) < end:
+        total = _LENGTH.size + length
+        if self._size < total:
             return None
-        # The views must be released before the bytearray is resized again.
-        with memoryview(self._buffer) as whole, whole[start + _LENGTH.size : end] as payload:
+        first = self._first(total)
+        start = self._head + _LENGTH.size
+        with memoryview(first) as whole, whole[start : start + length] as payload:
             try:
                 obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, **self._limits)
             except (ValueError, TypeError) as e:
                 raise FrameError(f"undecodable frame payload: {e}") from None
         if obj is None:
             raise FrameError("frame carries nil, which no sender may send")
-        self._offset = end
-        self._compact()
+        self._size -= total
+        self._head += total
+        if self._head == len(first):
+            self._pieces.popleft()
+            self._head = 0
         return obj
 
-    def _compact(self) -> None:
-        if self._offset == len(self._buffer):
-            self._buffer.clear()
-            self._offset = 0
-        elif self._offset >= _COMPACT_MIN and self._offset * 2 >= len(self._buffer):
-            del self._buffer[: self._offset]
-            self._offset = 0
+    def _first(self, want: int) -> bytes:
+        """The first piece, after joining as many pieces to it as make `want` bytes
+        from the read offset (there are that many)."""
+        pieces = self._pieces
+        first = pieces[0]
+        if len(first) - self._head >= want:
+            return first
+        parts: list[bytes | memoryview] = [memoryview(first)[self._head :]]
+        got = len(parts[0])
+        pieces.popleft()
+        while got < want:
+            piece = pieces.popleft()
+            parts.append(piece)
+            got += len(piece)
+        joined = _join(parts)
+        pieces.appendleft(joined)
+        self._head = 0
+        return joined

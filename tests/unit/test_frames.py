@@ -139,7 +139,7 @@ def test_undecodable_payload_rejected(payload: bytes) -> None:
         decoder.next_frame()
 
 
-def test_buffer_is_compacted() -> None:
+def test_consumed_bytes_are_not_held() -> None:
     decoder = FrameDecoder()
     frame = encode_frame(b"y" * 1000)
     for _ in range(1000):
@@ -150,11 +150,31 @@ def test_buffer_is_compacted() -> None:
         assert decoder.next_frame() is None
     # Everything was consumed, so nothing of the ~2 MB that went through is still held.
     assert decoder.buffered == 0
-    assert len(decoder._buffer) == 0
+    assert decoder.held == 0
     decoder.feed(frame * 200 + frame[:500])
     assert len(drain(decoder)) == 200
     assert decoder.buffered == 500
-    assert len(decoder._buffer) < 100_000
+    assert decoder.held < 300_000
+    decoder.feed(frame[500:])
+    assert drain(decoder) == [b"y" * 1000]
+    assert decoder.held == 0
+
+
+def test_a_large_frame_in_many_pieces_is_joined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = encode_frame([b"z" * (4 << 20), 7]) + encode_frame("next")
+    joins: list[int] = []
+
+    def counting_join(parts: list[bytes | memoryview]) -> bytes:
+        joins.append(sum(len(part) for part in parts))
+        return b"".join(parts)
+
+    monkeypatch.setattr("store.wire.frames._join", counting_join)
+    decoder = FrameDecoder()
+    for at in range(0, len(frame), 256 * 1024):
+        decoder.feed(frame[at : at + 256 * 1024])
+    assert drain(decoder) == [[b"z" * (4 << 20), 7], "next"]
+    assert len(joins) == 1  # the big frame; "next" lay whole in the last piece
+    assert decoder.held == 0
 
 
 @given(st.binary(max_size=300), st.integers(1, 64))
