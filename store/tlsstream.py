@@ -10,9 +10,12 @@ a large share of its CPU going round that machinery 256 times per write.
 Our links are simpler. The handshake completes before anything else happens, then one
 task reads and one task writes (``store.rpc.RpcConnection``). So this stream:
 
-- reads from the socket in large gulps and decrypts *every* complete record waiting,
-  returning up to ``max_bytes`` of plaintext per call;
-- encrypts a whole ``send_all`` in one ``SSLObject.write`` and sends it in one go;
+- reads from the socket in large gulps and decrypts *every* complete record waiting into
+  one reused buffer, returning up to ``max_bytes`` of plaintext per call (``SSLObject.read``
+  without a buffer allocates as many bytes as it is asked for, per record);
+- encrypts a ``send_all`` in slices of ``SEND_SLICE`` bytes, each sent as soon as it is
+  encrypted: the TLS object's output buffer stays small instead of being grown (and copied)
+  record by record to the size of a 4 MiB frame;
 - serialises everything it puts on the socket behind one FIFO lock, so bytes the
   reader's ``SSLObject`` produces (TLS 1.3 key updates) go out in the order they were
   produced relative to the writer's records.
@@ -27,11 +30,12 @@ ticket sent right after the handshake is just bytes for the client to skip.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 RECEIVE_SIZE = 256 * 1024  # bytes read from the socket per call
+SEND_SLICE = 256 * 1024  # plaintext bytes encrypted and sent at a time
 
 
 class TlsStream(trio.abc.Stream):
@@ -52,6 +56,7 @@ class TlsStream(trio.abc.Stream):
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._send_lock = trio.StrictFIFOLock()
+        self._plain = bytearray(RECEIVE_SIZE)  # where records are decrypted to
         self._handshake_lock = trio.Lock()
         self._handshook = False
         self._eof = False
@@ -116,30 +121,30 @@ class TlsStream(trio.abc.Stream):
             await self._fill()
 
     def _decrypt(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
+        if len(self._plain) < limit:
+            self._plain = bytearray(limit)
         got = 0
-        while got < limit:
-            try:
-                chunk = self.ssl_object.read(limit - got)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._eof = True  # the peer's close_notify
-                break
-            except ssl.SSLError as exc:
-                if self._incoming.eof:
-                    self._eof = True  # the socket ended without close_notify
+        with memoryview(self._plain) as plain:
+            while got < limit:
+                try:
+                    # With a buffer, read() answers how many bytes it put there.
+                    n = cast(int, self.ssl_object.read(limit - got, plain[got:limit]))
+                except ssl.SSLWantReadError:
                     break
-                self._broken = True
-                raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
-            if not chunk:
-                self._eof = True
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+                except ssl.SSLZeroReturnError:
+                    self._eof = True  # the peer's close_notify
+                    break
+                except ssl.SSLError as exc:
+                    if self._incoming.eof:
+                        self._eof = True  # the socket ended without close_notify
+                        break
+                    self._broken = True
+                    raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
+                if not n:
+                    self._eof = True
+                    break
+                got += n
+            return bytes(plain[:got])
 
     async def _fill(self) -> None:
         """Wait for bytes from the socket and feed them to the TLS object."""
@@ -156,12 +161,14 @@ class TlsStream(trio.abc.Stream):
         if not data:
             await trio.lowlevel.checkpoint()
             return
-        try:
-            self.ssl_object.write(data)
-        except ssl.SSLError as exc:
-            self._broken = True
-            raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
-        await self._flush()
+        with memoryview(data) as whole, whole.cast("B") as octets:
+            for at in range(0, len(octets), SEND_SLICE):
+                try:
+                    self.ssl_object.write(octets[at : at + SEND_SLICE])
+                except ssl.SSLError as exc:
+                    self._broken = True
+                    raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
+                await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
