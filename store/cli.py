@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
+from store import malloc
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="store")
 def main() -> None:
     """store: a distributed object and block store."""
+    malloc.tune()
 
 
 def _register() -> None:
