@@ -134,32 +134,42 @@ class Image:
 
     # --- reads -------------------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> bytes | bytearray:
+        parts = list(pieces(offset, length, self.object_size))
+        if len(parts) == 1:
+            # Within one object (a 4 MiB read of a 4 MiB object): its bytes as they came,
+            # padded with zeros only where the object is short or missing.
+            data = await self._read_piece(parts[0])
+            return data if len(data) == length else data + bytes(length - len(data))
         out = bytearray(length)
 
         async def one(piece: Piece) -> None:
-            known, size = self.sizes.get(piece.index)
-            want = piece.length
-            if known:
-                want = min(want, max(0, (size or 0) - piece.offset))
-                if want == 0:
-                    return
-            stamp = self.sizes.stamp(piece.index)
-            try:
-                data = await self.client.read(
-                    self.pool, self._name(piece.index), piece.offset, want
-                )
-            except (RemoteError, BaseExceptionGroup) as exc:
-                if remote_code(exc) != Code.ENOENT:
-                    raise
-                self.sizes.observed(piece.index, None, stamp)
-                return
-            if 0 < len(data) < want:
-                self.sizes.observed(piece.index, piece.offset + len(data), stamp)
+            data = await self._read_piece(piece)
             out[piece.start : piece.start + len(data)] = data
 
-        await self._each(pieces(offset, length, self.object_size), one)
-        return bytes(out)
+        await self._each(parts, one)
+        return out
+
+    async def _read_piece(self, piece: Piece) -> bytes:
+        """The piece's bytes as its object has them: short where the object ends, empty
+        where there is no object."""
+        known, size = self.sizes.get(piece.index)
+        want = piece.length
+        if known:
+            want = min(want, max(0, (size or 0) - piece.offset))
+            if want == 0:
+                return b""
+        stamp = self.sizes.stamp(piece.index)
+        try:
+            data = await self.client.read(self.pool, self._name(piece.index), piece.offset, want)
+        except (RemoteError, BaseExceptionGroup) as exc:
+            if remote_code(exc) != Code.ENOENT:
+                raise
+            self.sizes.observed(piece.index, None, stamp)
+            return b""
+        if 0 < len(data) < want:
+            self.sizes.observed(piece.index, piece.offset + len(data), stamp)
+        return data
 
     # --- changes -----------------------------------------------------------------------
 
