@@ -58,7 +58,8 @@ class DataWriter:
         self.budget = budget
         self.size = 0
         self.stripes = 0  # stripes handed to writers
-        self._buffer: bytearray | None = None
+        self._buffer: list[bytes] | None = None  # the stripe being filled, as pieces
+        self._buffered = 0  # bytes in it
         self._nursery: trio.Nursery | None = None
         self._nursery_cm = trio.open_nursery()
         self._in_flight = trio.Semaphore(WRITES_IN_FLIGHT)
@@ -90,17 +91,23 @@ class DataWriter:
         while view:
             if self._buffer is None:
                 await self.budget.write.acquire()
-                self._buffer = bytearray()
-            piece = view[: self.stripe - len(self._buffer)]
-            self._buffer += piece
+                self._buffer = []
+                self._buffered = 0
+            piece = view[: self.stripe - self._buffered]
+            # Pieces are kept as they come and joined once per stripe: a buffer grown
+            # piece by piece is copied again each time it is reallocated.
+            whole = type(data) is bytes and len(piece) == len(data)
+            self._buffer.append(data if whole else bytes(piece))
+            self._buffered += len(piece)
             view = view[len(piece) :]
             self.size += len(piece)
-            if len(self._buffer) == self.stripe:
+            if self._buffered == self.stripe:
                 await self._flush()
 
     async def _flush(self) -> None:
         assert self._buffer is not None and self._nursery is not None
-        data, self._buffer = bytes(self._buffer), None
+        pieces, self._buffer = self._buffer, None
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         index = self.stripes
         self.stripes += 1
         await self._in_flight.acquire()
