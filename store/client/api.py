@@ -262,7 +262,13 @@ class Client:
         if length is None:
             return await self._read_to_end(pool, name, offset)
         pieces, _ = await self._read_range(pool, name, offset, length)
-        return _contiguous(pieces, offset)
+        return b"".join(_in_order(pieces, offset))
+
+    async def read_extents(self, pool: str, name: str, offset: int, length: int) -> list[bytes]:
+        """What ``read`` answers, as the consecutive pieces it was read in (a large read
+        is several requests): for callers that pass the bytes on without joining them."""
+        pieces, _ = await self._read_range(pool, name, offset, length)
+        return _in_order(pieces, offset)
 
     async def _read_to_end(self, pool: str, name: str, offset: int) -> bytes:
         first = self._read_step
@@ -276,7 +282,7 @@ class Client:
                 return head
             pieces, versions = await self._read_range(pool, name, start, size - start)
             if all(v == version for v in versions):
-                return head + _contiguous(pieces, start)
+                return b"".join([head, *_in_order(pieces, start)])
         raise RemoteError(Code.EAGAIN, f"{name!r} kept changing while it was read")
 
     async def _read_range(
@@ -432,8 +438,8 @@ def _credentials(master: MasterLink) -> tuple[bytes, bytes]:
     return creds.ticket, creds.session_key
 
 
-def _contiguous(pieces: dict[int, bytes], offset: int) -> bytes:
-    """The pieces joined from ``offset`` on, up to the first gap (a short piece before
+def _in_order(pieces: dict[int, bytes], offset: int) -> list[bytes]:
+    """The pieces from ``offset`` on, in order, up to the first gap (a short piece before
     it: the object ends there)."""
     ordered, expected = [], offset
     for off in sorted(pieces):
@@ -441,4 +447,4 @@ def _contiguous(pieces: dict[int, bytes], offset: int) -> bytes:
             break
         ordered.append(pieces[off])
         expected += len(pieces[off])
-    return b"".join(ordered)
+    return ordered

@@ -134,41 +134,50 @@ class Image:
 
     # --- reads -------------------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytes | bytearray:
+    async def read(self, offset: int, length: int) -> bytes:
+        return b"".join(await self.read_parts(offset, length))
+
+    async def read_parts(self, offset: int, length: int) -> list[bytes]:
+        """Bytes ``[offset, offset + length)`` as consecutive parts, zeros where nothing
+        was written: the extents as they were read, for a caller that copies them on
+        (nbdkit's buffer) without joining them first."""
         parts = list(pieces(offset, length, self.object_size))
-        if len(parts) == 1:
-            # Within one object (a 4 MiB read of a 4 MiB object): its bytes as they came,
-            # padded with zeros only where the object is short or missing.
-            data = await self._read_piece(parts[0])
-            return data if len(data) == length else data + bytes(length - len(data))
-        out = bytearray(length)
+        found: list[list[bytes]] = [[] for _ in parts]
 
-        async def one(piece: Piece) -> None:
-            data = await self._read_piece(piece)
-            out[piece.start : piece.start + len(data)] = data
+        async def one(at: int) -> None:
+            found[at] = await self._read_piece(parts[at])
 
-        await self._each(parts, one)
+        await self._each(range(len(parts)), one)
+        out: list[bytes] = []
+        for piece, got in zip(parts, found, strict=True):
+            out.extend(got)
+            short = piece.length - sum(len(extent) for extent in got)
+            if short:
+                out.append(bytes(short))  # past the object's end, or no object
         return out
 
-    async def _read_piece(self, piece: Piece) -> bytes:
-        """The piece's bytes as its object has them: short where the object ends, empty
-        where there is no object."""
+    async def _read_piece(self, piece: Piece) -> list[bytes]:
+        """The piece's bytes as its object has them, in the extents they were read in:
+        short where the object ends, none where there is no object."""
         known, size = self.sizes.get(piece.index)
         want = piece.length
         if known:
             want = min(want, max(0, (size or 0) - piece.offset))
             if want == 0:
-                return b""
+                return []
         stamp = self.sizes.stamp(piece.index)
         try:
-            data = await self.client.read(self.pool, self._name(piece.index), piece.offset, want)
+            data = await self.client.read_extents(
+                self.pool, self._name(piece.index), piece.offset, want
+            )
         except (RemoteError, BaseExceptionGroup) as exc:
             if remote_code(exc) != Code.ENOENT:
                 raise
             self.sizes.observed(piece.index, None, stamp)
-            return b""
-        if 0 < len(data) < want:
-            self.sizes.observed(piece.index, piece.offset + len(data), stamp)
+            return []
+        got = sum(len(extent) for extent in data)
+        if 0 < got < want:
+            self.sizes.observed(piece.index, piece.offset + got, stamp)
         return data
 
     # --- changes -----------------------------------------------------------------------

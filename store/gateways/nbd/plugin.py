@@ -263,7 +263,10 @@ def can_cache(h: Connection) -> int:
 
 
 def pread(h: Connection, buf: Any, offset: int, flags: int) -> None:
-    buf[:] = _call(_served().pread, h, offset, len(buf))
+    at = 0
+    for part in _call(_served().pread, h, offset, len(buf)):
+        buf[at : at + len(part)] = part
+        at += len(part)
 
 
 def pwrite(h: Connection, buf: Any, offset: int, flags: int) -> None:

@@ -209,9 +209,10 @@ class ImageGateway:
         if conn.readonly:
             raise WriteRefused(f"image {self.settings.spec} is served read-only here")
 
-    async def pread(self, conn: Connection, offset: int, length: int) -> bytes | bytearray:
+    async def pread(self, conn: Connection, offset: int, length: int) -> list[bytes]:
+        """The bytes as consecutive parts (see ``Image.read_parts``)."""
         with _Counted(self.stats, "pread", length):
-            return await self.image.read(offset, length)
+            return await self.image.read_parts(offset, length)
 
     async def pwrite(self, conn: Connection, offset: int, data: bytes) -> None:
         with _Counted(self.stats, "pwrite", len(data)):

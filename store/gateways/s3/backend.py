@@ -262,8 +262,12 @@ class Backend:
 
     async def read_data(self, name: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; raises Gone for a missing object."""
+        return b"".join(await self.read_extents(name, offset, length))
+
+    async def read_extents(self, name: str, offset: int, length: int) -> list[bytes]:
+        """The same bytes as the pieces they were read in, not joined."""
         try:
-            return await self.client.read(self.pool, name, offset, length)
+            return await self.client.read_extents(self.pool, name, offset, length)
         except RemoteError as exc:
             if exc.code == Code.ENOENT:
                 raise Gone(name) from None

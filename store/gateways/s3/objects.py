@@ -210,13 +210,13 @@ def inline_bytes(entry: Entry, start: int, end: int) -> bytes:
     return entry.data[start:end]
 
 
-async def read_first(backend: Backend, segments: list[Segment]) -> bytes:
+async def read_first(backend: Backend, segments: list[Segment]) -> list[bytes]:
     """The first segment, read before answering: a Gone here means "look again"."""
     if not segments:
-        return b""
+        return []
     first = segments[0]
-    data = await backend.read_data(first.name, first.offset, first.length)
-    if len(data) != first.length:
+    data = await backend.read_extents(first.name, first.offset, first.length)
+    if sum(len(extent) for extent in data) != first.length:
         raise DataLost(f"{first.name} is shorter than its entry says")
     return data
 
@@ -226,16 +226,16 @@ class _Fetch:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.data: list[bytes] = []
         self.error: BaseException | None = None
         self.scope = trio.CancelScope()
 
     async def run(self, backend: Backend, segment: Segment) -> None:
         with self.scope:
             try:
-                self.data = await backend.read_data(segment.name, segment.offset, segment.length)
+                self.data = await backend.read_extents(segment.name, segment.offset, segment.length)
             except Gone:
-                self.data = b""
+                self.data = []
             except Exception as exc:
                 self.error = exc
         self.done.set()
@@ -246,9 +246,10 @@ async def stream_segments(
     segments: list[Segment],
     budget: Budget,
     nursery: trio.Nursery,
-    first: bytes | None = None,
+    first: list[bytes] | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """Yield the bytes of ``segments`` in order, reading one ahead when a token is free.
+    """Yield the bytes of ``segments`` in order, as the extents they were read in, reading
+    one segment ahead when a token is free.
 
     The reads run in ``nursery`` (the gateway's), not in this generator, which only
     waits for them: a generator must not hold a nursery open across its yields."""
@@ -280,10 +281,11 @@ async def stream_segments(
                 budget.read.release()
                 if fetch.error is not None:
                     raise fetch.error
-                data = fetch.data or b""
-            if len(data) != segment.length:
+                data = fetch.data
+            if sum(len(extent) for extent in data) != segment.length:
                 raise DataLost(f"{segment.name} is missing or short")
-            yield data
+            for extent in data:
+                yield extent
     finally:
         for fetch in fetches.values():
             fetch.scope.cancel()
