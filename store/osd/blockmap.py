@@ -95,6 +95,23 @@ class BlockMaps:
                     found.append((base + j, entries[2 * j], entries[2 * j + 1]))
         return found
 
+    def span(self, first: int, last: int) -> tuple[list[int], list[int]] | None:
+        """The slots and checksums of blocks ``first..last`` when every one holds data
+        (sliced from the rows in bulk); None when any is a hole."""
+        slots: list[int] = []
+        sums: list[int] = []
+        for chunk in range(first // CHUNK_BLOCKS, last // CHUNK_BLOCKS + 1):
+            entries = self._chunks.get(chunk)
+            base = chunk * CHUNK_BLOCKS
+            lo, hi = max(first - base, 0), min(last - base, CHUNK_BLOCKS - 1)
+            if entries is None or 2 * hi + 1 >= len(entries):
+                return None
+            slots.extend(entries[2 * lo : 2 * hi + 2 : 2])
+            sums.extend(entries[2 * lo + 1 : 2 * hi + 2 : 2])
+        if min(slots) < 0:
+            return None
+        return slots, sums
+
     def drop(self, first: int, last: int) -> list[int]:
         """Make ``first..last`` holes; returns the slots they used."""
         slots = []

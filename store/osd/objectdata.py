@@ -119,9 +119,13 @@ class OpFailed(StoreError):
         self.message = message
 
 
+xxh3_64_intdigest = xxhash.xxh3_64_intdigest
+_U64 = (1 << 64) - 1  # a stored (signed) checksum & this: the digest as xxh3 gives it
+
+
 def block_checksum(data: bytes | bytearray | memoryview) -> int:
     """xxh3_64 of a block, as the signed 64-bit integer SQLite stores."""
-    digest = xxhash.xxh3_64_intdigest(data)
+    digest = xxh3_64_intdigest(data)
     return digest - (1 << 64) if digest >> 63 else digest
 
 
@@ -359,6 +363,17 @@ class ObjectRows:
             self._on_checksum_error()
             raise ChecksumError(f"checksum mismatch in object {obj.name!r} block {index}")
 
+    def _verified_run(self, obj: ObjectHeader, first: int, sums: list[int], data: bytes) -> None:
+        """Check consecutive blocks from ``first`` against their checksums at once."""
+        bs = self._bs
+        if len(data) == len(sums) * bs:
+            with memoryview(data) as view:
+                got = [xxh3_64_intdigest(view[at : at + bs]) for at in range(0, len(data), bs)]
+            if got == [csum & _U64 for csum in sums]:
+                return
+        for k, csum in enumerate(sums):  # find the first bad block, and say which
+            self._verified(obj, first + k, csum, data[k * bs : (k + 1) * bs])
+
     def _load_block(self, obj: ObjectHeader, maps: BlockMaps, index: int) -> bytes:
         """Block ``index`` as ``block_size`` bytes (zeros for a hole), verified."""
         found = maps.get(index)
@@ -418,6 +433,15 @@ class ObjectRows:
         bs = self._bs
         first, last = offset // bs, (end - 1) // bs
         maps = self._maps(obj.oid, first, last)
+        span = maps.span(first, last)
+        if span is not None and span[0] == list(range(span[0][0], span[0][0] + len(span[0]))):
+            # Every block present, in consecutive slots (a large write lands so): one
+            # pread, checked in bulk, and what was read is the answer or a slice of it.
+            slots, sums = span
+            whole = self._space.read_run(slots[0], len(slots))
+            self._verified_run(obj, first, sums, whole)
+            lo, hi = offset - first * bs, end - first * bs
+            return whole if lo == 0 and hi == len(whole) else whole[lo:hi]
         present = maps.present(first, last)
         out: bytearray | None = None  # made only when the range is not one run
         i = 0

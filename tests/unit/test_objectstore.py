@@ -302,6 +302,29 @@ def test_a_damaged_block_is_never_served(store: ObjectStore) -> None:
     assert read_all(store, "obj") == b"\x07" * 3 * BS
 
 
+def test_a_damaged_block_inside_a_long_run_is_named(store: ObjectStore) -> None:
+    # 100 blocks written at once lie in consecutive slots, across two block-map rows:
+    # a read of them is one pread, checked in bulk.
+    data = bytes(range(256)) * (100 * BS // 256)
+    ok(primary(store, "big", Write(0, data)))
+    assert ok(store.execute_read(POOL, "big", [Read(0, len(data))])).results == [data]
+    within = ok(store.execute_read(POOL, "big", [Read(70 * BS - 5, 10 * BS)])).results
+    assert within == [data[70 * BS - 5 : 80 * BS - 5]]
+    corrupt_block(store, "big", 77)
+    result = store.execute_read(POOL, "big", [Read(0, len(data))])
+    assert result.code == Code.EIO
+    assert result.message == "checksum mismatch in object 'big' block 77"
+    assert ok(store.execute_read(POOL, "big", [Read(0, 77 * BS)])).results == [data[: 77 * BS]]
+
+
+def test_a_read_over_holes_and_scattered_blocks_returns_every_byte(store: ObjectStore) -> None:
+    ok(primary(store, "sparse", Write(0, b"a" * 3 * BS)))
+    ok(primary(store, "sparse", Write(10 * BS, b"b" * 2 * BS)))  # a hole before it
+    ok(primary(store, "sparse", Write(BS, b"c" * BS)))  # its own slot, out of the run
+    want = b"a" * BS + b"c" * BS + b"a" * BS + bytes(7 * BS) + b"b" * 2 * BS
+    assert ok(store.execute_read(POOL, "sparse", [Read(0, 12 * BS)])).results == [want]
+
+
 def test_a_full_database_fails_the_whole_batch(store: ObjectStore) -> None:
     ok(primary(store, "obj", Write(0, b"small")))
     (pages,) = store._writer.execute("PRAGMA page_count").fetchone()
