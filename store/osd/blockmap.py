@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 BLOCK_INDEX_BITS = 24
 LAST_CHUNK = (1 << BLOCK_INDEX_BITS) - 1  # the chunk number no object reaches
@@ -74,6 +74,33 @@ class BlockMaps:
             entries.extend([-1, 0] * ((at - len(entries)) // 2 + 1))
         entries[at], entries[at + 1] = slot, csum
         self._dirty.add(chunk)
+
+    def slots_of(self, first: int, last: int) -> list[int]:
+        """The slot of each block ``first..last``, -1 for a hole (sliced in bulk)."""
+        out: list[int] = []
+        for chunk in range(first // CHUNK_BLOCKS, last // CHUNK_BLOCKS + 1):
+            base = chunk * CHUNK_BLOCKS
+            lo, hi = max(first - base, 0), min(last - base, CHUNK_BLOCKS - 1)
+            entries = self._chunks.get(chunk)
+            have = entries[2 * lo : 2 * hi + 2 : 2] if entries is not None else array("q")
+            out.extend(have)
+            out.extend([-1] * (hi - lo + 1 - len(have)))
+        return out
+
+    def set_run(self, first: int, slots: Sequence[int], sums: Sequence[int]) -> None:
+        """Blocks ``first``, ``first + 1``... get these slots and checksums, in bulk."""
+        at, count = 0, len(slots)
+        while at < count:
+            chunk, within = divmod(first + at, CHUNK_BLOCKS)
+            take = min(CHUNK_BLOCKS - within, count - at)
+            entries = self._chunks.setdefault(chunk, array("q"))
+            need = 2 * (within + take)
+            if len(entries) < need:
+                entries.extend([-1, 0] * ((need - len(entries)) // 2))
+            entries[2 * within : need : 2] = array("q", slots[at : at + take])
+            entries[2 * within + 1 : need : 2] = array("q", sums[at : at + take])
+            self._dirty.add(chunk)
+            at += take
 
     def clear(self, index: int) -> None:
         chunk = index // CHUNK_BLOCKS

@@ -30,6 +30,7 @@ Nothing here commits: the caller owns the transaction (and its savepoints).
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -390,32 +391,44 @@ class ObjectRows:
         """Give each block a fresh slot; all-zero content becomes a hole. Each item is
         (index, content) where content holds one block or several consecutive ones."""
         bs, zeros = self._bs, self._zeros
-        kept: list[tuple[int, memoryview]] = []  # (index, block) of the blocks to write
-        runs: list[memoryview] = []  # the same blocks, as spans of consecutive ones
-        indexes: list[int] = []
+        runs: list[memoryview] = []  # spans of consecutive blocks to write
+        starts: list[int] = []  # the index of each span's first block
+        holes: list[int] = []  # indexes of all-zero blocks
+        old: list[int] = []  # slots the blocks had
         for first, content in blocks:
             view = memoryview(content).cast("B")
+            count = len(view) // bs
+            old.extend(slot for slot in maps.slots_of(first, first + count - 1) if slot >= 0)
+            zero = [view[at : at + bs] == zeros for at in range(0, count * bs, bs)]
+            if not any(zero):
+                runs.append(view[: count * bs])
+                starts.append(first)
+                continue
             run_start = None
-            for j in range(len(view) // bs):
-                block = view[j * bs : (j + 1) * bs]
-                indexes.append(first + j)
-                if block == zeros:
+            for j, is_zero in enumerate(zero):
+                if is_zero:
+                    holes.append(first + j)
                     if run_start is not None:
                         runs.append(view[run_start * bs : j * bs])
                         run_start = None
-                    continue
-                kept.append((first + j, block))
-                if run_start is None:
+                elif run_start is None:
                     run_start = j
+                    starts.append(first + j)
             if run_start is not None:
-                runs.append(view[run_start * bs :])
-        old = [found[0] for index in indexes if (found := maps.get(index)) is not None]
+                runs.append(view[run_start * bs : count * bs])
         self._space.free_later(old)
         slots = self._space.write_blocks(runs)
-        for index in indexes:
+        for index in holes:
             maps.clear(index)
-        for (index, block), slot in zip(kept, slots, strict=True):
-            maps.set(index, slot, block_checksum(block))
+        at = 0
+        for run, start in zip(runs, starts, strict=True):
+            digests = array(
+                "Q", [xxh3_64_intdigest(run[k : k + bs]) for k in range(0, len(run), bs)]
+            )
+            sums = array("q")
+            sums.frombytes(digests.tobytes())  # the same bits, as SQLite's signed integers
+            maps.set_run(start, slots[at : at + len(sums)], sums)
+            at += len(sums)
         maps.save()
 
     def _drop_blocks(self, oid: int, first: int, last: int) -> None:
