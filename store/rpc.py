@@ -35,9 +35,11 @@ from typing import Any
 import trio
 
 from store.errors import Code, FrameError, RemoteError, StoreError
-from store.wire.frames import FrameDecoder, encode_frame
+from store.wire.frames import FrameDecoder, encode_frame, encode_request
 
 log = logging.getLogger(__name__)
+
+SEND_ALONE = 64 * 1024  # parts this large are sent as they are, not joined to others
 
 Handler = Callable[[str, dict[str, Any]], Any]
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -64,7 +66,7 @@ class RpcConnection:
         self._decoder = FrameDecoder(max_frame=max_frame)
         self._ids = itertools.count(1)
         self._waiting: dict[int, PendingCall] = {}
-        self._send, self._outbox = trio.open_memory_channel[bytes](4096)
+        self._send, self._outbox = trio.open_memory_channel[bytes | tuple[bytes, ...]](4096)
         self.closed = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._overflowed = False
@@ -121,6 +123,21 @@ class RpcConnection:
             raise
         return pending
 
+    def start_packed_call(self, op: str, packed_args: bytes) -> PendingCall:
+        """``start_call`` with arguments packed already (``frames.pack_args``): one
+        packing of a large write serves every replica it is forwarded to."""
+        if self.closed.is_set():
+            raise ConnectionLost(f"connection to {self.name} is closed")
+        req_id = next(self._ids)
+        pending = PendingCall(req_id)
+        self._waiting[req_id] = pending
+        try:
+            self._put(encode_request(req_id, op, packed_args))
+        except ConnectionLost:
+            del self._waiting[req_id]
+            raise
+        return pending
+
     async def finish_call(self, pending: PendingCall, op: str, timeout: float = 30.0) -> Any:
         try:
             with trio.move_on_after(timeout):
@@ -162,8 +179,11 @@ class RpcConnection:
     # --- internals -------------------------------------------------------------
 
     def _queue(self, message: dict[str, Any]) -> None:
+        self._put(encode_frame(message))
+
+    def _put(self, frame: bytes | tuple[bytes, ...]) -> None:
         try:
-            self._send.send_nowait(encode_frame(message))
+            self._send.send_nowait(frame)
         except trio.WouldBlock:
             # The peer stopped reading and 4096 frames are queued: it is as good as gone.
             self._overflowed = True
@@ -175,13 +195,29 @@ class RpcConnection:
 
     async def _write_loop(self) -> None:
         async for frame in self._outbox:
-            chunks = [frame]
+            parts: list[bytes] = []
             while True:
+                if isinstance(frame, tuple):
+                    parts.extend(frame)
+                else:
+                    parts.append(frame)
                 try:
-                    chunks.append(self._outbox.receive_nowait())
+                    frame = self._outbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else frame)
+            # Small frames go out together (one TLS record, one system call); a large
+            # part goes on its own rather than be copied into the rest.
+            small: list[bytes] = []
+            for part in parts:
+                if len(part) < SEND_ALONE:
+                    small.append(part)
+                    continue
+                if small:
+                    await self.stream.send_all(b"".join(small) if len(small) > 1 else small[0])
+                    small = []
+                await self.stream.send_all(part)
+            if small:
+                await self.stream.send_all(b"".join(small) if len(small) > 1 else small[0])
         # Channel closed by aclose(): say goodbye by closing our side.
         await self.stream.aclose()
 

@@ -64,6 +64,7 @@ from store.osd.txns import (
 from store.osd.write_queue import WriteQueue
 from store.placement import ClusterMap, acting_set
 from store.rpc import ConnectionLost, PendingCall, RpcConnection
+from store.wire.frames import pack_args
 
 log = logging.getLogger("store.osd")
 
@@ -410,9 +411,10 @@ class PlacementGroup:
             "epoch": self.interval_epoch,
             "from": self.host.osd_id,
         }
+        packed = pack_args(args)  # once for every member
         for member, conn in [*self.active.items(), *self.interim.items()]:
             try:
-                forward.calls[member] = (conn, conn.start_call("repop", args))
+                forward.calls[member] = (conn, conn.start_packed_call("repop", packed))
             except ConnectionLost:
                 self._drop(member, "connection lost")
         PEER_TRAFFIC.forwarded(len(forward.calls), txn.ops)

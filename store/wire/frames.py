@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import Any
 
 import msgpack
 
@@ -33,6 +34,25 @@ def encode_frame(obj: object) -> bytes:
     if len(payload) > _MAX_LENGTH:
         raise ValueError(f"frame payload of {len(payload)} bytes exceeds the u32 length")
     return _LENGTH.pack(len(payload)) + payload
+
+
+def pack_args(args: dict[str, Any]) -> bytes:
+    """A request's arguments packed once, for :func:`encode_request` to several peers."""
+    return msgpack.packb(args, use_bin_type=True)
+
+
+def encode_request(req_id: int, op: str, packed_args: bytes) -> tuple[bytes, bytes]:
+    """The frame of ``{"t": "req", "id": req_id, "op": op, "a": args}`` whose arguments
+    were packed already, as two parts to send one after the other: its head (length
+    prefix and all before the arguments) and the packed arguments themselves, so the same
+    large arguments go to several peers without being packed or copied again."""
+    head = msgpack.packb({"t": "req", "id": req_id, "op": op}, use_bin_type=True)
+    assert head[0] == 0x83  # a fixmap of three: made one of four by the "a" that follows
+    head = b"\x84" + head[1:] + msgpack.packb("a")
+    length = len(head) + len(packed_args)
+    if length > _MAX_LENGTH:
+        raise ValueError(f"frame payload of {length} bytes exceeds the u32 length")
+    return _LENGTH.pack(length) + head, packed_args
 
 
 def _join(parts: list[bytes | memoryview]) -> bytes:

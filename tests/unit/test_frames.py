@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.errors import FrameError
-from store.wire.frames import FrameDecoder, encode_frame
+from store.wire.frames import FrameDecoder, encode_frame, encode_request, pack_args
 
 scalars = (
     st.none()
@@ -193,3 +193,14 @@ def test_max_frame_bounds() -> None:
         FrameDecoder(max_frame=0)
     with pytest.raises(ValueError):
         FrameDecoder(max_frame=2**32)
+
+
+def test_a_request_of_packed_arguments_decodes_as_any_other() -> None:
+    args = {"data": b"x" * 100_000, "v": [1, 2], "name": "obj"}
+    head, body = encode_request(7, "repop", pack_args(args))
+    assert body == pack_args(args)  # the arguments as packed, not copied into the head
+    decoder = FrameDecoder()
+    decoder.feed(head)
+    decoder.feed(body)
+    assert decoder.next_frame() == {"t": "req", "id": 7, "op": "repop", "a": args}
+    assert decoder.buffered == 0
