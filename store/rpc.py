@@ -111,28 +111,23 @@ class RpcConnection:
 
     def start_call(self, op: str, args: dict[str, Any] | None = None) -> PendingCall:
         """Queue a request now (synchronously, so callers control the order of requests)."""
-        if self.closed.is_set():
-            raise ConnectionLost(f"connection to {self.name} is closed")
-        req_id = next(self._ids)
-        pending = PendingCall(req_id)
-        self._waiting[req_id] = pending
-        try:
-            self._queue({"t": "req", "id": req_id, "op": op, "a": args or {}})
-        except ConnectionLost:
-            del self._waiting[req_id]
-            raise
-        return pending
+        return self._start(
+            lambda req_id: encode_frame({"t": "req", "id": req_id, "op": op, "a": args or {}})
+        )
 
     def start_packed_call(self, op: str, packed_args: bytes) -> PendingCall:
         """``start_call`` with arguments packed already (``frames.pack_args``): one
         packing of a large write serves every replica it is forwarded to."""
+        return self._start(lambda req_id: encode_request(req_id, op, packed_args))
+
+    def _start(self, frame_for: Callable[[int], bytes | tuple[bytes, ...]]) -> PendingCall:
         if self.closed.is_set():
             raise ConnectionLost(f"connection to {self.name} is closed")
         req_id = next(self._ids)
         pending = PendingCall(req_id)
         self._waiting[req_id] = pending
         try:
-            self._put(encode_request(req_id, op, packed_args))
+            self._put(frame_for(req_id))
         except ConnectionLost:
             del self._waiting[req_id]
             raise
@@ -205,19 +200,8 @@ class RpcConnection:
                     frame = self._outbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            # Small frames go out together (one TLS record, one system call); a large
-            # part goes on its own rather than be copied into the rest.
-            small: list[bytes] = []
-            for part in parts:
-                if len(part) < SEND_ALONE:
-                    small.append(part)
-                    continue
-                if small:
-                    await self.stream.send_all(b"".join(small) if len(small) > 1 else small[0])
-                    small = []
-                await self.stream.send_all(part)
-            if small:
-                await self.stream.send_all(b"".join(small) if len(small) > 1 else small[0])
+            for out in _batched(parts):
+                await self.stream.send_all(out)
         # Channel closed by aclose(): say goodbye by closing our side.
         await self.stream.aclose()
 
@@ -329,6 +313,24 @@ class RpcConnection:
         for pending in self._waiting.values():
             pending.lost = True
             pending.done.set()
+
+
+def _batched(parts: list[bytes]) -> list[bytes]:
+    """What to send for these frame parts, in order: small ones together (one TLS record,
+    one system call), a large one on its own rather than copied into the rest."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for part in parts:
+        if len(part) < SEND_ALONE:
+            small.append(part)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(part)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 class Later:

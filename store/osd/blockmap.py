@@ -77,14 +77,19 @@ class BlockMaps:
 
     def slots_of(self, first: int, last: int) -> list[int]:
         """The slot of each block ``first..last``, -1 for a hole (sliced in bulk)."""
+        return self._column(first, last, 0, -1)
+
+    def _column(self, first: int, last: int, column: int, missing: int) -> list[int]:
+        """Slots (column 0) or checksums (1) of blocks ``first..last``, sliced from the
+        rows in bulk; ``missing`` for a block past a row's end or in no row."""
         out: list[int] = []
         for chunk in range(first // CHUNK_BLOCKS, last // CHUNK_BLOCKS + 1):
             base = chunk * CHUNK_BLOCKS
             lo, hi = max(first - base, 0), min(last - base, CHUNK_BLOCKS - 1)
             entries = self._chunks.get(chunk)
-            have = entries[2 * lo : 2 * hi + 2 : 2] if entries is not None else array("q")
+            have = entries[2 * lo + column : 2 * hi + 2 : 2] if entries is not None else []
             out.extend(have)
-            out.extend([-1] * (hi - lo + 1 - len(have)))
+            out.extend([missing] * (hi - lo + 1 - len(have)))
         return out
 
     def set_run(self, first: int, slots: Sequence[int], sums: Sequence[int]) -> None:
@@ -125,19 +130,10 @@ class BlockMaps:
     def span(self, first: int, last: int) -> tuple[list[int], list[int]] | None:
         """The slots and checksums of blocks ``first..last`` when every one holds data
         (sliced from the rows in bulk); None when any is a hole."""
-        slots: list[int] = []
-        sums: list[int] = []
-        for chunk in range(first // CHUNK_BLOCKS, last // CHUNK_BLOCKS + 1):
-            entries = self._chunks.get(chunk)
-            base = chunk * CHUNK_BLOCKS
-            lo, hi = max(first - base, 0), min(last - base, CHUNK_BLOCKS - 1)
-            if entries is None or 2 * hi + 1 >= len(entries):
-                return None
-            slots.extend(entries[2 * lo : 2 * hi + 2 : 2])
-            sums.extend(entries[2 * lo + 1 : 2 * hi + 2 : 2])
+        slots = self._column(first, last, 0, -1)
         if min(slots) < 0:
             return None
-        return slots, sums
+        return slots, self._column(first, last, 1, 0)
 
     def drop(self, first: int, last: int) -> list[int]:
         """Make ``first..last`` holes; returns the slots they used."""

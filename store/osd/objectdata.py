@@ -120,14 +120,22 @@ class OpFailed(StoreError):
         self.message = message
 
 
-xxh3_64_intdigest = xxhash.xxh3_64_intdigest
-_U64 = (1 << 64) - 1  # a stored (signed) checksum & this: the digest as xxh3 gives it
-
-
 def block_checksum(data: bytes | bytearray | memoryview) -> int:
     """xxh3_64 of a block, as the signed 64-bit integer SQLite stores."""
-    digest = xxh3_64_intdigest(data)
+    digest = xxhash.xxh3_64_intdigest(data)
     return digest - (1 << 64) if digest >> 63 else digest
+
+
+def block_checksums(data: bytes | memoryview, block_size: int) -> array[int]:
+    """``block_checksum`` of each whole block of ``data``, computed in bulk."""
+    digest = xxhash.xxh3_64_intdigest
+    with memoryview(data) as view:
+        digests = array(
+            "Q", [digest(view[at : at + block_size]) for at in range(0, len(view), block_size)]
+        )
+    sums = array("q")
+    sums.frombytes(digests.tobytes())  # the same bits, as SQLite's signed integers
+    return sums
 
 
 @dataclass
@@ -367,11 +375,8 @@ class ObjectRows:
     def _verified_run(self, obj: ObjectHeader, first: int, sums: list[int], data: bytes) -> None:
         """Check consecutive blocks from ``first`` against their checksums at once."""
         bs = self._bs
-        if len(data) == len(sums) * bs:
-            with memoryview(data) as view:
-                got = [xxh3_64_intdigest(view[at : at + bs]) for at in range(0, len(data), bs)]
-            if got == [csum & _U64 for csum in sums]:
-                return
+        if len(data) == len(sums) * bs and block_checksums(data, bs) == array("q", sums):
+            return
         for k, csum in enumerate(sums):  # find the first bad block, and say which
             self._verified(obj, first + k, csum, data[k * bs : (k + 1) * bs])
 
@@ -422,11 +427,7 @@ class ObjectRows:
             maps.clear(index)
         at = 0
         for run, start in zip(runs, starts, strict=True):
-            digests = array(
-                "Q", [xxh3_64_intdigest(run[k : k + bs]) for k in range(0, len(run), bs)]
-            )
-            sums = array("q")
-            sums.frombytes(digests.tobytes())  # the same bits, as SQLite's signed integers
+            sums = block_checksums(run, bs)
             maps.set_run(start, slots[at : at + len(sums)], sums)
             at += len(sums)
         maps.save()
@@ -455,11 +456,12 @@ class ObjectRows:
             self._verified_run(obj, first, sums, whole)
             lo, hi = offset - first * bs, end - first * bs
             return whole if lo == 0 and hi == len(whole) else whole[lo:hi]
+        # Holes, or blocks in several places: each run of consecutive blocks in
+        # consecutive slots is one pread, into a buffer of zeros.
         present = maps.present(first, last)
-        out: bytearray | None = None  # made only when the range is not one run
+        out = bytearray(end - offset)
         i = 0
         while i < len(present):
-            # A run: consecutive blocks in consecutive slots, read with one pread.
             j = i + 1
             while (
                 j < len(present)
@@ -468,24 +470,13 @@ class ObjectRows:
             ):
                 j += 1
             whole = self._space.read_run(present[i][1], j - i)
+            self._verified_run(obj, present[i][0], [csum for _, _, csum in present[i:j]], whole)
+            run_start = present[i][0] * bs
+            lo, hi = max(offset, run_start), min(end, run_start + (j - i) * bs)
             with memoryview(whole) as data:
-                for k in range(i, j):
-                    index, _, csum = present[k]
-                    with data[(k - i) * bs : (k - i + 1) * bs] as block:
-                        self._verified(obj, index, csum, block)
-                run_start = present[i][0] * bs
-                lo, hi = max(offset, run_start), min(end, run_start + (j - i) * bs)
-                if j - i == last - first + 1:
-                    # The whole range in one run (a large write lands so): the answer is
-                    # what was read, or a slice of it.
-                    if lo == run_start and len(whole) == hi - lo:
-                        return whole
-                    return whole[lo - run_start : hi - run_start]
-                if out is None:
-                    out = bytearray(end - offset)
                 out[lo - offset : hi - offset] = data[lo - run_start : hi - run_start]
             i = j
-        return bytes(out) if out is not None else bytes(end - offset)
+        return bytes(out)
 
     def write(self, obj: ObjectHeader, offset: int, data: bytes) -> None:
         end = offset + len(data)

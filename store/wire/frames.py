@@ -105,8 +105,7 @@ class FrameDecoder:
         """
         if self._size < _LENGTH.size:
             return None
-        first = self._first(_LENGTH.size)
-        (length,) = _LENGTH.unpack_from(first, self._head)
+        (length,) = _LENGTH.unpack(self._peek(_LENGTH.size))
         if length > self.max_frame:
             raise FrameError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
         total = _LENGTH.size + length
@@ -127,6 +126,21 @@ class FrameDecoder:
             self._pieces.popleft()
             self._head = 0
         return obj
+
+    def _peek(self, want: int) -> bytes:
+        """The next `want` bytes (there are that many), consuming nothing and joining
+        no pieces: a length prefix split between pieces costs no copy of them."""
+        first = self._pieces[0]
+        if len(first) - self._head >= want:
+            return first[self._head : self._head + want]
+        out = b""
+        at = self._head
+        for piece in self._pieces:
+            out += piece[at : at + want - len(out)]
+            at = 0
+            if len(out) == want:
+                break
+        return out
 
     def _first(self, want: int) -> bytes:
         """The first piece, after joining as many pieces to it as make `want` bytes

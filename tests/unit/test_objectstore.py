@@ -323,6 +323,10 @@ def test_a_read_over_holes_and_scattered_blocks_returns_every_byte(store: Object
     ok(primary(store, "sparse", Write(BS, b"c" * BS)))  # its own slot, out of the run
     want = b"a" * BS + b"c" * BS + b"a" * BS + bytes(7 * BS) + b"b" * 2 * BS
     assert ok(store.execute_read(POOL, "sparse", [Read(0, 12 * BS)])).results == [want]
+    corrupt_block(store, "sparse", 11)
+    result = store.execute_read(POOL, "sparse", [Read(0, 12 * BS)])
+    assert result.code == Code.EIO
+    assert result.message == "checksum mismatch in object 'sparse' block 11"
 
 
 def test_a_full_database_fails_the_whole_batch(store: ObjectStore) -> None:

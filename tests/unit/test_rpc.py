@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from store.errors import Code, RemoteError
-from store.rpc import ConnectionLost, Later, RpcConnection
+from store.rpc import SEND_ALONE, ConnectionLost, Later, RpcConnection, _batched
 from store.wire.frames import encode_frame
 
 
@@ -132,3 +132,12 @@ async def test_a_later_settled_after_its_connection_closed_is_dropped() -> None:
         assert server._send.statistics().current_buffer_used == 0
         assert pending.lost
         nursery.cancel_scope.cancel()
+
+
+def test_large_frame_parts_are_sent_alone_and_small_ones_together() -> None:
+    big, other = b"B" * SEND_ALONE, b"C" * (SEND_ALONE + 1)
+    parts = [b"h1", big, b"a", b"b", other, b"t"]
+    sent = _batched(parts)
+    assert sent == [b"h1", big, b"ab", other, b"t"]
+    assert sent[1] is big and sent[3] is other  # sent as they are, not copied
+    assert b"".join(sent) == b"".join(parts)
