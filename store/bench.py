@@ -239,6 +239,7 @@ def render(s: dict[str, Any]) -> str:
         ("p99 latency (ms)", f"{lat['p99']:.2f}"),
         ("Max latency (ms)", f"{lat['max']:.2f}"),
         ("Min latency (ms)", f"{lat['min']:.2f}"),
+        ("Retransmissions", s.get("retransmits", 0)),
         ("Mismatches", s["mismatches"]),
         ("Errors", s["errors"]),
     ]
@@ -276,12 +277,17 @@ async def _measure(
 ) -> tuple[dict[str, Any], Tally]:
     client.pool(opts.pool)  # an unknown pool fails here, with the pools there are
     tally = Tally()
+    stats = client.transport.stats
+    before = (stats.retransmits, stats.timeouts)
     async with trio.open_nursery() as nursery:
         if opts.echo is not None:
             nursery.start_soon(report_progress, tally, size, opts.echo)
         await drive(one, picks, seconds=opts.seconds, concurrency=opts.concurrency, tally=tally)
         nursery.cancel_scope.cancel()
-    return summarize(mode, opts.pool, run, size, opts.concurrency, tally), tally
+    summary = summarize(mode, opts.pool, run, size, opts.concurrency, tally)
+    summary["retransmits"] = stats.retransmits - before[0]
+    summary["timeouts"] = stats.timeouts - before[1]
+    return summary, tally
 
 
 async def bench_write(client: Client, opts: Options) -> dict[str, Any]:

@@ -264,9 +264,12 @@ class Client:
         pieces, _ = await self._read_range(pool, name, offset, length)
         return b"".join(_in_order(pieces, offset))
 
-    async def read_extents(self, pool: str, name: str, offset: int, length: int) -> list[bytes]:
+    async def read_extents(
+        self, pool: str, name: str, offset: int, length: int
+    ) -> list[bytes | bytearray]:
         """What ``read`` answers, as the consecutive pieces it was read in (a large read
-        is several requests): for callers that pass the bytes on without joining them."""
+        is several requests): for callers that pass the bytes on without joining them. A
+        piece that came in fragments is the buffer it was put together in."""
         pieces, _ = await self._read_range(pool, name, offset, length)
         return _in_order(pieces, offset)
 
@@ -287,9 +290,9 @@ class Client:
 
     async def _read_range(
         self, pool: str, name: str, offset: int, length: int
-    ) -> tuple[dict[int, bytes], list[Any]]:
+    ) -> tuple[dict[int, bytes | bytearray], list[Any]]:
         """The range as pieces by offset, and the object version each was read at."""
-        pieces: dict[int, bytes] = {}
+        pieces: dict[int, bytes | bytearray] = {}
         versions: list[Any] = []
         if length <= self.max_piece:
             reply = await self.execute(pool, name, [["read", offset, length]])
@@ -297,7 +300,8 @@ class Client:
 
         async def one(off: int, n: int) -> None:
             reply = await self._read_request(pool, name, [["read", off, n]], n)
-            pieces[off] = bytes(reply["res"][0])
+            data = reply["res"][0]
+            pieces[off] = data if type(data) is bytearray else bytes(data)
             versions.append(reply.get("v"))
 
         end = offset + length
@@ -438,7 +442,7 @@ def _credentials(master: MasterLink) -> tuple[bytes, bytes]:
     return creds.ticket, creds.session_key
 
 
-def _in_order(pieces: dict[int, bytes], offset: int) -> list[bytes]:
+def _in_order(pieces: dict[int, bytes | bytearray], offset: int) -> list[bytes | bytearray]:
     """The pieces from ``offset`` on, in order, up to the first gap (a short piece before
     it: the object ends there)."""
     ordered, expected = [], offset

@@ -56,12 +56,13 @@ from store.wire.datagram import (
     MAX_DATAGRAM,
     DatagramCipher,
     DatagramType,
+    Header,
     derive_datagram_keys,
     encode_unsealed,
     open_unsealed_untrusted,
     parse_header_untrusted,
 )
-from store.wire.fragments import Reassembly
+from store.wire.fragments import Reassembly, piece_size
 from store.wire.fragments import parse_untrusted as parse_fragment_untrusted
 
 log = logging.getLogger("store.client")
@@ -296,22 +297,35 @@ class Transport:
             return
         if header.type != DatagramType.REPLY or link.session is None:
             raise ProtocolError(f"unexpected {header.type.name}")
+        if header.fragment:
+            self._on_fragment(link.session, header, data)
+            return
         header, raw = link.session.cipher.open_untrusted(data)
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
-        if header.fragment:
-            if waiter.assembly is None:
-                raise ProtocolError("a fragment answering a request that asked for none")
-            whole = waiter.assembly.add(parse_fragment_untrusted(raw))
-            waiter.progress += 1
-            if whole is None:
-                return
-            reply = wire_body.unpack_untrusted(whole, waiter.assembly.limit)
-        else:
-            reply = wire_body.unpack_untrusted(raw)
-        waiter.reply, waiter.epoch = reply, header.epoch
+        waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
         waiter.event.set()
+
+    def _on_fragment(self, session: _ClientSession, header: Header, data: bytes) -> None:
+        """One piece of a fragmented reply, opened straight into its place in the reply
+        (``store.wire.fragments``). `header` is not authenticated yet."""
+        waiter = self._waiters.get((header.session_id, header.request_id))
+        if waiter is None or waiter.event.is_set():
+            return  # a duplicate, or the answer to a request we gave up on
+        if waiter.assembly is None:
+            raise ProtocolError("a fragment answering a request that asked for none")
+        fragment = parse_fragment_untrusted(data)
+        target = waiter.assembly.target(fragment)
+        if target is None:
+            return  # a piece already held: nothing to open
+        with target:
+            header = session.cipher.open_fragment_into(data, target)
+            reply = waiter.assembly.add(fragment, target)
+        waiter.progress += 1
+        if reply is not None:
+            waiter.reply, waiter.epoch = reply, header.epoch
+            waiter.event.set()
 
     def _forget_session(self, link: DaemonLink) -> None:
         if link.session is not None:
@@ -492,7 +506,7 @@ class Transport:
         packed = wire_body.pack(body)
         # One reassembly for every session the request goes through: pieces are joined
         # by version, so pieces that came in on a session since lost still count.
-        assembly = Reassembly(fragments) if fragments else None
+        assembly = Reassembly(fragments, piece_size(self.max_datagram)) if fragments else None
         async with link.window:
             while True:
                 session = link.session or await self._hello(link, deadline, give_up)

@@ -137,18 +137,18 @@ class Image:
     async def read(self, offset: int, length: int) -> bytes:
         return b"".join(await self.read_parts(offset, length))
 
-    async def read_parts(self, offset: int, length: int) -> list[bytes]:
+    async def read_parts(self, offset: int, length: int) -> list[bytes | bytearray]:
         """Bytes ``[offset, offset + length)`` as consecutive parts, zeros where nothing
         was written: the extents as they were read, for a caller that copies them on
         (nbdkit's buffer) without joining them first."""
         parts = list(pieces(offset, length, self.object_size))
-        found: list[list[bytes]] = [[] for _ in parts]
+        found: list[list[bytes | bytearray]] = [[] for _ in parts]
 
         async def one(at: int) -> None:
             found[at] = await self._read_piece(parts[at])
 
         await self._each(range(len(parts)), one)
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         for piece, got in zip(parts, found, strict=True):
             out.extend(got)
             short = piece.length - sum(len(extent) for extent in got)
@@ -156,7 +156,7 @@ class Image:
                 out.append(bytes(short))  # past the object's end, or no object
         return out
 
-    async def _read_piece(self, piece: Piece) -> list[bytes]:
+    async def _read_piece(self, piece: Piece) -> list[bytes | bytearray]:
         """The piece's bytes as its object has them, in the extents they were read in:
         short where the object ends, none where there is no object."""
         known, size = self.sizes.get(piece.index)

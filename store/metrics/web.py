@@ -28,6 +28,7 @@ from prometheus_client.core import Metric
 from store.errors import single_error
 from store.gateways.web.messages import (
     BodyTooLarge,
+    Chunk,
     ClientDisconnected,
     Handler,
     MalformedBody,
@@ -133,17 +134,17 @@ class CountedBody:
     starts). A class, not an async generator: a generator closed before its first step
     never runs its clean-up."""
 
-    def __init__(self, inner: AsyncIterable[bytes], ended: Callable[[int, bool], None]) -> None:
+    def __init__(self, inner: AsyncIterable[Chunk], ended: Callable[[int, bool], None]) -> None:
         self._inner = inner
-        self._iterator: AsyncIterator[bytes] | None = None
+        self._iterator: AsyncIterator[Chunk] | None = None
         self._ended: Callable[[int, bool], None] | None = ended
         self._sent = 0
         self._pending = 0
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[Chunk]:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> Chunk:
         # The connection asks for the next chunk once the previous one is sent.
         self._sent += self._pending
         self._pending = 0

@@ -47,6 +47,7 @@ from store.osd.staging import NotStaged, StagingArea, StagingFull
 from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
 from store.wire import body as wire_body
+from store.wire import fragments as wire_fragments
 from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
@@ -55,8 +56,6 @@ from store.wire.datagram import (
     Header,
     parse_header_untrusted,
 )
-from store.wire.fragments import fits as fragments_fit
-from store.wire.fragments import split as split_fragments
 
 if TYPE_CHECKING:
     from store.osd.daemon import OsdDaemon
@@ -197,20 +196,26 @@ class UdpFront:
         sessions = self.sessions
         assert sessions is not None
         epoch = self.daemon.map.epoch
-        packed = wire_body.pack(body)
         datagram: bytes | bytearray | None = None
-        if HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
+        if fragments is not None and body["r"] == Code.OK:
+            # The data goes raw, as the tail of the fragments; the map is packed without it.
+            head, tail = wire_fragments.reply_parts(body)
+            small = HEADER_SIZE + len(head) + len(tail) + TAG_SIZE <= MAX_DATAGRAM
+            packed = wire_body.pack(body) if small else None
+        else:
+            head, tail, packed = b"", b"", wire_body.pack(body)
+        if packed is not None and HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
             datagram = sessions.seal_packed(session, header, epoch, packed)
             self.send(datagram, address)
         elif (
             fragments is not None
             and body["r"] == Code.OK
-            and len(packed) <= fragments[0]
-            and fragments_fit(len(packed), fragments[1])
+            and (size := wire_fragments.packed_size(head, tail)) <= fragments[0]
+            and wire_fragments.fits(size, fragments[1])
         ):
             version = (int(body["v"][0]), int(body["v"][1]))
-            for piece in split_fragments(packed, version, fragments[1]):
-                self.send(sessions.seal_packed(session, header, epoch, piece, True), address)
+            for prefix, piece in wire_fragments.split(head, tail, version, fragments[1]):
+                self.send(sessions.seal_fragment(session, header, epoch, prefix, piece), address)
             self.stats.fragmented += 1
         else:
             body = {"r": int(Code.EFBIG), "m": "reply too large to send: ask for less"}

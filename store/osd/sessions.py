@@ -208,7 +208,7 @@ class SessionTable:
         return self.seal_packed(session, request, epoch, wire_body.pack(reply))
 
     def seal_packed(
-        self, session: Session, request: Header, epoch: int, packed: bytes, fragment: bool = False
+        self, session: Session, request: Header, epoch: int, packed: bytes
     ) -> bytes | bytearray:
         return session.cipher.seal(
             DatagramType.REPLY,
@@ -218,5 +218,23 @@ class SessionTable:
             epoch,
             packed,
             request.encrypted,
-            fragment,
+        )
+
+    def seal_fragment(
+        self,
+        session: Session,
+        request: Header,
+        epoch: int,
+        prefix: bytes,
+        piece: bytes | bytearray | memoryview,
+    ) -> bytes | bytearray:
+        """One fragment of a reply (``store.wire.fragments``)."""
+        return session.cipher.seal_fragment(
+            session.session_id,
+            session.next_seq(),
+            request.request_id,
+            epoch,
+            prefix,
+            piece,
+            request.encrypted,
         )

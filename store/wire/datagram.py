@@ -12,7 +12,9 @@ REQUEST and REPLY are *sealed* with AES-256-GCM. The whole header is additional 
 data, so no header bit can be changed without the tag failing. With the ENCRYPTED flag the body
 is ciphertext; without it the body travels readable and the tag is computed over header + body
 (GCM with an empty plaintext is GMAC), which keeps bulk data readable for pools that want
-integrity without secrecy. The nonce is 4 zero bytes + seq (u64 BE).
+integrity without secrecy. The nonce is 4 zero bytes + seq (u64 BE). A REPLY with the
+FRAGMENT flag has 16 more bytes in clear after the header, authenticated with it, that say
+where its piece goes (``store.wire.fragments``): ``seal_fragment`` and ``open_fragment_into``.
 
 GCM dies of nonce reuse, so each direction of each session has its own key, derived with HKDF
 from the session key, both hello nonces and the daemon id: the client only ever seals with
@@ -48,6 +50,7 @@ MAX_DATAGRAM = 65507
 
 FLAG_ENCRYPTED = 0x01
 FLAG_FRAGMENT = 0x02  # a REPLY carrying one piece of a larger reply (store.wire.fragments)
+FRAGMENT_PREFIX_SIZE = 16  # in clear after a fragment's header (store.wire.fragments)
 _KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_FRAGMENT
 _U32 = 1 << 32
 _U64 = 1 << 64
@@ -217,44 +220,69 @@ class DatagramCipher:
         epoch: int,
         body: bytes,
         encrypt: bool,
-        fragment: bool = False,
     ) -> bytes | bytearray:
         if type != self._send_type:
             raise ValueError(f"this side seals only {self._send_type.name} datagrams")
+        header = self._header(type, 0, session_id, seq, request_id, epoch, encrypt)
+        return self._seal(header, seq, body, encrypt)
+
+    def seal_fragment(
+        self,
+        session_id: int,
+        seq: int,
+        request_id: int,
+        epoch: int,
+        prefix: bytes,
+        piece: bytes | bytearray | memoryview,
+        encrypt: bool,
+    ) -> bytes | bytearray:
+        """A REPLY with FRAGMENT: header and `prefix` (``store.wire.fragments``) in clear,
+        both authenticated, then the piece."""
+        if self._send_type != DatagramType.REPLY:
+            raise ValueError("only replies are sent in fragments")
+        header = self._header(
+            DatagramType.REPLY, FLAG_FRAGMENT, session_id, seq, request_id, epoch, encrypt
+        )
+        return self._seal(header + prefix, seq, piece, encrypt)
+
+    def _header(
+        self,
+        type: DatagramType,
+        flags: int,
+        session_id: int,
+        seq: int,
+        request_id: int,
+        epoch: int,
+        encrypt: bool,
+    ) -> bytes:
         if seq == 0:
             raise ValueError("seq 0 is not valid in a sealed datagram")
-        if HEADER_SIZE + len(body) + TAG_SIZE > MAX_DATAGRAM:
+        flags |= FLAG_ENCRYPTED if encrypt else 0
+        return _pack_header(type, flags, session_id, seq, request_id, epoch)
+
+    def _seal(
+        self, clear: bytes, seq: int, body: bytes | bytearray | memoryview, encrypt: bool
+    ) -> bytes | bytearray:
+        """`clear` (header, and a fragment's prefix) authenticated, then `body`, then the tag."""
+        if len(clear) + len(body) + TAG_SIZE > MAX_DATAGRAM:
             raise ValueError(f"body of {len(body)} bytes does not fit in a sealed datagram")
-        if fragment and type != DatagramType.REPLY:
-            raise ValueError("only replies are sent in fragments")
-        flags = (FLAG_ENCRYPTED if encrypt else 0) | (FLAG_FRAGMENT if fragment else 0)
-        header = _pack_header(type, flags, session_id, seq, request_id, epoch)
         nonce = _NONCE.pack(seq)
         if encrypt:
-            # Header, ciphertext and tag in one buffer: no copy of the body after sealing.
-            sealed = bytearray(HEADER_SIZE + len(body) + TAG_SIZE)
-            sealed[:HEADER_SIZE] = header
+            # Clear part, ciphertext and tag in one buffer: no copy of the body after sealing.
+            sealed = bytearray(len(clear) + len(body) + TAG_SIZE)
+            sealed[: len(clear)] = clear
             with memoryview(sealed) as view:
-                self._seal_aead.encrypt_into(nonce, body, header, view[HEADER_SIZE:])
+                self._seal_aead.encrypt_into(nonce, body, clear, view[len(clear) :])
             return sealed
-        authenticated = header + body
+        authenticated = clear + body
         return authenticated + self._seal_aead.encrypt(nonce, b"", authenticated)
 
     def open_untrusted(self, data: bytes) -> tuple[Header, bytes]:
         """Verify a received datagram and return its header and (decrypted) body."""
-        header = parse_header_untrusted(data)
-        if header.type != self._receive_type:
-            raise MalformedDatagram(f"unexpected {header.type.name} datagram in this direction")
-        size = len(data)
-        if size < HEADER_SIZE + TAG_SIZE:
-            raise MalformedDatagram(f"sealed datagram of {size} bytes has no room for a tag")
-        if size > MAX_DATAGRAM:
-            raise MalformedDatagram(f"datagram of {size} bytes is too long")
-        if header.seq == 0:
-            raise MalformedDatagram("seq 0 in a sealed datagram")
-        if header.fragment and header.type != DatagramType.REPLY:
-            raise MalformedDatagram("a request cannot be a fragment")
-        nonce = _NONCE.pack(header.seq)
+        header = self._check(data, HEADER_SIZE)
+        if header.fragment:
+            raise MalformedDatagram("a fragment opened as a whole datagram")
+        nonce, size = _NONCE.pack(header.seq), len(data)
         # Views, not slices: the body can be most of 64 KiB and this runs per datagram.
         view = memoryview(data)
         try:
@@ -264,7 +292,48 @@ class DatagramCipher:
                 self._open_aead.decrypt(nonce, view[size - TAG_SIZE :], view[: size - TAG_SIZE])
                 body = bytes(view[HEADER_SIZE : size - TAG_SIZE])
         except InvalidTag:
-            raise BadMAC(
-                f"datagram seq {header.seq} of session {header.session_id:#x} failed its tag"
-            ) from None
+            raise _bad_mac(header) from None
         return header, body
+
+    def open_fragment_into(self, data: bytes, out: memoryview) -> Header:
+        """Verify a received fragment datagram and put its (decrypted) piece into `out`,
+        which must be exactly the piece's size. When the tag fails, `out` may have been
+        written to all the same: it holds nothing authentic."""
+        clear = HEADER_SIZE + FRAGMENT_PREFIX_SIZE
+        header = self._check(data, clear)
+        if not header.fragment:
+            raise MalformedDatagram("a whole datagram opened as a fragment")
+        size = len(data)
+        if len(out) != size - clear - TAG_SIZE:
+            raise ValueError("the piece does not fit where it is to be opened")
+        nonce = _NONCE.pack(header.seq)
+        view = memoryview(data)
+        try:
+            if header.encrypted:
+                self._open_aead.decrypt_into(nonce, view[clear:], view[:clear], out)
+            else:
+                self._open_aead.decrypt(nonce, view[size - TAG_SIZE :], view[: size - TAG_SIZE])
+                out[:] = view[clear : size - TAG_SIZE]
+        except InvalidTag:
+            raise _bad_mac(header) from None
+        return header
+
+    def _check(self, data: bytes, clear: int) -> Header:
+        """The header of a sealed datagram with `clear` bytes before its body, checked."""
+        header = parse_header_untrusted(data)
+        if header.type != self._receive_type:
+            raise MalformedDatagram(f"unexpected {header.type.name} datagram in this direction")
+        size = len(data)
+        if size < clear + TAG_SIZE:
+            raise MalformedDatagram(f"sealed datagram of {size} bytes has no room for a tag")
+        if size > MAX_DATAGRAM:
+            raise MalformedDatagram(f"datagram of {size} bytes is too long")
+        if header.seq == 0:
+            raise MalformedDatagram("seq 0 in a sealed datagram")
+        if header.fragment and header.type != DatagramType.REPLY:
+            raise MalformedDatagram("a request cannot be a fragment")
+        return header
+
+
+def _bad_mac(header: Header) -> BadMAC:
+    return BadMAC(f"datagram seq {header.seq} of session {header.session_id:#x} failed its tag")

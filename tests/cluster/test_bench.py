@@ -36,6 +36,9 @@ def assert_sound(summary: dict[str, Any], mode: str) -> None:
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
     assert lat["min"] <= lat["mean"] <= lat["max"]
     assert summary["mib_per_s"] < summary["mb_per_s"]
+    # Counted during the run only.
+    assert isinstance(summary["retransmits"], int) and summary["retransmits"] >= 0
+    assert summary["timeouts"] == 0
 
 
 def test_write_seq_rand_verify_and_cleanup(cluster: Cluster) -> None:

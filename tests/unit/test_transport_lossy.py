@@ -25,7 +25,6 @@ from store import auth
 from store.client.transport import REHELLO_AFTER, Address, RttEstimator, Transport
 from store.errors import ClientTimeout, Code, MalformedDatagram, ProtocolError
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
-from store.wire import body as wire_body
 from store.wire import fragments
 from store.wire.datagram import DatagramType, Header, parse_header_untrusted
 
@@ -238,12 +237,14 @@ class CounterDaemon:
         in fragments when the request asks for them, as ``store.osd.front`` does."""
         self.served["blob"] += 1
         version = (EPOCH, self.counters[key])
-        packed = wire_body.pack({"r": 0, "v": list(version), "res": [blob_of(key, version)]})
-        if frag is None or len(packed) > frag[0]:
+        head, tail = fragments.reply_parts(
+            {"r": 0, "v": list(version), "res": [blob_of(key, version)]}
+        )
+        if frag is None or fragments.packed_size(head, tail) > frag[0]:
             await self._reply(session, header, address, {"r": int(Code.EFBIG)})
             return
-        for piece in fragments.split(packed, version, frag[1]):
-            datagram = self.sessions.seal_packed(session, header, EPOCH, piece, True)
+        for prefix, piece in fragments.split(head, tail, version, frag[1]):
+            datagram = self.sessions.seal_fragment(session, header, EPOCH, prefix, piece)
             await self.sock.sendto(datagram, address)
 
     async def _reply(
@@ -388,7 +389,7 @@ async def test_fragments_of_a_reply_are_kept_across_resends(
         rig = Rig(nursery, seed=77, drop=0.3, duplicate=0.1)
         await read_blobs(rig, 60, ["a", "b", "c"], change=False)
         nursery.cancel_scope.cancel()
-    assert len(fragments.split(b"x" * BLOB_SIZE, (1, 1), rig.transport.max_datagram)) == 5
+    assert len(fragments.split(b"h", b"x" * BLOB_SIZE, (1, 1), rig.transport.max_datagram)) == 5
     assert 60 < rig.daemon.served["blob"] < 60 * 4
     assert rig.transport.stats.retransmits > 0
 

@@ -209,7 +209,7 @@ class ImageGateway:
         if conn.readonly:
             raise WriteRefused(f"image {self.settings.spec} is served read-only here")
 
-    async def pread(self, conn: Connection, offset: int, length: int) -> list[bytes]:
+    async def pread(self, conn: Connection, offset: int, length: int) -> list[bytes | bytearray]:
         """The bytes as consecutive parts (see ``Image.read_parts``)."""
         with _Counted(self.stats, "pread", length):
             return await self.image.read_parts(offset, length)

@@ -264,7 +264,7 @@ class Backend:
         """``length`` bytes at ``offset``; raises Gone for a missing object."""
         return b"".join(await self.read_extents(name, offset, length))
 
-    async def read_extents(self, name: str, offset: int, length: int) -> list[bytes]:
+    async def read_extents(self, name: str, offset: int, length: int) -> list[bytes | bytearray]:
         """The same bytes as the pieces they were read in, not joined."""
         try:
             return await self.client.read_extents(self.pool, name, offset, length)

@@ -64,7 +64,7 @@ class _Crc:
         self.name = name
         self.value = _MASK64 if name == "crc64nvme" else 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         if self.name == "crc32":
             self.value = zlib.crc32(data, self.value)
         elif self.name == "crc32c":
@@ -90,7 +90,7 @@ class _XxHash:
             "xxhash128": xxhash.xxh3_128,
         }[name]()
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
 
     def digest(self) -> bytes:

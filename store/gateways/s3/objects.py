@@ -86,7 +86,7 @@ class DataWriter:
             await self.discard()
         return bool(suppressed)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
         while view:
             if self._buffer is None:
@@ -96,8 +96,10 @@ class DataWriter:
             piece = view[: self.stripe - self._buffered]
             # Pieces are kept as they come and joined once per stripe: a buffer grown
             # piece by piece is copied again each time it is reallocated.
-            whole = type(data) is bytes and len(piece) == len(data)
-            self._buffer.append(data if whole else bytes(piece))
+            if isinstance(data, bytes) and len(piece) == len(data):
+                self._buffer.append(data)
+            else:
+                self._buffer.append(bytes(piece))
             self._buffered += len(piece)
             view = view[len(piece) :]
             self.size += len(piece)
@@ -210,7 +212,7 @@ def inline_bytes(entry: Entry, start: int, end: int) -> bytes:
     return entry.data[start:end]
 
 
-async def read_first(backend: Backend, segments: list[Segment]) -> list[bytes]:
+async def read_first(backend: Backend, segments: list[Segment]) -> list[bytes | bytearray]:
     """The first segment, read before answering: a Gone here means "look again"."""
     if not segments:
         return []
@@ -226,7 +228,7 @@ class _Fetch:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: list[bytes] = []
+        self.data: list[bytes | bytearray] = []
         self.error: BaseException | None = None
         self.scope = trio.CancelScope()
 
@@ -246,8 +248,8 @@ async def stream_segments(
     segments: list[Segment],
     budget: Budget,
     nursery: trio.Nursery,
-    first: list[bytes] | None = None,
-) -> AsyncGenerator[bytes, None]:
+    first: list[bytes | bytearray] | None = None,
+) -> AsyncGenerator[bytes | bytearray, None]:
     """Yield the bytes of ``segments`` in order, as the extents they were read in, reading
     one segment ahead when a token is free.
 

@@ -120,7 +120,7 @@ async def read_small(call: Call, entry: Entry) -> bytes:
 
 async def _source_bytes(
     call: Call, entry: Entry, start: int, end: int
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[bytes | bytearray, None]:
     """Bytes [start, end) of a copy source, in pieces, wherever they are kept."""
     try:
         if entry.inline:

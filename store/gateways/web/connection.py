@@ -33,7 +33,7 @@ import email.utils
 import http
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import h11
 import trio
@@ -41,6 +41,7 @@ import trio
 from store.errors import single_error
 from store.gateways.web.messages import (
     BodyTooLarge,
+    Chunk,
     ClientDisconnected,
     Handler,
     MalformedBody,
@@ -183,12 +184,15 @@ class Connection:
     # --- sending -------------------------------------------------------------------------
 
     async def _send(self, event: Any) -> None:
-        data = self.h11.send(event)
-        if not data:
+        # The pieces as h11 frames them: a body chunk is passed through, not copied.
+        pieces = self.h11.send_with_data_passthrough(event)
+        if not pieces:
             return
         with trio.move_on_after(self.idle_timeout):
             try:
-                await self.stream.send_all(data)
+                for piece in pieces:
+                    if piece:
+                        await self.stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _Close(f"send failed: {exc}") from None
             return
@@ -317,7 +321,7 @@ class Connection:
         await self._send(h11.EndOfMessage())
 
     def _response_head(
-        self, response: Response, body: bytes | AsyncIterable[bytes], method: str
+        self, response: Response, body: bytes | AsyncIterable[Chunk], method: str
     ) -> h11.Response:
         if not 200 <= response.status <= 599:
             raise ValueError(f"status {response.status} is not a final response")
@@ -341,7 +345,7 @@ class Connection:
             reason = b""
         return h11.Response(status_code=response.status, headers=headers, reason=reason)
 
-    async def _stream_body(self, request: Request, body: AsyncIterable[bytes]) -> None:
+    async def _stream_body(self, request: Request, body: AsyncIterable[Chunk]) -> None:
         iterator = aiter(body)
         try:
             while True:
@@ -366,7 +370,8 @@ class Connection:
                     raise _Close("response body yielded something other than bytes")
                 if chunk:
                     try:
-                        await self._send(h11.Data(data=bytes(chunk)))
+                        # h11 passes any bytes-like body chunk through as it is.
+                        await self._send(h11.Data(data=cast(bytes, chunk)))
                     except h11.LocalProtocolError as exc:  # more than its Content-Length
                         log.error("response body of %s %s: %s", request.method, request.target, exc)
                         raise _Close("response body longer than announced") from None

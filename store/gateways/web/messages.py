@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from store.gateways.web.connection import BodyReader
 
+# A piece of a streamed response body: sent as it is, never copied to bytes first.
+Chunk = bytes | bytearray | memoryview
+
 
 class BodyError(Exception):
     """A request body could not be read to its end."""
@@ -70,7 +73,7 @@ class Response:
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes | AsyncIterable[bytes] = b""
+    body: bytes | AsyncIterable[Chunk] = b""
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
