@@ -466,7 +466,8 @@ class Transport:
                     # another client's session), so it drops everything we send. Start a
                     # new session; the request keeps its id, so a write it already applied
                     # is recognised.
-                    link.session, link.unanswered = None, 0
+                    self._forget_session(link)
+                    link.unanswered = 0
                     self.stats.rehellos += 1
                     raise _SessionReset()
 

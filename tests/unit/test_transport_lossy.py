@@ -527,6 +527,9 @@ async def test_client_starts_a_new_session_when_a_daemon_goes_silent_on_it(
         rig = Rig(nursery, seed=5, drop=0.0, duplicate=0.0)
         assert await rig.call({"op": "incr", "key": "a"}) == 1
         hellos = rig.daemon.served["hello"]
+        (link,) = rig.transport.links.values()
+        assert link.session is not None
+        old_session = link.session.session_id
         rig.daemon.restart()
         rig.daemon.reset_unknown = False
         start = trio.current_time()
@@ -534,6 +537,10 @@ async def test_client_starts_a_new_session_when_a_daemon_goes_silent_on_it(
         took = trio.current_time() - start
         nursery.cancel_scope.cancel()
     assert rig.transport.stats.rehellos == 1
+    # The old session is forgotten: a late reply to it is a stranger's, not a forgery
+    # under the new session's keys.
+    assert old_session not in rig.transport._by_session
+    assert link.session is not None and link.session.session_id != old_session
     assert rig.daemon.served["hello"] == hellos + 1
     assert rig.daemon.dropped["unknown_session"] == REHELLO_AFTER
     assert took < 60.0  # long before the deadline
