@@ -1,10 +1,12 @@
-"""What the gateways' ``serve`` commands share: the ``--listen`` and ``--metrics`` options,
-HOST:PORT values checked as the flag that gave them, a gateway's log level, and running a
-gateway process until Ctrl-C with its errors said the way an operator wants them."""
+"""What the gateways' ``serve`` commands share: the ``--listen``, ``--metrics`` and
+``--workers`` options, HOST:PORT values checked as the flag that gave them, a gateway's log
+level, and running a gateway process until Ctrl-C with its errors said the way an operator
+wants them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -12,6 +14,7 @@ import trio
 
 from store import logs
 from store.errors import single_error
+from store.gateways import workers as gateway_workers
 from store.rpc import parse_hostport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +35,46 @@ def metrics_option(fn: F) -> F:
         metavar="HOST:PORT",
         help="Serve Prometheus /metrics, /healthz, /readyz and /config here.",
     )(fn)
+
+
+def workers_option(fn: F) -> F:
+    """``--workers N``, processes serving the port (``store.gateways.workers``)."""
+    return click.option(
+        "--workers",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, 64),
+        help="Processes serving the port, one core each (SO_REUSEPORT);"
+        " worker i serves its metrics on the --metrics port + i.",
+    )(fn)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this gateway process serves."""
+
+    port: int
+    metrics: str | None
+    reuse_port: bool  # one of several workers on the port
+
+
+def place(workers: int, listen: str, metrics: str | None) -> Place | None:
+    """Where this process serves: as given, or as the worker its supervisor started. With
+    ``--workers`` above 1 this process is the supervisor: it runs the workers until they
+    stop and returns None (or ends the command with a worker's failure)."""
+    host, port = host_port(listen, "--listen")
+    slot = gateway_workers.current()
+    if slot is not None:
+        return Place(slot.port, slot.metrics(metrics), True)
+    if workers == 1:
+        return Place(port, metrics, False)
+    try:
+        status = gateway_workers.supervise(workers, host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {listen}: {exc}") from None
+    if status:
+        raise click.exceptions.Exit(status)
+    return None
 
 
 def host_port(value: str, flag: str) -> tuple[str, int]:

@@ -44,6 +44,7 @@ class ProcessSettings:
     port: int
     ssl_context: ssl.SSLContext | None
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
+    reuse_port: bool = False  # a worker of several on the port (store.gateways.workers)
     running_config: dict[str, Any] | None = None  # what /config shows (secrets masked)
 
     @property
@@ -93,7 +94,12 @@ class StartedGateway:
         settings = self._settings
         port: int = await self.nursery.start(
             functools.partial(
-                serve, handler, settings.host, settings.port, ssl_context=settings.ssl_context
+                serve,
+                handler,
+                settings.host,
+                settings.port,
+                ssl_context=settings.ssl_context,
+                reuse_port=settings.reuse_port,
             )
         )
         self._state.port = port

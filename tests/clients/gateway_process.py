@@ -98,6 +98,29 @@ class GatewayProcess:
         raise AssertionError("no VmHWM in /proc status")
 
 
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (a gateway's workers)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 G = TypeVar("G", bound=GatewayProcess)
 
 

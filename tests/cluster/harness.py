@@ -38,6 +38,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port p with p + 1 free as well (a second worker's metrics port)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 def free_dual_port() -> int:
     """A port free for both TCP and UDP (daemons use both on one number)."""
     for _ in range(100):

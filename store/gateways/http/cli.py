@@ -85,6 +85,7 @@ def http_group() -> None:
     help="Seconds replaced or deleted data is kept for reads already under way.",
 )
 @gateway_cli.metrics_option
+@gateway_cli.workers_option
 @logs.format_option
 @client_options
 def serve_command(
@@ -99,25 +100,31 @@ def serve_command(
     upload_lease: float,
     read_grace: float,
     metrics: str | None,
+    workers: int,
     log_format: str,
 ) -> None:
     """Serve GET/HEAD/PUT/DELETE of /<pool>/<object> and listings of /<pool>/.
 
     Settings may come from a TOML file (`--config FILE`, keys are the long flag names)."""
     gateway_cli.setup_logging("http", log_format)
-    host, port = gateway_cli.host_port(listen, "--listen")
+    host, _ = gateway_cli.host_port(listen, "--listen")
     gateway_cli.check_metrics(metrics)
     tokens = load_tokens(token_file) if token_file is not None else ()
+    context = _ssl_context(tls_cert, tls_key)
+    place = gateway_cli.place(workers, listen, metrics)
+    if place is None:
+        return  # this process ran the workers
     settings = GatewaySettings(
         host=host,
-        port=port,
+        port=place.port,
+        reuse_port=place.reuse_port,
         policy=AccessPolicy(tokens, frozenset(public)),
-        ssl_context=_ssl_context(tls_cert, tls_key),
+        ssl_context=context,
         max_object_size=max_object_size,
         gc_interval=gc_interval,
         upload_lease=upload_lease,
         read_grace=read_grace,
-        metrics=metrics,
+        metrics=place.metrics,
         running_config=configfile.document(click.get_current_context(), "http"),
     )
     gateway_cli.run_until_interrupted(functools.partial(run_gateway, config, settings), listen)

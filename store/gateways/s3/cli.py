@@ -110,6 +110,7 @@ def s3_group() -> None:
     help="Seconds before overwritten or deleted data is freed.",
 )
 @gateway_cli.metrics_option
+@gateway_cli.workers_option
 @logs.format_option
 @pool_option
 @client_options
@@ -123,6 +124,7 @@ def serve_command(
     index_shards: int,
     gc_delay: float,
     metrics: str | None,
+    workers: int,
     log_format: str,
     pool: str,
     pool_size: int | None,
@@ -134,7 +136,7 @@ def serve_command(
     gateway_cli.setup_logging("s3", log_format)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    host, port = gateway_cli.host_port(listen, "--listen")
+    host, _ = gateway_cli.host_port(listen, "--listen")
     gateway_cli.check_metrics(metrics)
     context = None
     if tls_cert is not None and tls_key is not None:
@@ -143,9 +145,13 @@ def serve_command(
             context.load_cert_chain(str(tls_cert), str(tls_key))
         except (OSError, ssl.SSLError) as exc:
             raise click.ClickException(f"cannot load {tls_cert} and {tls_key}: {exc}") from None
+    place = gateway_cli.place(workers, listen, metrics)
+    if place is None:
+        return  # this process ran the workers
     settings = GatewaySettings(
         host=host,
-        port=port,
+        port=place.port,
+        reuse_port=place.reuse_port,
         ssl_context=context,
         pool=pool,
         pool_size=pool_size,
@@ -156,7 +162,7 @@ def serve_command(
             index_shards=index_shards,
             gc_delay=gc_delay,
         ),
-        metrics=metrics,
+        metrics=place.metrics,
         running_config=configfile.document(click.get_current_context(), "s3"),
     )
     gateway_cli.run_until_interrupted(functools.partial(run_gateway, config, settings), listen)

@@ -50,12 +50,17 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     max_header_bytes: int = 64 * 1024,
     idle_timeout: float = 60.0,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve HTTP/1.1 (HTTPS with `ssl_context`) on host:port until cancelled.
+    """Serve HTTP/1.1 (HTTPS with `ssl_context`) on host:port until cancelled; with
+    `reuse_port`, beside other processes listening there (``store.gateways.workers``).
 
     `task_status.started` receives the bound port (useful with port 0)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if reuse_port:
+        listeners = [await _shared_listener(host, port)]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound = int(listeners[0].socket.getsockname()[1])
     scheme = "https" if ssl_context is not None else "http"
 
@@ -89,6 +94,22 @@ async def serve(
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)
         task_status.started(bound)
+
+
+async def _shared_listener(host: str, port: int) -> trio.SocketListener:
+    """A listener on host:port with SO_REUSEPORT: the kernel spreads connections over every
+    socket listening there so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int]:

@@ -42,9 +42,10 @@ class Gateway(GatewayProcess):
         *extra: str,
         config: str | None = None,
         conf: Path | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         super().__init__(cluster, root, name, extra)
-        self.metrics_port = free_port()
+        self.metrics_port = metrics_port or free_port()
         token_file = root / "tokens"
         token_file.write_text(f"# tokens of the test gateways\n{TOKEN}\n")
         self.config_path: Path | None = None

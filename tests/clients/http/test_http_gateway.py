@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from store.client.config import write_config
+from tests.clients.gateway_process import children_of
 from tests.clients.http.conftest import MAX_OBJECT_SIZE, POOL, PUBLIC_POOL, TOKEN, Gateway
 from tests.clients.http.support import Reply, call, path_of, scrape, settled
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, free_port_pair, wait_until
 from tests.metric_samples import delta, value
 
 pytestmark = pytest.mark.usefixtures("gateway")
@@ -458,3 +459,22 @@ def test_a_metrics_port_that_cannot_be_served_is_a_clear_error(cluster: Cluster)
     assert f"cannot serve metrics on {address}: Address already in use" in refused.stderr
     malformed = store_cli(*args, "--metrics", "nowhere")
     assert malformed.returncode == 2 and "Invalid value for --metrics" in malformed.stderr
+
+
+def test_workers_serve_one_port(cluster: Cluster, tmp_path: Path) -> None:
+    gateway = Gateway(cluster, tmp_path, "workers", "--workers", "2", metrics_port=free_port_pair())
+    try:
+        gateway.start()
+        assert gateway.proc is not None and len(children_of(gateway.proc.pid)) == 2
+        # Worker 1's metrics port is the gateway's + 1: read it as a gateway of its own.
+        second = Gateway(cluster, tmp_path, "second", metrics_port=gateway.metrics_port + 1)
+        wait_until(second.ready, "worker 1 ready")
+        for i in range(30):  # a connection each: the kernel spreads them over the workers
+            path = path_of(POOL, f"workers/{i}")
+            assert call(gateway, "PUT", path, b"%d" % i).status in (201, 204)
+            assert call(gateway, "GET", path).body == b"%d" % i
+        requests = "store_http_requests_total"
+        for worker in (gateway, second):
+            assert sum(v for (name, _), v in scrape(worker).items() if name == requests) > 0
+    finally:
+        gateway.kill()
