@@ -55,7 +55,7 @@ class Place:
 
     port: int
     metrics: str | None
-    reuse_port: bool  # one of several workers on the port
+    worker: gateway_workers.WorkerSlot | None  # one of several workers on the port
 
 
 def place(workers: int, listen: str, metrics: str | None) -> Place | None:
@@ -65,9 +65,9 @@ def place(workers: int, listen: str, metrics: str | None) -> Place | None:
     host, port = host_port(listen, "--listen")
     slot = gateway_workers.current()
     if slot is not None:
-        return Place(slot.port, slot.metrics(metrics), True)
+        return Place(slot.port, slot.metrics(metrics), slot)
     if workers == 1:
-        return Place(port, metrics, False)
+        return Place(port, metrics, None)
     try:
         status = gateway_workers.supervise(workers, host, port)
     except OSError as exc:

@@ -30,6 +30,7 @@ import trio
 from store.client.api import Client
 from store.client.config import ClientConfig
 from store.gateways.web.server import Handler, serve
+from store.gateways.workers import WorkerSlot, announce_ready
 from store.metrics.client import client_collector
 from store.metrics.endpoint import serving_metrics
 from store.metrics.families import ScrapeCollector
@@ -44,7 +45,7 @@ class ProcessSettings:
     port: int
     ssl_context: ssl.SSLContext | None
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz, /config
-    reuse_port: bool = False  # a worker of several on the port (store.gateways.workers)
+    worker: WorkerSlot | None = None  # one worker of several on the port (--workers)
     running_config: dict[str, Any] | None = None  # what /config shows (secrets masked)
 
     @property
@@ -99,10 +100,12 @@ class StartedGateway:
                 settings.host,
                 settings.port,
                 ssl_context=settings.ssl_context,
-                reuse_port=settings.reuse_port,
+                reuse_port=settings.worker is not None,
             )
         )
         self._state.port = port
+        if settings.worker is not None:
+            announce_ready(settings.worker)
         return port
 
 

@@ -200,7 +200,8 @@ class UdpFront:
         if fragments is not None and body["r"] == Code.OK:
             # The data goes raw, as the tail of the fragments; the map is packed without it.
             head, tail = wire_fragments.reply_parts(body)
-            small = HEADER_SIZE + len(head) + len(tail) + TAG_SIZE <= MAX_DATAGRAM
+            # Packed whole, the map differs from head + tail by a few bytes either way.
+            small = HEADER_SIZE + len(head) + len(tail) + TAG_SIZE <= MAX_DATAGRAM + 16
             packed = wire_body.pack(body) if small else None
         else:
             head, tail, packed = b"", b"", wire_body.pack(body)

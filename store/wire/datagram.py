@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from store.errors import BadMAC, MalformedDatagram
 
 MAGIC = b"SD"
-VERSION = 1
+VERSION = 2  # 2: fragment prefixes in clear (store.wire.fragments)
 HEADER_SIZE = 36
 TAG_SIZE = 16
 KEY_SIZE = 32

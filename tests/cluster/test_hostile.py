@@ -34,6 +34,7 @@ from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
     TAG_SIZE,
+    VERSION,
     DatagramCipher,
     DatagramKeys,
     DatagramType,
@@ -60,7 +61,7 @@ def raw_header(
     epoch: int = 0,
     flags: int = 0,
     magic: bytes = b"SD",
-    version: int = 1,
+    version: int = VERSION,
     reserved8: int = 0,
     reserved16: int = 0,
 ) -> bytes:
@@ -231,7 +232,7 @@ def hostile_datagrams(
         bend: dict[str, Any] = rng.choice(
             [
                 {"magic": b"DS"},
-                {"version": rng.choice([0, 2, 255])},
+                {"version": rng.choice([0, 1, 3, 255])},
                 {"type": rng.choice([0, 6, 200])},
                 {"flags": rng.choice([2, 0x80, 0xFF])},
                 {"reserved8": rng.randrange(1, 256)},

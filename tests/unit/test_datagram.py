@@ -17,6 +17,7 @@ from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
     TAG_SIZE,
+    VERSION,
     DatagramCipher,
     DatagramKeys,
     DatagramType,
@@ -42,7 +43,7 @@ SERVER = DatagramCipher(KEYS, "server")
 
 def raw_header(
     magic: bytes = b"SD",
-    version: int = 1,
+    version: int = VERSION,
     type: int = DatagramType.HELLO,
     flags: int = 0,
     reserved8: int = 0,
@@ -98,7 +99,8 @@ def test_header_parses_every_valid_field_combination(
         {"magic": b"SE"},
         {"magic": b"\0\0"},
         {"version": 0},
-        {"version": 2},
+        {"version": 1},  # before fragment prefixes went in clear
+        {"version": 3},
         {"type": 0},
         {"type": 6},
         {"type": 255},

@@ -90,6 +90,24 @@ def test_pieces_in_any_order_give_back_the_reply(
     assert results[-1] == {"r": 0, "v": [4, 17], "res": [data]}
 
 
+@pytest.mark.parametrize("pieces", [1, 2, 3])
+def test_every_split_of_tail_and_head_over_pieces(pieces: int) -> None:
+    """Replies ending anywhere from the head just inside the last piece to one byte past
+    it: data filling pieces exactly, the head or the trailer across two pieces."""
+    client, server = ciphers()
+    datagram = 2000
+    piece = fragments.piece_size(datagram)
+    head = fragments.reply_parts(reply_of(b""))[0]
+    extra = len(head) + fragments.TRAILER.size
+    for end in range(pieces * piece - extra - 2, pieces * piece + 2):
+        data = random.Random(end).randbytes(end - extra)
+        sent = datagrams_of(server, reply_of(data), (4, 17), datagram)
+        assert len(sent) == -(-end // piece)
+        assembly = assembly_for(len(data) + 4096, datagram)
+        results = [receive(client, assembly, d) for d in reversed(sent)]
+        assert results[-1] == reply_of(data), end
+
+
 def test_the_data_travels_raw_and_lands_in_place() -> None:
     client, server = ciphers()
     data = os.urandom(1024 * 1024)

@@ -117,7 +117,7 @@ def serve_command(
     settings = GatewaySettings(
         host=host,
         port=place.port,
-        reuse_port=place.reuse_port,
+        worker=place.worker,
         policy=AccessPolicy(tokens, frozenset(public)),
         ssl_context=context,
         max_object_size=max_object_size,

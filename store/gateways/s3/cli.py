@@ -151,7 +151,7 @@ def serve_command(
     settings = GatewaySettings(
         host=host,
         port=place.port,
-        reuse_port=place.reuse_port,
+        worker=place.worker,
         ssl_context=context,
         pool=pool,
         pool_size=pool_size,

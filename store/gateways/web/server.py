@@ -14,6 +14,7 @@ import ssl
 
 import trio
 
+from store.gateways import workers as gateway_workers
 from store.gateways.web.connection import BodyReader, Connection
 from store.gateways.web.messages import (
     BodyError,
@@ -58,7 +59,7 @@ async def serve(
 
     `task_status.started` receives the bound port (useful with port 0)."""
     if reuse_port:
-        listeners = [await _shared_listener(host, port)]
+        listeners = await _shared_listeners(host, port)
     else:
         listeners = await trio.open_tcp_listeners(port, host=host)
     bound = int(listeners[0].socket.getsockname()[1])
@@ -96,20 +97,20 @@ async def serve(
         task_status.started(bound)
 
 
-async def _shared_listener(host: str, port: int) -> trio.SocketListener:
-    """A listener on host:port with SO_REUSEPORT: the kernel spreads connections over every
-    socket listening there so."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+async def _shared_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listeners on every address of `host` at `port` with SO_REUSEPORT: the kernel spreads
+    connections over every socket listening there so."""
+    listeners = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        await sock.bind((host, port))
-        sock.listen(socket.SOMAXCONN)
+        for family, address in gateway_workers.addresses(host, port):
+            sock = gateway_workers.shared_socket(family, address)
+            sock.listen(socket.SOMAXCONN)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
     except OSError:
-        sock.close()
+        for listener in listeners:
+            await listener.aclose()
         raise
-    return trio.SocketListener(sock)
+    return listeners
 
 
 def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int]:
