@@ -9,6 +9,7 @@ some PGs), datagrams from clients, and requests from peers.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -49,6 +50,7 @@ PG_COUNT_REFRESH = 10.0  # ... while PGs we lead are recovering (degraded/mispla
 # Seconds between looks at the disk's free space (statvfs: cheap). Writes go on between
 # two looks, so at 150 MB/s a daemon may pass its full_ratio by 30 MB before refusing.
 DISK_CHECK_INTERVAL = 0.2
+BIND_ATTEMPTS = 20  # UDP ports tried when the kernel picks one and TCP has its number
 
 
 @dataclass(frozen=True)
@@ -197,17 +199,30 @@ class OsdDaemon:
 
     async def _bind(self) -> tuple[socket.socket, list[trio.SocketListener]]:
         host, port = parse_hostport(self.config.listen)
-        udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-        tune_buffers(udp, 16 * 1024 * 1024)
-        udp.bind((host, port))
-        self.udp_address = udp.getsockname()[:2]
-        if self.config.peer_listen:
-            peer_host, peer_port = parse_hostport(self.config.peer_listen)
-        else:
-            peer_host, peer_port = host, self.udp_address[1]
-        listeners = await trio.open_tcp_listeners(peer_port, host=peer_host)
-        self.peer_address = listeners[0].socket.getsockname()[:2]
-        return udp, listeners
+        for attempt in range(BIND_ATTEMPTS):
+            udp = socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+            )
+            try:
+                tune_buffers(udp, 16 * 1024 * 1024)
+                udp.bind((host, port))
+                self.udp_address = udp.getsockname()[:2]
+                if self.config.peer_listen:
+                    peer_host, peer_port = parse_hostport(self.config.peer_listen)
+                else:
+                    peer_host, peer_port = host, self.udp_address[1]
+                listeners = await trio.open_tcp_listeners(peer_port, host=peer_host)
+            except OSError as exc:
+                udp.close()
+                # With port 0 the kernel picks a free UDP port, and the peer port takes the
+                # same number, which a TCP connection may be using: pick another.
+                chosen = port == 0 and not self.config.peer_listen
+                if chosen and exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_ATTEMPTS:
+                    continue
+                raise
+            self.peer_address = listeners[0].socket.getsockname()[:2]
+            return udp, listeners
+        raise AssertionError("unreachable")
 
     @property
     def advertised_udp(self) -> str:
