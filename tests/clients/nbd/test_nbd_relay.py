@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.clients.gateway_process import alive, children_of
 from tests.clients.nbd.conftest import NbdServer, Serve, new_image, run
 from tests.cluster.harness import Cluster, free_port, wait_until
 
@@ -134,13 +135,13 @@ def test_relay_on_tcp_goes_with_nbdkit(nbd_cluster: Cluster, short_dir: Path) ->
         wait_until(lambda: _greets(port), "the relay to greet on TCP", 30)
         info = run("nbdinfo", "--json", f"nbd://127.0.0.1:{port}")
         assert json.loads(info.stdout)["exports"][0]["export-size"] == 64 * MiB
-        relays = _children(proc.pid)
+        relays = sorted(children_of(proc.pid))
         assert len(relays) == 1, relays
         # SIGTERM to nbdkit alone (as systemd's stop does to the main process first): the
         # relay, which ignores SIGTERM, leaves when nbdkit has, and frees the port.
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        wait_until(lambda: not _alive(relays[0]), "the relay to exit", 10)
+        wait_until(lambda: not alive(relays[0]), "the relay to exit", 10)
         with socket.socket() as probe:
             # As a server would: connections of the run may linger in TIME_WAIT, but
             # nothing may listen on the port any more.
@@ -162,11 +163,11 @@ def test_relay_removes_its_unix_socket(nbd_cluster: Cluster, serve: Serve) -> No
 
 def test_relay_goes_when_nbdkit_is_killed(nbd_cluster: Cluster, serve: Serve) -> None:
     server = serve(new_image(nbd_cluster, "relayed-kill", "16M"))
-    relays = _children(server.pid)
+    relays = sorted(children_of(server.pid))
     assert len(relays) == 1, relays
     os.kill(server.pid, signal.SIGKILL)  # nbdkit alone, with no chance to clean up
     server.proc.wait(timeout=30)
-    wait_until(lambda: not _alive(relays[0]), "the relay to exit", 10)
+    wait_until(lambda: not alive(relays[0]), "the relay to exit", 10)
     wait_until(lambda: not server.sock.exists(), "the socket to go", 10)
 
 
@@ -178,28 +179,6 @@ def _greets(port: int) -> bool:
             return s.recv(8) == b"NBDMAGIC"
         except OSError:
             return False
-
-
-def _alive(pid: int) -> bool:
-    """Running, not exited (a zombie nobody has reaped yet counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_relay_logs_json_lines_with_the_gateway(nbd_cluster: Cluster, serve: Serve) -> None:
