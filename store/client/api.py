@@ -116,14 +116,15 @@ class Client:
         *,
         timeout: float | None = None,
         fragments: int = 0,
+        slow: bool = False,
     ) -> dict[Any, Any]:
         """One request; `fragments` lets a read's reply of up to that many bytes come in
-        several datagrams."""
+        several datagrams; `slow` times it apart from small requests (see the transport)."""
         body: dict[str, Any] = {"o": name, "ops": ops}
         if cond:
             body["if"] = cond
         spec = self.pool(pool)
-        return await self._send(spec, pg_of(spec, name), body, timeout, fragments)
+        return await self._send(spec, pg_of(spec, name), body, timeout, fragments, slow)
 
     async def _send(
         self,
@@ -132,6 +133,7 @@ class Client:
         body: dict[str, Any],
         timeout: float | None,
         fragments: int = 0,
+        slow: bool = False,
     ) -> dict[Any, Any]:
         deadline = trio.current_time() + (timeout or self.config.timeout)
         request_id = self.transport.new_request_id()
@@ -165,6 +167,7 @@ class Client:
                         request_id=request_id,
                         give_up=moved,
                         fragments=fragments,
+                        slow=slow,
                     )
                 except TargetMoved as exc:
                     last_problem = str(exc)
@@ -248,7 +251,9 @@ class Client:
 
             await _each(pieces, stage)
             try:
-                await self.execute(pool, name, [["staged", token, offset, len(chunk), full]])
+                await self.execute(
+                    pool, name, [["staged", token, offset, len(chunk), full]], slow=True
+                )
                 return
             except RemoteError as exc:
                 if exc.code != Code.ENOTSTAGED or attempt == STAGE_ATTEMPTS - 1:

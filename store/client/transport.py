@@ -197,6 +197,9 @@ class DaemonLink:
     address: Address
     window: trio.Semaphore
     rtt: RttEstimator = field(default_factory=RttEstimator)
+    # Requests whose work grows with their data (a staged extent's commit: a write of MiBs
+    # replicated) are timed apart: folded into `rtt`, they were sent again every time.
+    slow_rtt: RttEstimator = field(default_factory=RttEstimator)
     session: _ClientSession | None = None
     unanswered: int = 0  # sends in a row that met no answer at all
     hello_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -400,8 +403,10 @@ class Transport:
         deadline: float,
         session: _ClientSession | None = None,
         give_up: GiveUp | None = None,
+        rtt: RttEstimator | None = None,
     ) -> dict[Any, Any]:
-        """Send, wait one RTO, resend with backoff until answered or the deadline passes.
+        """Send, wait one RTO (of `rtt`, the link's own by default), resend with backoff
+        until answered or the deadline passes.
 
         An INPROGRESS answer means the daemon has the request and is working on it: the
         next RTO passes without a resend. A wait in which fragments of the reply came in is
@@ -415,6 +420,7 @@ class Transport:
         acknowledged = False  # the daemon said INPROGRESS: our first send reached it
         progress = 0  # fragments seen when the last wait began
         quiet = False  # the last wait saw fragments come in: wait only briefly now
+        rtt = rtt if rtt is not None else link.rtt
         while True:
             if send:
                 sent = trio.current_time()
@@ -422,7 +428,7 @@ class Transport:
                 self.stats.datagrams_sent += 1
                 self.stats.bytes_sent += len(datagram)
                 await self.sock.sendto(datagram, link.address)
-            wait = link.rtt.rto()
+            wait = rtt.rto()
             if quiet:
                 wait = max(QUIET_MIN, wait / 4)
             with trio.move_on_at(min(deadline, trio.current_time() + wait)):
@@ -436,11 +442,11 @@ class Transport:
                     first, send, acknowledged = False, False, True
                     continue
                 if first:
-                    link.rtt.sample(trio.current_time() - sent)
+                    rtt.sample(trio.current_time() - sent)
                 elif acknowledged:
                     # Not ambiguous as Karn fears: the work began with the first send, so
                     # the time since then is how long this daemon takes to answer now.
-                    link.rtt.sample(trio.current_time() - started)
+                    rtt.sample(trio.current_time() - started)
                 return waiter.reply
             quiet = waiter.progress != progress
             if quiet and trio.current_time() < deadline:
@@ -455,7 +461,7 @@ class Transport:
                 )
             first, send = False, True
             self.stats.retransmits += 1
-            link.rtt.timed_out()
+            rtt.timed_out()
             if session is not None:
                 if link.session is not session:
                     raise _SessionReset()  # another request already started a new session
@@ -486,8 +492,12 @@ class Transport:
         request_id: int | None = None,
         give_up: GiveUp | None = None,
         fragments: int = 0,
+        slow: bool = False,
     ) -> tuple[dict[Any, Any], int]:
         """Send one request to a daemon; returns (reply body, daemon's epoch).
+
+        `slow` requests (work that grows with the data, such as committing a staged
+        extent) have a retransmission timeout of their own.
 
         With `fragments`, the request (a read) takes a reply of up to that many bytes in
         several datagrams (see ``store.wire.fragments``); mind the receive buffer.
@@ -527,7 +537,15 @@ class Transport:
                     )
 
                 try:
-                    reply = await self._exchange(link, waiter, make, deadline, session, give_up)
+                    reply = await self._exchange(
+                        link,
+                        waiter,
+                        make,
+                        deadline,
+                        session,
+                        give_up,
+                        link.slow_rtt if slow else link.rtt,
+                    )
                     self.stats.latency.observe(trio.current_time() - started)
                     code = reply.get("r")
                     self.stats.replies[code if isinstance(code, int) else -1] += 1

@@ -285,17 +285,46 @@ class Rig:
         nursery.start_soon(self.daemon.run)
         nursery.start_soon(self.transport.run)
 
-    async def call(self, body: dict[str, Any], timeout: float = 120.0) -> Any:
+    async def call(self, body: dict[str, Any], timeout: float = 120.0, slow: bool = False) -> Any:
         reply, epoch = await self.transport.request(
             OSD_ID,
             DAEMON,
             body,
             encrypt=True,
             deadline=trio.current_time() + timeout,
+            slow=slow,
         )
         assert epoch == EPOCH
         assert reply["r"] == 0, reply
         return reply["v"]
+
+
+async def test_slow_requests_have_a_timeout_of_their_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests that take the daemon up to 0.2 s, each after a few answered at once (as a
+    staged extent's commit follows its pieces), are sent again and again when timed with
+    the quick ones, and hardly ever when timed apart."""
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=11, drop=0.0, duplicate=0.0, max_delay=0.0)
+        rig.daemon.slow_apply = 0.0
+        stats = rig.transport.stats
+
+        async def increments(slow: bool) -> int:
+            retransmits = 0
+            for _ in range(20):
+                for _ in range(5):
+                    await rig.call({"op": "get", "key": "a"})
+                before = stats.retransmits
+                await rig.call({"op": "incr", "key": "a"}, slow=slow)
+                retransmits += stats.retransmits - before
+            return retransmits
+
+        apart, together = await increments(True), await increments(False)
+        nursery.cancel_scope.cancel()
+    assert rig.daemon.counters["a"] == 40
+    assert together >= 8
+    assert apart <= 4
 
 
 async def test_every_increment_applied_once_over_a_lossy_network(
