@@ -303,7 +303,7 @@ class Transport:
         if header.fragment:
             self._on_fragment(link.session, header, data)
             return
-        header, raw = link.session.cipher.open_untrusted(data)
+        header, raw = link.session.cipher.open_untrusted(data, header)
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
@@ -323,7 +323,7 @@ class Transport:
         if target is None:
             return  # a piece already held: nothing to open
         with target:
-            header = session.cipher.open_fragment_into(data, target)
+            header = session.cipher.open_fragment_into(data, target, header)
             reply = waiter.assembly.add(fragment, target)
         waiter.progress += 1
         if reply is not None:

@@ -197,14 +197,13 @@ class UdpFront:
         assert sessions is not None
         epoch = self.daemon.map.epoch
         datagram: bytes | bytearray | None = None
+        head = b""
+        tail: wire_fragments.Data = b""
         if fragments is not None and body["r"] == Code.OK:
             # The data goes raw, as the tail of the fragments; the map is packed without it.
             head, tail = wire_fragments.reply_parts(body)
-            # Packed whole, the map differs from head + tail by a few bytes either way.
-            small = HEADER_SIZE + len(head) + len(tail) + TAG_SIZE <= MAX_DATAGRAM + 16
-            packed = wire_body.pack(body) if small else None
-        else:
-            head, tail, packed = b"", b"", wire_body.pack(body)
+        # Whole when it fits one datagram, which data of a datagram's size never does.
+        packed = wire_body.pack(body) if len(tail) < MAX_DATAGRAM else None
         if packed is not None and HEADER_SIZE + len(packed) + TAG_SIZE <= MAX_DATAGRAM:
             datagram = sessions.seal_packed(session, header, epoch, packed)
             self.send(datagram, address)

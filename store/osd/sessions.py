@@ -186,7 +186,7 @@ class SessionTable:
         session = self.sessions.get(header.session_id)
         if session is None:
             raise UnknownSession(f"no session {header.session_id:#x}")
-        header, raw = session.cipher.open_untrusted(datagram)
+        header, raw = session.cipher.open_untrusted(datagram, header)
         if not session.window.accept(header.seq):
             raise Replayed(f"sequence {header.seq} replayed in session {header.session_id:#x}")
         if session.expires < self._clock():

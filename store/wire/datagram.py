@@ -277,9 +277,10 @@ class DatagramCipher:
         authenticated = clear + body
         return authenticated + self._seal_aead.encrypt(nonce, b"", authenticated)
 
-    def open_untrusted(self, data: bytes) -> tuple[Header, bytes]:
-        """Verify a received datagram and return its header and (decrypted) body."""
-        header = self._check(data, HEADER_SIZE)
+    def open_untrusted(self, data: bytes, header: Header | None = None) -> tuple[Header, bytes]:
+        """Verify a received datagram and return its header and (decrypted) body. A caller
+        that has parsed the header of `data` already passes it (it runs per datagram)."""
+        header = self._check(data, HEADER_SIZE, header)
         if header.fragment:
             raise MalformedDatagram("a fragment opened as a whole datagram")
         nonce, size = _NONCE.pack(header.seq), len(data)
@@ -295,12 +296,15 @@ class DatagramCipher:
             raise _bad_mac(header) from None
         return header, body
 
-    def open_fragment_into(self, data: bytes, out: memoryview) -> Header:
+    def open_fragment_into(
+        self, data: bytes, out: memoryview, header: Header | None = None
+    ) -> Header:
         """Verify a received fragment datagram and put its (decrypted) piece into `out`,
         which must be exactly the piece's size. When the tag fails, `out` may have been
-        written to all the same: it holds nothing authentic."""
+        written to all the same: it holds nothing authentic. `header` as for
+        ``open_untrusted``."""
         clear = HEADER_SIZE + FRAGMENT_PREFIX_SIZE
-        header = self._check(data, clear)
+        header = self._check(data, clear, header)
         if not header.fragment:
             raise MalformedDatagram("a whole datagram opened as a fragment")
         size = len(data)
@@ -318,9 +322,10 @@ class DatagramCipher:
             raise _bad_mac(header) from None
         return header
 
-    def _check(self, data: bytes, clear: int) -> Header:
+    def _check(self, data: bytes, clear: int, header: Header | None) -> Header:
         """The header of a sealed datagram with `clear` bytes before its body, checked."""
-        header = parse_header_untrusted(data)
+        if header is None:
+            header = parse_header_untrusted(data)
         if header.type != self._receive_type:
             raise MalformedDatagram(f"unexpected {header.type.name} datagram in this direction")
         size = len(data)
