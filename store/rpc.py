@@ -35,11 +35,12 @@ from typing import Any
 import trio
 
 from store.errors import Code, FrameError, RemoteError, StoreError
-from store.wire.frames import FrameDecoder, encode_frame, encode_request
+from store.wire.frames import Data, FrameDecoder, Tailed, encode_frame, encode_request
 
 log = logging.getLogger(__name__)
 
 SEND_ALONE = 64 * 1024  # parts this large are sent as they are, not joined to others
+TAIL_ARG = "\x00tail"  # where a request's raw tail (frames.Tailed) reaches its handler
 
 Handler = Callable[[str, dict[str, Any]], Any]
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -66,7 +67,7 @@ class RpcConnection:
         self._decoder = FrameDecoder(max_frame=max_frame)
         self._ids = itertools.count(1)
         self._waiting: dict[int, PendingCall] = {}
-        self._send, self._outbox = trio.open_memory_channel[bytes | tuple[bytes, ...]](4096)
+        self._send, self._outbox = trio.open_memory_channel[bytes | tuple[Data, ...]](4096)
         self.closed = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._overflowed = False
@@ -115,12 +116,15 @@ class RpcConnection:
             lambda req_id: encode_frame({"t": "req", "id": req_id, "op": op, "a": args or {}})
         )
 
-    def start_packed_call(self, op: str, packed_args: bytes) -> PendingCall:
+    def start_packed_call(
+        self, op: str, packed_args: bytes, tail: tuple[Data, ...] = ()
+    ) -> PendingCall:
         """``start_call`` with arguments packed already (``frames.pack_args``): one
-        packing of a large write serves every replica it is forwarded to."""
-        return self._start(lambda req_id: encode_request(req_id, op, packed_args))
+        packing of a large write serves every replica it is forwarded to. A ``tail``
+        goes raw after them; the handler finds it in its arguments under ``TAIL_ARG``."""
+        return self._start(lambda req_id: encode_request(req_id, op, packed_args, tail))
 
-    def _start(self, frame_for: Callable[[int], bytes | tuple[bytes, ...]]) -> PendingCall:
+    def _start(self, frame_for: Callable[[int], bytes | tuple[Data, ...]]) -> PendingCall:
         if self.closed.is_set():
             raise ConnectionLost(f"connection to {self.name} is closed")
         req_id = next(self._ids)
@@ -176,7 +180,7 @@ class RpcConnection:
     def _queue(self, message: dict[str, Any]) -> None:
         self._put(encode_frame(message))
 
-    def _put(self, frame: bytes | tuple[bytes, ...]) -> None:
+    def _put(self, frame: bytes | tuple[Data, ...]) -> None:
         try:
             self._send.send_nowait(frame)
         except trio.WouldBlock:
@@ -190,7 +194,7 @@ class RpcConnection:
 
     async def _write_loop(self) -> None:
         async for frame in self._outbox:
-            parts: list[bytes] = []
+            parts: list[Data] = []
             while True:
                 if isinstance(frame, tuple):
                     parts.extend(frame)
@@ -206,18 +210,35 @@ class RpcConnection:
         await self.stream.aclose()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
+        decoder = self._decoder
+        # A stream that can decrypt into a buffer receives large frames in place.
+        receive_into: Callable[[memoryview], Awaitable[int]] | None
+        receive_into = getattr(self.stream, "receive_into", None)
         while True:
-            data = await self.stream.receive_some(256 * 1024)
-            if not data:
-                return
-            self._decoder.feed(data)
-            while (message := self._decoder.next_frame()) is not None:
+            place = decoder.reserve() if receive_into is not None else None
+            if place is not None and receive_into is not None:
+                with place:
+                    got = await receive_into(place)
+                if not got:
+                    return
+                decoder.filled(got)
+            else:
+                data = await self.stream.receive_some(256 * 1024)
+                if not data:
+                    return
+                decoder.feed(data)
+            while (message := decoder.next_frame()) is not None:
                 self._dispatch(message, nursery)
 
     def _dispatch(self, message: object, nursery: trio.Nursery) -> None:
+        tail = None
+        if isinstance(message, Tailed):
+            message, tail = message
         if not isinstance(message, dict):
             raise FrameError("frame is not a map")
         kind = message.get("t")
+        if tail is not None and kind != "req":
+            raise FrameError("only a request may carry a raw tail")
         if kind == "res":
             answer_id = message.get("id")
             if not isinstance(answer_id, int):
@@ -238,6 +259,10 @@ class RpcConnection:
             req_id, op, args = message.get("id"), message.get("op"), message.get("a")
             if not isinstance(req_id, int) or not isinstance(op, str) or not isinstance(args, dict):
                 raise FrameError("malformed request frame")
+            if tail is not None:
+                args[TAIL_ARG] = tail
+            elif TAIL_ARG in args:
+                raise FrameError("a request's arguments name a tail it does not have")
             self._handle_request(req_id, op, args, nursery)
         elif kind == "ev":
             name, args = message.get("ev"), message.get("a")
@@ -315,11 +340,11 @@ class RpcConnection:
             pending.done.set()
 
 
-def _batched(parts: list[bytes]) -> list[bytes]:
+def _batched(parts: list[Data]) -> list[Data]:
     """What to send for these frame parts, in order: small ones together (one TLS record,
     one system call), a large one on its own rather than copied into the rest."""
-    out: list[bytes] = []
-    small: list[bytes] = []
+    out: list[Data] = []
+    small: list[Data] = []
     for part in parts:
         if len(part) < SEND_ALONE:
             small.append(part)

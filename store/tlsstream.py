@@ -12,7 +12,8 @@ task reads and one task writes (``store.rpc.RpcConnection``). So this stream:
 
 - reads from the socket in large gulps and decrypts *every* complete record waiting into
   one reused buffer, returning up to ``max_bytes`` of plaintext per call (``SSLObject.read``
-  without a buffer allocates as many bytes as it is asked for, per record);
+  without a buffer allocates as many bytes as it is asked for, per record); or, with
+  ``receive_into``, straight into the caller's buffer (where a large frame goes whole);
 - encrypts a ``send_all`` in slices of ``SEND_SLICE`` bytes, each sent as soon as it is
   encrypted: the TLS object's output buffer stays small instead of being grown (and copied)
   record by record to the size of a 4 MiB frame;
@@ -101,12 +102,21 @@ class TlsStream(trio.abc.Stream):
         limit = RECEIVE_SIZE if max_bytes is None else max_bytes
         if limit < 1:
             raise ValueError("max_bytes must be >= 1")
+        if len(self._plain) < limit:
+            self._plain = bytearray(limit)
+        with memoryview(self._plain) as plain:
+            got = await self.receive_into(plain[:limit])
+            return bytes(plain[:got])
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        """``receive_some`` that decrypts into ``buffer`` (not empty) and answers how
+        many bytes it put there: 0 at the end of the stream."""
         if self._eof:
             await trio.lowlevel.checkpoint()
-            return b""
+            return 0
         await self._usable()
         while True:
-            data = self._decrypt(limit)
+            got = self._decrypt_into(buffer)
             if self._outgoing.pending:
                 # What reading produced (an alert, a key update) is owed to the peer; if
                 # the peer is gone, the writer will find out. What was read still counts.
@@ -114,37 +124,35 @@ class TlsStream(trio.abc.Stream):
                     await self._flush()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
-            if data or self._eof:
-                if not data:
+            if got or self._eof:
+                if not got:
                     await trio.lowlevel.checkpoint()
-                return data
+                return got
             await self._fill()
 
-    def _decrypt(self, limit: int) -> bytes:
-        if len(self._plain) < limit:
-            self._plain = bytearray(limit)
+    def _decrypt_into(self, buffer: memoryview) -> int:
+        limit = len(buffer)
         got = 0
-        with memoryview(self._plain) as plain:
-            while got < limit:
-                try:
-                    # With a buffer, read() answers how many bytes it put there.
-                    n = cast(int, self.ssl_object.read(limit - got, plain[got:limit]))
-                except ssl.SSLWantReadError:
+        while got < limit:
+            try:
+                # With a buffer, read() answers how many bytes it put there.
+                n = cast(int, self.ssl_object.read(limit - got, buffer[got:]))
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._eof = True  # the peer's close_notify
+                break
+            except ssl.SSLError as exc:
+                if self._incoming.eof:
+                    self._eof = True  # the socket ended without close_notify
                     break
-                except ssl.SSLZeroReturnError:
-                    self._eof = True  # the peer's close_notify
-                    break
-                except ssl.SSLError as exc:
-                    if self._incoming.eof:
-                        self._eof = True  # the socket ended without close_notify
-                        break
-                    self._broken = True
-                    raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
-                if not n:
-                    self._eof = True
-                    break
-                got += n
-            return bytes(plain[:got])
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
+            if not n:
+                self._eof = True
+                break
+            got += n
+        return got
 
     async def _fill(self) -> None:
         """Wait for bytes from the socket and feed them to the TLS object."""

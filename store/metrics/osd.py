@@ -65,7 +65,7 @@ def data_bytes_of(ops: Iterable[Any]) -> int:
     total = 0
     for op in ops:
         data = getattr(op, "data", None)
-        if type(data) is bytes:
+        if type(data) is bytes or type(data) is memoryview:
             total += len(data)
     return total
 

@@ -478,7 +478,7 @@ class ObjectRows:
             i = j
         return bytes(out)
 
-    def write(self, obj: ObjectHeader, offset: int, data: bytes) -> None:
+    def write(self, obj: ObjectHeader, offset: int, data: bytes | memoryview) -> None:
         end = offset + len(data)
         if end > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"write would grow {obj.name!r} past {MAX_OBJECT_SIZE} B")
@@ -508,7 +508,7 @@ class ObjectRows:
         self._put_blocks(maps, sorted(blocks, key=lambda item: item[0]))
         obj.size = max(obj.size, end)
 
-    def write_full(self, obj: ObjectHeader, data: bytes) -> None:
+    def write_full(self, obj: ObjectHeader, data: bytes | memoryview) -> None:
         if len(data) > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"{len(data)} B is more than {MAX_OBJECT_SIZE} B")
         oid = self._materialize(obj)

@@ -107,7 +107,7 @@ class Write:
     WIRE: ClassVar[str] = "write"
     MUTATING: ClassVar[bool] = True
     offset: int
-    data: bytes
+    data: bytes | memoryview  # a view: a replicated write's data, where it was received
 
     def to_wire(self) -> list[object]:
         return [self.WIRE, self.offset, self.data]
@@ -117,7 +117,7 @@ class Write:
 class WriteFull:
     WIRE: ClassVar[str] = "write_full"
     MUTATING: ClassVar[bool] = True
-    data: bytes
+    data: bytes | memoryview
 
     def to_wire(self) -> list[object]:
         return [self.WIRE, self.data]
@@ -261,6 +261,52 @@ def ops_to_wire(ops: Sequence[Op]) -> list[list[object]]:
     return [op.to_wire() for op in ops]
 
 
+# The data of a write as large as this leaves a replicated write's msgpack arguments
+# for the frame's raw tail (store.wire.frames): never packed, unpacked or copied for it.
+DETACH_DATA = 64 * 1024
+_DATA_AT = {Write.WIRE: 2, WriteFull.WIRE: 1}  # where a write's data is in its wire form
+
+
+def detach_data(
+    raw_ops: list[list[object]], least: int = DETACH_DATA
+) -> tuple[list[list[object]], list[bytes | memoryview]]:
+    """Operations in wire form with the data of each write of ``least`` bytes or more
+    replaced by its length, and those data in order: the tail to send after them."""
+    tail: list[bytes | memoryview] = []
+    out: list[list[object]] = []
+    for op in raw_ops:
+        at = _DATA_AT.get(op[0]) if op and type(op[0]) is str else None
+        if at is not None and len(op) > at:
+            data = op[at]
+            if isinstance(data, bytes | memoryview) and len(data) >= least:
+                op = [*op[:at], len(data), *op[at + 1 :]]
+                tail.append(data)
+        out.append(op)
+    return out, tail
+
+
+def attach_data_untrusted(raw_ops: object, tail: memoryview) -> object:
+    """Undo ``detach_data``: each write whose data is a length takes that many bytes of
+    ``tail`` (as views), in order; the lengths must add up to the tail exactly."""
+    if not isinstance(raw_ops, list):
+        raise InvalidRequest(f"operations must be an array, not {type(raw_ops).__name__}")
+    used = 0
+    out: list[object] = []
+    for op in raw_ops:
+        if isinstance(op, list) and op and type(op[0]) is str:
+            at = _DATA_AT.get(op[0])
+            if at is not None and len(op) > at and type(op[at]) is int:
+                length = op[at]
+                if not 0 <= length <= len(tail) - used:
+                    raise InvalidRequest("a write's detached data runs past the frame's tail")
+                op = [*op[:at], tail[used : used + length], *op[at + 1 :]]
+                used += length
+        out.append(op)
+    if used != len(tail):
+        raise InvalidRequest(f"{len(tail) - used} bytes of the frame's tail belong to no write")
+    return out
+
+
 # --- conditions ---------------------------------------------------------------------
 
 
@@ -338,8 +384,9 @@ def _value(raw: object, what: str) -> bytes:
     return raw
 
 
-def _data(raw: object) -> bytes:
-    if type(raw) is not bytes:
+def _data(raw: object) -> bytes | memoryview:
+    # msgpack gives bytes; a view is what attach_data_untrusted put in its place.
+    if type(raw) is not bytes and type(raw) is not memoryview:
         raise InvalidRequest(f"write data must be bytes, not {type(raw).__name__}")
     if len(raw) > MAX_OBJECT_SIZE:
         raise InvalidRequest(f"write data is larger than {MAX_OBJECT_SIZE} bytes", Code.EFBIG)

@@ -23,14 +23,19 @@ import trio
 
 from store.errors import AuthError, ChecksumError, Code, RemoteError
 from store.metrics.osd import PEER_TRAFFIC
-from store.osd.ops import InvalidRequest, parse_ops_untrusted, parse_version_untrusted
+from store.osd.ops import (
+    InvalidRequest,
+    attach_data_untrusted,
+    parse_ops_untrusted,
+    parse_version_untrusted,
+)
 from store.osd.pg import replica_txn_from_wire
 from store.osd.pglog import entries_from_wire
 from store.osd.pgrecovery import ADOPT_LOG_ENTRIES
 from store.osd.scrub import parse_scrub_map_args_untrusted, read_scrub_page
 from store.osd.txns import ObjectState, ObjectStateTxn, PgResetLogTxn, TxnResult
 from store.placement import primary
-from store.rpc import Later, RpcConnection, parse_hostport
+from store.rpc import TAIL_ARG, Later, RpcConnection, parse_hostport
 from store.tls import peer_identity
 from store.tlsstream import TlsStream
 
@@ -155,7 +160,11 @@ def _check_sender_is_primary(daemon: OsdDaemon, pool: int, pg: int, args: dict[s
 def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     pool, pg = _pool_pg(args)
     _check_sender_is_primary(daemon, pool, pg, args)
-    txn = replica_txn_from_wire(args, parse_ops_untrusted(args["ops"]))
+    raw_ops = args["ops"]
+    tail = args.get(TAIL_ARG)
+    if tail is not None:
+        raw_ops = attach_data_untrusted(raw_ops, tail)
+    txn = replica_txn_from_wire(args, parse_ops_untrusted(raw_ops))
     PEER_TRAFFIC.repop_received(txn.ops)
     later = Later()  # answered from the commit's callback: no task per replicated write
 

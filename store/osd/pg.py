@@ -46,7 +46,7 @@ import trio
 from store.errors import Code, RemoteError, StoreError
 from store.metrics.osd import PEER_TRAFFIC
 from store.osd.objectstore import ObjectStore
-from store.osd.ops import Op, parse_version_untrusted
+from store.osd.ops import Op, detach_data, parse_version_untrusted
 from store.osd.pglog import entries_from_wire
 from store.osd.pgrecovery import ADOPT_LOG_ENTRIES, MemberRecovery, local_names, remote_names
 from store.osd.pgscrub import PgScrub
@@ -401,11 +401,12 @@ class PlacementGroup:
     def _forward(self, txn: PrimaryTxn, raw_ops: list[Any], version: Version) -> _Forward:
         forward = _Forward(seq=version[1])
         self._inflight[version[1]] = trio.Event()
+        wire_ops, tail = detach_data(raw_ops)  # large data goes raw, after the map
         args = {
             "pool": self.pool_id,
             "pg": self.pg,
             "name": txn.name,
-            "ops": raw_ops,
+            "ops": wire_ops,
             "v": list(version),
             "reqid": txn.reqid,
             "epoch": self.interval_epoch,
@@ -414,7 +415,8 @@ class PlacementGroup:
         packed = pack_args(args)  # once for every member
         for member, conn in [*self.active.items(), *self.interim.items()]:
             try:
-                forward.calls[member] = (conn, conn.start_packed_call("repop", packed))
+                call = conn.start_packed_call("repop", packed, tuple(tail))
+                forward.calls[member] = (conn, call)
             except ConnectionLost:
                 self._drop(member, "connection lost")
         PEER_TRAFFIC.forwarded(len(forward.calls), txn.ops)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -9,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.errors import FrameError
-from store.wire.frames import FrameDecoder, encode_frame, encode_request, pack_args
+from store.wire.frames import (
+    LARGE_FRAME,
+    TAIL_FLAG,
+    FrameDecoder,
+    Tailed,
+    encode_frame,
+    encode_request,
+    pack_args,
+)
 
 scalars = (
     st.none()
@@ -198,6 +207,8 @@ def test_max_frame_bounds() -> None:
         FrameDecoder(max_frame=0)
     with pytest.raises(ValueError):
         FrameDecoder(max_frame=2**32)
+    with pytest.raises(ValueError):  # the top bit of the length word says "tail"
+        FrameDecoder(max_frame=TAIL_FLAG)
 
 
 def test_a_request_of_packed_arguments_decodes_as_any_other() -> None:
@@ -209,3 +220,105 @@ def test_a_request_of_packed_arguments_decodes_as_any_other() -> None:
     decoder.feed(body)
     assert decoder.next_frame() == {"t": "req", "id": 7, "op": "repop", "a": args}
     assert decoder.buffered == 0
+
+
+def test_a_raw_tail_arrives_as_a_view_of_the_received_bytes() -> None:
+    args = {"ops": [["write", 0, 3]], "v": [1, 2]}
+    parts = encode_request(9, "repop", pack_args(args), (b"abc", memoryview(b"defg")))
+    assert parts[2] == b"abc"  # the tail's pieces go as they are
+    stream = b"".join(parts)
+    (word,) = struct.unpack("!I", stream[:4])
+    assert word == TAIL_FLAG | (len(stream) - 4)
+    decoder = FrameDecoder()
+    decoder.feed(stream + encode_frame("after"))
+    frame = decoder.next_frame()
+    assert isinstance(frame, Tailed)
+    assert frame.obj == {"t": "req", "id": 9, "op": "repop", "a": args}
+    assert isinstance(frame.tail, memoryview) and frame.tail.readonly
+    assert bytes(frame.tail) == b"abcdefg"
+    assert decoder.next_frame() == "after"
+
+
+@settings(max_examples=30)
+@given(st.lists(st.binary(max_size=40), max_size=4), st.data())
+def test_tailed_frames_survive_any_split(tail: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_request(1, "op", pack_args({"n": 1}), tuple(tail)))
+    stream += encode_frame("next")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    decoder = FrameDecoder()
+    got: list[object] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        decoder.feed(stream[start:end])
+        got.extend(drain(decoder))
+    request = {"t": "req", "id": 1, "op": "op", "a": {"n": 1}}
+    if tail:
+        assert isinstance(got[0], Tailed)
+        assert got[0].obj == request and bytes(got[0].tail) == b"".join(tail)
+    else:  # no tail: a plain frame
+        assert got[0] == request
+    assert got[1:] == ["next"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00",  # too short to hold the head's length
+        struct.pack("!I", 100) + b"\x81\xa1t\xa3req",  # the head's length overruns the frame
+        struct.pack("!I", 0),  # an empty head: no object at all
+    ],
+)
+def test_malformed_tailed_frames_are_frame_errors(payload: bytes) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack("!I", TAIL_FLAG | len(payload)) + payload)
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+def test_a_large_frame_is_received_in_place() -> None:
+    data = os.urandom(3 * LARGE_FRAME)
+    parts = encode_request(5, "repop", pack_args({"ops": [["write_full", len(data)]]}), (data,))
+    stream = encode_frame("before") + b"".join(parts) + encode_frame("after")
+    decoder = FrameDecoder()
+    decoder.feed(stream[:1000])  # "before" and the start of the large frame
+    assert decoder.reserve() is None  # "before" is next, and whole
+    assert drain(decoder) == ["before"]
+    assert decoder.reserve() is not None  # the large frame's length is known
+    at = 1000
+    received_in_place = 0
+    while (place := decoder.reserve()) is not None:
+        n = min(len(place), 200_000)
+        place[:n] = stream[at : at + n]
+        decoder.filled(n)
+        received_in_place += n
+        at += n
+    assert received_in_place == len(b"".join(parts)) - (1000 - len(encode_frame("before")))
+    frame = decoder.next_frame()
+    assert isinstance(frame, Tailed) and frame.tail == data
+    assert frame.tail.readonly
+    decoder.feed(stream[at:])
+    assert drain(decoder) == ["after"]
+    assert decoder.held == 0 and decoder.buffered == 0
+
+
+def test_bytes_fed_to_a_large_frame_in_place_fill_it_first() -> None:
+    big = encode_frame(b"q" * (2 * LARGE_FRAME))
+    stream = big + encode_frame("next")
+    decoder = FrameDecoder()
+    decoder.feed(stream[:10])
+    place = decoder.reserve()
+    assert place is not None and len(place) == len(big) - 10
+    assert decoder.buffered == 10
+    decoder.feed(stream[10:])  # a reader that fed instead: the frame, then "next"
+    assert decoder.reserve() is None
+    assert drain(decoder) == [b"q" * (2 * LARGE_FRAME), "next"]
+
+
+def test_small_frames_are_not_received_in_place() -> None:
+    frame = encode_frame(b"s" * (LARGE_FRAME // 2))
+    decoder = FrameDecoder()
+    decoder.feed(frame[:100])
+    assert decoder.reserve() is None
+    oversize = FrameDecoder(max_frame=LARGE_FRAME)
+    oversize.feed(struct.pack("!I", LARGE_FRAME + 1))
+    with pytest.raises(FrameError):
+        oversize.reserve()

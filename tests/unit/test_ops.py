@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from store.errors import Code, ProtocolError
 from store.osd.ops import (
+    DETACH_DATA,
     MAX_KEYS_PER_OP,
     MAX_OMAP_LIST,
     MAX_OPS,
@@ -33,6 +34,8 @@ from store.osd.ops import (
     Write,
     WriteFull,
     Zero,
+    attach_data_untrusted,
+    detach_data,
     is_mutating,
     leaves_absent,
     ops_to_wire,
@@ -266,3 +269,35 @@ def test_parse_cond_raises_only_invalid_request(raw: object) -> None:
     except InvalidRequest:
         return
     assert cond is None or parse_cond_untrusted(cond.to_wire()) == cond
+
+
+def test_large_write_data_travels_detached_and_comes_back_as_views() -> None:
+    big, other = b"a" * DETACH_DATA, b"b" * (DETACH_DATA + 5)
+    raw = [["write", 10, big], ["setxattr", "k", b"v"], ["write_full", other], ["write", 0, b"s"]]
+    wire, tail = detach_data(raw)
+    assert wire == [["write", 10, len(big)], raw[1], ["write_full", len(other)], raw[3]]
+    assert tail[0] is big and tail[1] is other  # not copied
+    assert raw[0][2] is big  # the caller's operations are left as they were
+    back = attach_data_untrusted(wire, memoryview(b"".join(tail)))
+    ops = parse_ops_untrusted(back)
+    assert ops == [Write(10, big), SetXattr("k", b"v"), WriteFull(other), Write(0, b"s")]
+    assert isinstance(ops[0], Write) and isinstance(ops[0].data, memoryview)
+
+
+@pytest.mark.parametrize(
+    ("wire", "tail"),
+    [
+        ([["write", 0, 5]], b"1234"),  # a length past the tail's end
+        ([["write", 0, 2]], b"1234"),  # tail bytes no write takes
+        ([["write_full", -1]], b""),  # a negative length
+        ("write", b""),  # not a list of operations
+    ],
+)
+def test_detached_data_that_does_not_add_up_is_refused(wire: object, tail: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        attach_data_untrusted(wire, memoryview(tail))
+
+
+def test_a_length_where_data_belongs_is_refused_without_a_tail() -> None:
+    with pytest.raises(InvalidRequest):
+        parse_ops_untrusted([["write", 0, 4096]])

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 from store.errors import Code, RemoteError
-from store.rpc import SEND_ALONE, ConnectionLost, Later, RpcConnection, _batched
-from store.wire.frames import encode_frame
+from store.rpc import SEND_ALONE, TAIL_ARG, ConnectionLost, Later, RpcConnection, _batched
+from store.wire.frames import encode_frame, encode_request, pack_args
 
 
 async def test_calls_are_answered_and_handler_order_is_arrival_order() -> None:
@@ -141,3 +141,42 @@ def test_large_frame_parts_are_sent_alone_and_small_ones_together() -> None:
     assert sent == [b"h1", big, b"ab", other, b"t"]
     assert sent[1] is big and sent[3] is other  # sent as they are, not copied
     assert b"".join(sent) == b"".join(parts)
+
+
+async def test_a_raw_tail_reaches_the_handler_with_the_arguments() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    seen: list[tuple[Any, bytes]] = []
+
+    def handler(op: str, args: dict[str, Any]) -> Any:
+        tail = args.pop(TAIL_ARG)
+        seen.append((args, bytes(tail)))
+        return len(tail)
+
+    client = RpcConnection(left, name="client")
+    server = RpcConnection(right, handler=handler, name="server")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        data = b"t" * (3 * SEND_ALONE)
+        pending = client.start_packed_call("put", pack_args({"n": 1}), (data, b"end"))
+        assert await client.finish_call(pending, "put") == len(data) + 3
+        assert seen == [({"n": 1}, data + b"end")]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("forged", ["tailed answer", "tail named in arguments"])
+async def test_a_misplaced_tail_ends_the_connection(forged: str) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    called: list[str] = []
+    conn = RpcConnection(left, handler=lambda op, args: called.append(op), name="peer")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        if forged == "tailed answer":
+            head, packed, tail = encode_request(1, "x", pack_args({}), (b"zz",))
+            head = head.replace(b"\xa3req", b"\xa3res")  # an answer cannot carry a tail
+            await right.send_all(head + packed + tail)
+        else:
+            await right.send_all(encode_frame({"t": "req", "id": 1, "op": "x", "a": {TAIL_ARG: 1}}))
+        with trio.fail_after(5):
+            await conn.closed.wait()
+    assert called == []

@@ -81,6 +81,23 @@ async def test_bulk_data_arrives_whole_in_few_reads(certs: Path) -> None:
     assert reads <= len(payload) // RECEIVE_SIZE + 2
 
 
+async def test_receive_into_decrypts_into_the_callers_buffer(certs: Path) -> None:
+    server, client = await connected(certs)
+    payload = os.urandom(3 * RECEIVE_SIZE + 123)
+    await client.send_all(payload)
+    buffer = bytearray(len(payload))
+    got = 0
+    with memoryview(buffer) as view:
+        while got < len(payload):
+            n = await server.receive_into(view[got:])
+            assert n > 0
+            got += n
+    assert buffer == payload
+    await client.aclose()
+    with memoryview(bytearray(10)) as view:
+        assert await server.receive_into(view) == 0  # the end of the stream
+
+
 async def test_max_bytes_is_respected(certs: Path) -> None:
     server, client = await connected(certs)
     await client.send_all(b"abcdefghij")
