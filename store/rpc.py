@@ -10,6 +10,11 @@ msgpack frames (``store.wire.frames``) of three shapes::
     {"t": "res", "id": N, "ok": False, "c": CODE, "m": MESSAGE}
     {"t": "ev", "ev": NAME, "a": ARGS}                 an event nobody answers (map updates)
 
+A request may carry a raw tail (bytes never packed: a replicated write's data); its
+handler finds it among its arguments under ``TAIL_ARG``, as a view of what was received.
+A stream that can decrypt into a buffer (``TlsStream.receive_into``) receives a large
+frame straight into one of its size.
+
 One task reads frames and one task writes them; writers queue frames on a channel and the
 writer task sends everything queued in one ``send_all``, so a burst of small replication
 frames costs one TLS record and one syscall.
