@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ from store.osd.blockspace import (
 from store.osd.objectstore import ObjectStore
 from store.osd.ops import Cond, Write
 from store.osd.txns import PrimaryTxn
+from store.wire.frames import _frame_buffer
 from tests.unit.objectstore_support import POOL, ok, primary, read_all
 
 BS = 4096
@@ -279,3 +281,36 @@ def test_a_large_unaligned_write_with_zero_blocks_keeps_holes(tmp_path: Path) ->
         assert store.space.stats()["data_slots"] == touched - zero_blocks
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_a_frame_buffer_on_a_page_boundary_is_written_without_a_copy(
+    tmp_path: Path, aligned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica receives a large forward in a buffer whose data starts on a page
+    # boundary (store.wire.frames); anywhere else, the aligned buffer's copy is used.
+    data = b"".join(_patterned(DIRECT_MIN // BS, 3))
+    tail_start = 100
+    frame = _frame_buffer(tail_start + len(data) + (0 if aligned else 1), tail_start)
+    at = tail_start + (0 if aligned else 1)
+    frame[at:] = data
+    written_from: list[type] = []
+    pwrite = os.pwrite
+
+    def recording(fd: int, buffer: memoryview, offset: int) -> int:
+        written_from.append(type(buffer.obj))
+        return pwrite(fd, buffer, offset)
+
+    monkeypatch.setattr(os, "pwrite", recording)
+    space = BlockSpace(str(tmp_path / "blocks.dat"), BS, [])
+    try:
+        assert space.direct
+        assert space.write_blocks([frame[at:].toreadonly()]) == list(range(len(data) // BS))
+        assert space.read_run(0, len(data) // BS) == data
+        assert space.direct  # a misaligned buffer is no sign of a file system without it
+        if aligned:
+            assert written_from == [bytearray]  # the frame's own bytes, once
+        else:  # refused (EINVAL), then copied to the aligned buffer
+            assert written_from == [bytearray, mmap.mmap]
+    finally:
+        space.close()

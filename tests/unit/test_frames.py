@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 
@@ -12,9 +13,11 @@ from hypothesis import strategies as st
 from store.errors import FrameError
 from store.wire.frames import (
     LARGE_FRAME,
+    PAGE,
     TAIL_FLAG,
     FrameDecoder,
     Tailed,
+    _frame_buffer,
     encode_frame,
     encode_request,
     pack_args,
@@ -322,3 +325,36 @@ def test_small_frames_are_not_received_in_place() -> None:
     oversize.feed(struct.pack("!I", LARGE_FRAME + 1))
     with pytest.raises(FrameError):
         oversize.reserve()
+
+
+def test_a_large_frames_tail_is_received_on_a_page_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    starts: list[int | None] = []
+
+    def recording(total: int, tail_start: int | None) -> memoryview:
+        starts.append(tail_start)
+        buffer = _frame_buffer(total, tail_start)
+        if tail_start is not None:
+            with buffer[tail_start:] as tail:
+                probe = ctypes.c_char.from_buffer(tail)
+                assert ctypes.addressof(probe) % PAGE == 0
+                del probe
+        return buffer
+
+    monkeypatch.setattr("store.wire.frames._frame_buffer", recording)
+    data = os.urandom(2 * LARGE_FRAME)
+    head, packed, tail = encode_request(3, "repop", pack_args({"reqid": "r" * 41}), (data,))
+    plain = encode_frame(b"p" * (2 * LARGE_FRAME))
+    decoder = FrameDecoder()
+    frames: list[object] = []
+    for stream in (head + packed + tail, plain):
+        decoder.feed(stream[:4096])
+        place = decoder.reserve()
+        assert place is not None
+        place[:] = stream[4096:]
+        decoder.filled(len(place))
+        frames.extend(drain(decoder))
+    assert starts == [len(head) + len(packed), None]  # a plain frame has no tail to align
+    assert isinstance(frames[0], Tailed) and frames[0].tail == data
+    assert frames[1:] == [b"p" * (2 * LARGE_FRAME)]
