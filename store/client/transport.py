@@ -514,7 +514,8 @@ class Transport:
         started = trio.current_time()
         if fragments:
             body = {**body, "frag": [fragments, self.max_datagram]}
-        packed = wire_body.pack(body)
+        # A staged piece carries a datagram's worth of data: packed without a copy out.
+        packed = wire_body.pack_view(body) if "stage" in body else wire_body.pack(body)
         # One reassembly for every session the request goes through: pieces are joined
         # by version, so pieces that came in on a session since lost still count.
         assembly = Reassembly(fragments, piece_size(self.max_datagram)) if fragments else None

@@ -218,7 +218,7 @@ class DatagramCipher:
         seq: int,
         request_id: int,
         epoch: int,
-        body: bytes,
+        body: bytes | memoryview,
         encrypt: bool,
     ) -> bytes | bytearray:
         if type != self._send_type:
