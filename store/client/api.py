@@ -198,9 +198,9 @@ class Client:
 
     # --- objects -------------------------------------------------------------------------
 
-    async def write(self, pool: str, name: str, data: bytes, offset: int = 0) -> None:
+    async def write(self, pool: str, name: str, data: bytes | memoryview, offset: int = 0) -> None:
         """Write `data` at `offset`: one request when it fits a datagram, else staged
-        extents (each applied atomically)."""
+        extents (each applied atomically). A view must not change until this returns."""
         if not data:
             await self.execute(pool, name, [["create", False]])
         elif len(data) <= self.max_piece:
@@ -216,7 +216,7 @@ class Client:
             await self._write_staged(pool, name, data, 0, full=True)
 
     async def _write_staged(
-        self, pool: str, name: str, data: bytes, offset: int, *, full: bool
+        self, pool: str, name: str, data: bytes | memoryview, offset: int, *, full: bool
     ) -> None:
         view = memoryview(data)  # extents and pieces are views: packing them copies once
         extents = _cuts(offset, len(data), STAGE_EXTENT)

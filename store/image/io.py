@@ -187,7 +187,9 @@ class Image:
         view = memoryview(data)
 
         async def one(piece: Piece) -> None:
-            chunk = bytes(view[piece.start : piece.start + piece.length])
+            chunk: bytes | memoryview = view[piece.start : piece.start + piece.length]
+            if not isinstance(data, bytes):  # a view of bytes cannot change under the write
+                chunk = bytes(chunk)
             with self.sizes.changing(piece.index) as change:
                 await self.client.write(self.pool, self._name(piece.index), chunk, piece.offset)
                 change.grown(piece.end)
