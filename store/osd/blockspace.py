@@ -20,12 +20,12 @@ COMMIT).
 
 Blocks are written with ``O_DIRECT`` where the file system allows it, through a
 page-aligned buffer (or straight from the buffer a replica received a forwarded write in,
-which ``store.wire.frames`` puts on a page boundary): the data goes straight to the device instead of being copied into
-fresh page-cache pages, which on a virtual machine costs far more CPU than the copy
-itself (on the machine of docs/benchmarks.md, buffered writes reached ~370 MB/s and direct
-ones 4 GB/s). Only calls of at least ``DIRECT_MIN`` bytes are written directly: a direct
-write waits for the device, which small writes would pay once each instead of once per
-batch's fsync (4 KiB writes ran at half speed).
+which ``store.wire.frames`` puts on a page boundary): the data goes straight to the device
+instead of being copied into fresh page-cache pages, which on a virtual machine costs far
+more CPU than the copy itself (on the machine of docs/benchmarks.md, buffered writes
+reached ~370 MB/s and direct ones 4 GB/s). Only calls of at least ``DIRECT_MIN`` bytes are
+written directly: a direct write waits for the device, which small writes would pay once
+each instead of once per batch's fsync (4 KiB writes ran at half speed).
 
 Reads of ``DIRECT_MIN`` bytes or more are direct too, through an aligned buffer of the
 reading thread's, then copied out: filling page-cache pages costs a read as much as a

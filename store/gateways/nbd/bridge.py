@@ -61,7 +61,7 @@ class TrioThread(Generic[T]):
         self._stop: trio.Event | None = None
         # Loop-side state, touched only in the loop's thread:
         self._nursery: trio.Nursery | None = None  # where workers run; None: not taking calls
-        self._calls = trio.open_memory_channel[_Call](math.inf)
+        self._to_workers, self._for_workers = trio.open_memory_channel[_Call](math.inf)
         self._free = 0  # workers waiting for a call and not yet promised one
         self._pending: set[_Call] = set()  # calls taken and not yet finished
 
@@ -144,7 +144,7 @@ class TrioThread(Generic[T]):
         self._pending.add(call)
         if self._free:
             self._free -= 1
-            self._calls[0].send_nowait(call)
+            self._to_workers.send_nowait(call)
         else:
             nursery.start_soon(self._worker, call)
 
@@ -160,7 +160,7 @@ class TrioThread(Generic[T]):
             else:
                 self._settle(call, value)
             self._free += 1
-            call = await self._calls[1].receive()
+            call = await self._for_workers.receive()
 
     def _settle(self, call: _Call, value: Any = None, error: BaseException | None = None) -> None:
         if call in self._pending:  # else _stop_calls failed it already
