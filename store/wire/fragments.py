@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from store.errors import MalformedDatagram
+from store.malloc import uninitialized
 from store.wire import body as wire_body
 from store.wire.datagram import FRAGMENT_PREFIX_SIZE, HEADER_SIZE, MAX_DATAGRAM, TAG_SIZE
 
@@ -184,7 +185,7 @@ class Reassembly:
         with opened:
             if key != self._key:  # another version: start over with this piece
                 self._key, self._filled = key, set()
-                self._whole = bytearray(fragment.count * self.piece)
+                self._whole = uninitialized(fragment.count * self.piece)
                 start = fragment.index * self.piece
                 self._whole[start : start + fragment.size] = opened
         self._filled.add(fragment.index)

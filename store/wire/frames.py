@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, cast
 import msgpack
 
 from store.errors import FrameError
+from store.malloc import uninitialized
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 LARGE_FRAME = 1024 * 1024  # frames this large are received in place (FrameDecoder.reserve)
@@ -97,8 +98,8 @@ def _frame_buffer(total: int, tail_start: int | None) -> memoryview:
     the tail starts on a page boundary, where a daemon can write it to disk with O_DIRECT
     as it is (``BlockSpace``), without copying it to an aligned buffer first."""
     if tail_start is None:
-        return memoryview(bytearray(total))
-    raw = bytearray(total + PAGE)
+        return memoryview(uninitialized(total))
+    raw = uninitialized(total + PAGE)
     probe = ctypes.c_char.from_buffer(raw)
     address = ctypes.addressof(probe)
     del probe  # its hold on the buffer

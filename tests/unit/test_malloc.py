@@ -37,3 +37,17 @@ def test_the_command_line_sets_them() -> None:
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert done.stderr.strip().endswith("True")
+
+
+def test_uninitialized_buffers_have_the_size_asked_and_take_writes() -> None:
+    from store.malloc import UNINITIALIZED_MIN, uninitialized
+
+    small = uninitialized(100)
+    assert small == bytearray(100)  # small ones are zeroed: the call would cost more
+    for size in (UNINITIALIZED_MIN, 4 * 1024 * 1024 + 3):
+        buffer = uninitialized(size)
+        assert type(buffer) is bytearray and len(buffer) == size
+        buffer[:] = b"\x5a" * size
+        assert buffer.count(0x5A) == size
+        del buffer[size // 2 :]  # resizable like any bytearray
+        assert len(buffer) == size // 2
