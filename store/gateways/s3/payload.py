@@ -2,9 +2,10 @@
 
 The HTTP server hands over the body bytes (its own chunked framing removed); this layer
 removes aws-chunked framing when the signature says the body uses it, feeds every byte to
-the digests, and at the end checks everything that was declared: the payload SHA-256 of a
-signed request, the chunk signature chain, Content-MD5, ``x-amz-checksum-*`` (header or
-trailer) and the length. Only then may the caller publish what it wrote.
+the digests (hashed beside the event loop, ``digest_feed``), and at the end checks
+everything that was declared: the payload SHA-256 of a signed request, the chunk signature
+chain, Content-MD5, ``x-amz-checksum-*`` (header or trailer) and the length. Only then may
+the caller publish what it wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from store.gateways.s3 import checksums, errors, sigv4
 from store.gateways.s3.checksums import BodyDigests
 from store.gateways.s3.chunked import ChunkedDecoder, ChunkSigning
+from store.gateways.s3.digest_feed import DigestFeed
 from store.gateways.web.server import BodyError, ClientDisconnected, MalformedBody
 
 
@@ -76,6 +78,7 @@ class Payload:
                 else None
             )
         self.digests = BodyDigests(expected, payload_sha256=sha256)
+        self._feed = DigestFeed(self.digests)
         self.received = 0
         self._finished = False
 
@@ -90,8 +93,9 @@ class Payload:
                     self.received += len(piece)
                     if self.length is not None and self.received > self.length:
                         raise errors.incomplete_body()
-                    self.digests.update(piece)
+                    await self._feed.update(piece)
                     yield piece
+            await self._feed.flush()
         except ClientDisconnected:
             raise
         except MalformedBody:
@@ -117,4 +121,6 @@ class Payload:
             trailers = self.decoder.trailers
         if self.length is not None and self.received != self.length:
             raise errors.incomplete_body()
+        if not self._feed.idle:
+            raise RuntimeError("a payload is verified only once it has been read whole")
         return self.digests.finish(trailers)

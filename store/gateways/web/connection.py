@@ -51,7 +51,7 @@ from store.gateways.web.messages import (
 
 log = logging.getLogger("store.web")
 
-RECEIVE_SIZE = 64 * 1024
+RECEIVE_SIZE = 1024 * 1024
 DRAIN_LIMIT = 1024 * 1024  # unread body bytes dropped to keep a connection, at most
 LINGER_SECONDS = 2.0
 SERVER_NAME = "store"
@@ -75,22 +75,29 @@ class BodyReader:
         self.length = length
         self.consumed = connection is None
         self._pending = b""
+        self._offset = 0  # of what is still to be read in _pending
         self.bytes_read = 0
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes` of the body (at least one unless at the end); b"" at the end."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        while not self._pending:
+        while self._offset == len(self._pending):
             if self.consumed:
                 return b""
             assert self._connection is not None
             event = await self._connection.next_body_event()
             if isinstance(event, h11.Data):
                 self._pending = bytes(event.data)
+                self._offset = 0
             else:
                 self.consumed = True
-        chunk, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        start = self._offset
+        if start == 0 and len(self._pending) <= max_bytes:
+            chunk = self._pending  # the whole piece: no copy
+        else:
+            chunk = self._pending[start : start + max_bytes]
+        self._offset = start + len(chunk)
         self.bytes_read += len(chunk)
         return chunk
 
@@ -112,7 +119,7 @@ class BodyReader:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
+        while chunk := await self.read(RECEIVE_SIZE):
             yield chunk
 
 
