@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -78,10 +79,13 @@ def test_calls_from_many_threads_run_together_and_get_their_own_results() -> Non
     try:
         results: list[object] = []
         lock = threading.Lock()
+        callers = itertools.count()  # not thread idents: a finished thread's is reused
 
         def caller() -> None:
+            with lock:
+                me = next(callers)
             for n in range(200):
-                value = loop.run(service.echo, (threading.get_ident(), n))
+                value = loop.run(service.echo, (me, n))
                 with lock:
                     results.append(value)
 
