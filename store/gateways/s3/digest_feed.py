@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import outcome
 import trio
 
 from store.gateways.s3.checksums import BodyDigests
@@ -34,7 +33,7 @@ class DigestFeed:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._in_flight: trio.Event | None = None
-        self._outcome: outcome.Outcome[Any] | None = None
+        self._outcome: Any = None  # the thread's outcome.Outcome (trio's own dependency)
 
     @property
     def idle(self) -> bool:
@@ -70,7 +69,7 @@ class DigestFeed:
         done = self._in_flight = trio.Event()
         token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome[Any]) -> None:
+        def deliver(result: Any) -> None:
             # In the worker thread, once it has hashed the batch.
             self._outcome = result
             try:
