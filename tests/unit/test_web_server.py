@@ -226,6 +226,24 @@ async def test_body_iteration_and_length() -> None:
         assert (await client.response())[2] == b"dlrow olleh"
 
 
+async def test_large_body_read_in_smaller_pieces_is_whole() -> None:
+    body = random.randbytes(3 * 1024 * 1024 + 5)
+    sizes: list[int] = []
+
+    async def handler(request: Request) -> Response:
+        digest = hashlib.sha256()
+        while chunk := await request.body.read(100_000):
+            sizes.append(len(chunk))
+            digest.update(chunk)
+        return Response(200, [], digest.hexdigest().encode())
+
+    async with running(handler) as port, RawClient.open(port) as client:
+        head = f"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+        await client.send(head.encode() + body)
+        assert (await client.response())[2] == hashlib.sha256(body).hexdigest().encode()
+        assert sum(sizes) == len(body) and max(sizes) <= 100_000
+
+
 async def test_body_without_framing_is_empty_and_consumed() -> None:
     async def handler(request: Request) -> Response:
         assert request.body.consumed and request.body.length is None

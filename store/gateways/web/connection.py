@@ -74,30 +74,31 @@ class BodyReader:
         self._connection = connection
         self.length = length
         self.consumed = connection is None
-        self._pending = b""
-        self._offset = 0  # of what is still to be read in _pending
+        self._pending = b""  # the piece being read, let go of once read whole
+        self._offset = 0  # how much of it has been read
         self.bytes_read = 0
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to `max_bytes` of the body (at least one unless at the end); b"" at the end."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        while self._offset == len(self._pending):
+        while not self._pending:
             if self.consumed:
                 return b""
             assert self._connection is not None
             event = await self._connection.next_body_event()
             if isinstance(event, h11.Data):
                 self._pending = bytes(event.data)
-                self._offset = 0
             else:
                 self.consumed = True
-        start = self._offset
-        if start == 0 and len(self._pending) <= max_bytes:
-            chunk = self._pending  # the whole piece: no copy
+        pending, start = self._pending, self._offset
+        if start == 0 and len(pending) <= max_bytes:
+            chunk = pending  # the whole piece: no copy
         else:
-            chunk = self._pending[start : start + max_bytes]
+            chunk = pending[start : start + max_bytes]
         self._offset = start + len(chunk)
+        if self._offset == len(pending):
+            self._pending, self._offset = b"", 0
         self.bytes_read += len(chunk)
         return chunk
 
