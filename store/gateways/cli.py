@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from store import logs
+from store import logs, threadsched
 from store.errors import single_error
 from store.gateways import workers as gateway_workers
 from store.rpc import parse_hostport
@@ -63,6 +63,7 @@ def place(workers: int, listen: str, metrics: str | None) -> Place | None:
     ``--workers`` above 1 this process is the supervisor: it runs the workers until they
     stop and returns None (or ends the command with a worker's failure)."""
     host, port = host_port(listen, "--listen")
+    threadsched.run_as_batch()  # before any worker thread or process starts
     slot = gateway_workers.current()
     if slot is not None:
         return Place(slot.port, slot.metrics(metrics), slot)

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from store import auth, configfile
+from store import auth, configfile, threadsched
 from store.client.transport import tune_buffers
 from store.errors import ConfigError, StoreError
 from store.osd import identity as identity_mod
@@ -531,4 +531,5 @@ class OsdDaemon:
 
 def run_osd(config: OsdConfig) -> None:
     os.umask(0o077)
+    threadsched.run_as_batch()
     trio.run(OsdDaemon(config).run)

@@ -32,6 +32,17 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def scheduling_policies(pid: int) -> set[int]:
+    """The scheduling policies of every thread of process `pid` (store.threadsched)."""
+    policies = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies.add(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    return policies
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from store.client.api import Client
 from store.errors import ClientTimeout, Code, RemoteError
 from store.osd.objectstore import ObjectStore
 from store.placement import pg_of, placement
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, scheduling_policies
 
 SIZES = [0, 1, 4095, 4096, 4097, 60000, 65536, 1 << 20, (4 << 20) + 123, 64 << 20]
 
@@ -166,3 +166,11 @@ async def test_acknowledged_writes_survive_kill_of_a_daemon(cluster: Cluster) ->
     async with Client.connect(cluster.config()) as client:
         for name, data in acked.items():
             assert await client.read("default", name) == data, name
+
+
+def test_daemons_run_every_thread_in_sched_batch(cluster: Cluster) -> None:
+    # store.threadsched: a woken thread must not preempt the one holding the GIL.
+    daemons = [proc for name, proc in cluster.procs.items() if name.startswith("osd")]
+    assert len(daemons) == 3
+    for proc in daemons:
+        assert scheduling_policies(proc.pid) == {os.SCHED_BATCH}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from store import configfile, logs
+from store import configfile, logs, threadsched
 from store.client.config import config_path
 from store.gateways import cli as gateway_cli
 from store.gateways.nbd.launcher import ensure_launcher
@@ -204,6 +204,7 @@ def serve_command(
     # this process's id, so the document's pid stays right.
     document = configfile.document(click.get_current_context(), "nbd")
     os.environ[DOCUMENT_VARIABLE] = json.dumps(document, default=str)
+    threadsched.run_as_batch()  # the relay and nbdkit, which inherit it
     if not relay:
         os.execv(args[0], args)
     try:

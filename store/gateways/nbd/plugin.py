@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar
 
 import nbdkit
 
-from store import malloc
+from store import malloc, threadsched
 from store.client.config import ClientConfig, load_config
 from store.gateways.nbd.bridge import TrioThread
 from store.gateways.nbd.errors import describe, errno_for
@@ -174,6 +174,7 @@ def after_fork() -> None:
     settings, client_config, document = _settings, _client_config, _document
     assert settings is not None and client_config is not None
     malloc.tune()  # nbdkit's own allocator: it holds every request's and reply's buffer
+    threadsched.run_as_batch()  # nbdkit's threads too: they wait on the loop's GIL
     try:
         _gateway = _loop.start(
             lambda: serve_image(settings, client_config, document),

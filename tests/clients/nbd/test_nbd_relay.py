@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.clients.gateway_process import alive, children_of
 from tests.clients.nbd.conftest import NbdServer, Serve, new_image, run
-from tests.cluster.harness import Cluster, free_port, wait_until
+from tests.cluster.harness import Cluster, free_port, scheduling_policies, wait_until
 
 MiB = 1 << 20
 REQUEST = struct.Struct(">IHHQQI")
@@ -165,6 +165,8 @@ def test_relay_goes_when_nbdkit_is_killed(nbd_cluster: Cluster, serve: Serve) ->
     server = serve(new_image(nbd_cluster, "relayed-kill", "16M"))
     relays = sorted(children_of(server.pid))
     assert len(relays) == 1, relays
+    # store.threadsched: nbdkit's threads and the relay do not preempt each other on wakeup.
+    assert scheduling_policies(server.pid) == scheduling_policies(relays[0]) == {os.SCHED_BATCH}
     os.kill(server.pid, signal.SIGKILL)  # nbdkit alone, with no chance to clean up
     server.proc.wait(timeout=30)
     wait_until(lambda: not alive(relays[0]), "the relay to exit", 10)

@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.clients.s3.conftest import POOL, Gateway, User, error_of, make_user, s3_client
-from tests.cluster.harness import Cluster, wait_until
+from tests.cluster.harness import Cluster, scheduling_policies, wait_until
 
 MIB = 1024 * 1024
 
@@ -34,6 +34,9 @@ def test_two_gateways_serve_the_same_buckets(
     gateway: Gateway, gateway_factory: Callable[..., Gateway], user: User
 ) -> None:
     second = gateway_factory()
+    for each in (gateway, second):  # store.threadsched
+        assert each.proc is not None
+        assert scheduling_policies(each.proc.pid) == {os.SCHED_BATCH}
     a, b = s3_client(gateway.url, user), s3_client(second.url, user)
     name = f"two-{uuid.uuid4().hex[:12]}"
     a.create_bucket(Bucket=name)
