@@ -12,9 +12,9 @@ waits for its GIL.
 ``SCHED_BATCH`` marks a thread as not interactive: the scheduler does not give it that
 preference when it wakes, and otherwise shares the CPU as for any thread of its nice level.
 Where a core is idle the woken thread runs there at once, as before; where both are busy it
-runs when the running thread blocks or its slice ends. On a machine where the daemons, the
-gateways and their clients share two cores this is worth 4 to 10 % of 4 KiB writes and reads
-and 7 to 12 % of 4 MiB writes (docs/benchmarks.md). The policy is per thread and threads
+runs when the running thread blocks or its slice ends. Where the daemons, the gateways and
+their clients share two cores, small writes and reads gained 6 to 25 % by it
+(docs/benchmarks.md, "Fifth round"). The policy is per thread and threads
 inherit it from the one that starts them, so it is set once, early, for every thread then
 running. ``STORE_SCHED=normal`` in the environment keeps the usual policy.
 """
