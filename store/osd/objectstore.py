@@ -38,7 +38,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from store.errors import ChecksumError, Code, ConfigError
@@ -205,8 +205,14 @@ class ObjectStore:
 
     # --- writer side -----------------------------------------------------------------
 
-    def apply_batch(self, txns: Sequence[Txn]) -> list[TxnResult]:
-        """Apply ``txns`` in order and commit them together. Call from one thread only."""
+    def apply_batch(
+        self, txns: Sequence[Txn], executed: Callable[[list[TxnResult]], None] | None = None
+    ) -> list[TxnResult]:
+        """Apply ``txns`` in order and commit them together. Call from one thread only.
+
+        ``executed``, if given, is called with the results once every transaction has run,
+        before the data file's flush and the commit: what each result will be if the
+        commit succeeds (if it fails, the results returned are errors instead)."""
         db = self._writer
         results: list[TxnResult] = []
         touched: set[tuple[int, int]] = set()
@@ -227,6 +233,8 @@ class ObjectStore:
                     touched.add((txn.pool, txn.pg))
             for pool, pg in sorted(touched):
                 self._write_logs.trim(pool, pg, self.max_log_entries)
+            if executed is not None:
+                executed(list(results))
             self.space.sync_data()
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:

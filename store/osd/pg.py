@@ -14,10 +14,15 @@ listing otherwise). Only then does it serve client I/O — a daemon that missed 
 answers from stale data. Members exactly as new as the primary become *active*; the others
 are recovered in the background.
 
-*Replication.* A client write is applied by the primary through the write queue; its
-completion callback (run in version order) forwards it, with its version, to every active
-member at once, on connections that keep order. The client is answered when every active
-member has written it durably and the copies number at least ``min_size``. A member that
+*Replication.* A client write is applied by the primary through the write queue; once
+its batch has run, and while the primary flushes it to disk, a callback (run in version
+order) forwards it, with its version, to every active member at once, on connections that
+keep order. The client is answered when the primary's commit is done, every active member
+has written it durably and the copies number at least ``min_size``. So the primary's last
+*forwarded* version may be ahead of its last *committed* one for the length of a flush;
+what reads the primary's stored state as the PG's history up to some version (recovery's
+target, scrub's second look) uses the committed one. A batch that fails after its writes
+were forwarded stops the daemon (store.osd.write_queue). A member that
 fails a forward (connection lost, timeout, or a gap in its log) stops being active and is
 recovered.
 
@@ -112,6 +117,8 @@ class PlacementGroup:
         self.interim: dict[int, RpcConnection] = {}
         self.recovery = MemberRecovery(self)
         self.last_forwarded: Version = host.store.pg_info(pool_id, pg).last_version
+        # The newest of our writes committed here (≤ last_forwarded: see Replication).
+        self.last_committed: Version = self.last_forwarded
         self._scope: trio.CancelScope | None = None
         self.interval_nursery: trio.Nursery | None = None  # recoveries run in it
         self.held_writes: trio.Event | None = None  # set when writes held back may go
@@ -297,6 +304,7 @@ class PlacementGroup:
             await self._pull_from(best, mine, infos[best])
             mine = store.pg_info(self.pool_id, self.pg).last_version
         self.last_forwarded = max(self.last_forwarded, mine)
+        self.last_committed = max(self.last_committed, mine)
         for member, version in infos.items():
             if version == mine and member in self.acting:
                 self.active[member] = await self.host.peer(member)
@@ -379,11 +387,16 @@ class PlacementGroup:
             )
         forwarded: list[_Forward] = []
 
-        def on_done(result: TxnResult) -> None:
-            if result.code == Code.OK and result.version[1] > self.last_forwarded[1]:
+        def on_executed(result: TxnResult) -> None:
+            # Run, not yet flushed: the members write it while we flush.
+            if result.version[1] > self.last_forwarded[1]:
                 forwarded.append(self._forward(txn, raw_ops, result.version))
 
-        result = await self.host.writes.submit(txn, on_done).wait()
+        def on_done(result: TxnResult) -> None:
+            if result.code == Code.OK:
+                self.last_committed = max(self.last_committed, result.version)
+
+        result = await self.host.writes.submit(txn, on_done, on_executed).wait()
         if result.code != Code.OK:
             return result
         if not forwarded:
@@ -453,10 +466,12 @@ class PlacementGroup:
         return acked
 
     async def forwards_landed(self) -> None:
-        """Wait (a while) until the writes forwarded so far are answered."""
+        """Wait (a while) until the writes forwarded so far are answered, and committed
+        here too (a member may answer before our own flush is done)."""
         with trio.move_on_after(REPLICATION_TIMEOUT):
             for acked in list(self._inflight.values()):
                 await acked.wait()
+            await self.host.writes.barrier().wait()
 
     def _drop(self, member: int, why: str) -> None:
         if self.interim.pop(member, None) is not None:

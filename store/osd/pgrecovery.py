@@ -25,7 +25,7 @@ from store.osd.ops import parse_version_untrusted
 from store.rpc import RpcConnection
 
 if TYPE_CHECKING:
-    from store.osd.pg import PlacementGroup
+    from store.osd.pg import PlacementGroup, Version
 
 log = logging.getLogger("store.osd")
 
@@ -102,11 +102,16 @@ class MemberRecovery:
             log.info("pg %s: osd.%d is up to date", g.name, member)
             return
         store = g.host.store
+        # What the member will be told it holds once pushed: committed here before the
+        # objects to push are listed, so that the list covers it (the last version
+        # forwarded may still be flushing: store.osd.pg, Replication).
+        target = g.last_committed
         # The log serves only if the member's newest version is in our history; a member
         # that wrote elsewhere (an old primary's unacknowledged writes) is listed whole.
         entries = store.pg_log_since(g.pool_id, g.pg, theirs[1] - 1) if theirs[1] else None
         if entries and entries[0].version == theirs and theirs <= g.last_forwarded:
-            await self._push_round(conn, sorted({e.name for e in entries[1:]}), member)
+            names = sorted({e.name for e in entries[1:]})
+            await self._push_round(conn, names, member, target)
             return
         # A backfill: whole PGs compared, maybe a disk's worth of data. It waits for a slot
         # here and on the member (max_backfills each), and lists once it has them.
@@ -115,21 +120,28 @@ class MemberRecovery:
             async with g.host.throttle.backfill(conn, g.pool_id, g.pg, g.host.osd_id):
                 self.backfill_waiting.discard(member)
                 self.backfilling.add(member)
+                target = g.last_committed  # before listing, as above
                 names = sorted(
                     set(local_names(store, g.pool_id, g.pg))
                     | set(await remote_names(conn, g.pool_id, g.pg))
                 )
                 # The member's newest version may be of a divergent history (an old
                 # primary's writes never acknowledged): our state wins, even if older.
-                await self._push_round(conn, names, member, authoritative=True)
+                await self._push_round(conn, names, member, target, authoritative=True)
         finally:
             self.backfill_waiting.discard(member)
             self.backfilling.discard(member)
 
     async def _push_round(
-        self, conn: RpcConnection, names: list[str], member: int, authoritative: bool = False
+        self,
+        conn: RpcConnection,
+        names: list[str],
+        member: int,
+        target: Version,
+        authoritative: bool = False,
     ) -> None:
-        """Push the current state of `names` to the member, then its new version."""
+        """Push the current state of `names` to the member, then tell it that its history
+        ends at `target` (a version that the states of `names` hold)."""
         g = self.group
         store = g.host.store
         args = {"pool": g.pool_id, "pg": g.pg}
@@ -140,7 +152,6 @@ class MemberRecovery:
         if hold:
             g.held_writes = trio.Event()
         try:
-            target = g.last_forwarded
             self.left[member] = len(names)
             for name in names:
                 state = store.object_state(g.pool_id, name)

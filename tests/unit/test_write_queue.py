@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
 import trio
 
 from store.errors import Code
 from store.osd.objectstore import ObjectStore
-from store.osd.ops import WriteFull
+from store.osd.ops import Cond, WriteFull
 from store.osd.txns import PrimaryTxn, TxnResult
-from store.osd.write_queue import WriteQueue
+from store.osd.write_queue import Callback, ReleasedWritesLost, WriteQueue
 
 
 async def test_completions_run_in_order_and_a_barrier_waits_for_earlier_writes(
@@ -35,6 +37,103 @@ async def test_completions_run_in_order_and_a_barrier_waits_for_earlier_writes(
             # Everything submitted before the barrier is on disk when it completes.
             assert seen == list(range(1, 11))
             assert store.pg_info(1, 0).last_version == (1, 10)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+def _txn(i: int, *, must_exist: bool = False) -> PrimaryTxn:
+    cond = Cond(exists=True) if must_exist else None
+    return PrimaryTxn(1, 0, f"o{i}", [WriteFull(b"x")], cond, 1, f"c:{i}")
+
+
+async def test_executed_callbacks_run_in_order_before_the_batch_is_done(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    queue = WriteQueue(store, max_batch=4)
+    events: list[tuple[str, int, int]] = []
+
+    def executed(i: int) -> Callback:
+        def note(result: TxnResult) -> None:
+            # Released, not yet committed: the reader does not see it yet.
+            committed = store.pg_info(1, 0).last_version[1]
+            events.append(("executed", i, result.version[1]))
+            assert committed < result.version[1]
+
+        return note
+
+    def done(i: int) -> Callback:
+        return lambda result: events.append(("done", i, result.version[1]))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            # Queued before the queue runs: one batch of four, then one of two.
+            for i in range(6):
+                # The third's condition fails: it is not released, only done (rolled back).
+                queue.submit(_txn(i, must_exist=i == 2), done(i), executed(i))
+            nursery.start_soon(queue.run)
+            await queue.barrier().wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    kinds = [(kind, i) for kind, i, _ in events]
+    assert kinds == [
+        ("executed", 0),
+        ("executed", 1),
+        ("executed", 3),
+        ("done", 0),
+        ("done", 1),
+        ("done", 2),
+        ("done", 3),
+        ("executed", 4),
+        ("executed", 5),
+        ("done", 4),
+        ("done", 5),
+    ]
+    versions = {i: v for kind, i, v in events if kind == "executed"}
+    assert versions == {0: 1, 1: 2, 3: 3, 4: 4, 5: 5}
+
+
+async def test_a_batch_that_fails_after_releasing_writes_stops_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(str(tmp_path))
+    queue = WriteQueue(store)
+    released: list[int] = []
+    done: list[TxnResult] = []
+
+    def failing_flush() -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    try:
+        queue.submit(_txn(0), done.append, lambda r: released.append(r.version[1]))
+        monkeypatch.setattr(store.space, "sync_data", failing_flush)
+        with pytest.RaisesGroup(ReleasedWritesLost, allow_unwrapped=True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(queue.run)
+        # Released to the replicas, never durable here, never answered as done.
+        assert released == [1] and done == []
+        assert store.pg_info(1, 0).last_version == (0, 0)
+    finally:
+        store.close()
+
+
+async def test_a_failed_batch_without_released_writes_reports_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(str(tmp_path))
+    queue = WriteQueue(store)
+
+    def failing_flush() -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(store.space, "sync_data", failing_flush)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.run)
+            result = await queue.submit(_txn(0)).wait()
+            assert result.code == Code.EIO and "storage error" in result.message
+            monkeypatch.undo()
+            assert (await queue.submit(_txn(1)).wait()).code == Code.OK
             nursery.cancel_scope.cancel()
     finally:
         store.close()
