@@ -1,10 +1,12 @@
 """kill -9 of a PG's primary in the middle of a stream of writes to that PG.
 
-The primary applies a write, then forwards it: killed in between, it holds writes no one
-acknowledged and its replicas never saw, while the next primary numbers its own writes
-from the same point. When the old primary returns it leads the PG again (it is first in
-the placement), so every read afterwards is served by it: whatever it kept or took must be
-the acknowledged history. The last test is the client's side of the same event: a write
+The primary forwards a write while it writes it to its own disk: killed, it may hold on
+disk writes no one acknowledged and its replicas have not written yet (they are in their
+sockets, and the replicas write them after the kill) or, rarely, never received (still
+queued in the dead primary), while the next primary numbers its own writes from the same
+point. When the old primary returns it leads the PG again (it is first in the placement),
+so every read afterwards is served by it: whatever it kept or took must be the
+acknowledged history. The power cut below makes the second case certain. The last test is the client's side of the same event: a write
 sent to a primary that has just died.
 """
 
@@ -39,16 +41,17 @@ def names_in_pg(client: Client, pg: int, count: int) -> list[str]:
     return names
 
 
-# About one kill in three leaves the primary with writes its replicas never receive.
-MAX_KILLS = 12
+KILLS = 3
 AHEAD_BY = 3  # seqs the primary must have that neither replica shows, to be killed
 
 
 def test_the_primary_killed_under_a_stream_of_writes(chaos_cluster: ChaosFactory) -> None:
-    """The primary is killed (and restarted) at a moment it holds writes its replicas do
-    not show yet, until one kill has left it with writes they never received: the next
-    primary then numbered other writes with the same seqs. Everything must heal to the
-    acknowledged history, on every copy.
+    """The primary is killed (and restarted) KILLS times, each at a moment its disk holds
+    writes its replicas' disks do not show yet. Everything must heal to the acknowledged
+    history, on every copy; a kill that left it with writes they never received (the next
+    primary then numbered other writes with the same seqs) is reported, not required: with
+    writes forwarded before the primary's own flush it has become rare (the power cut test
+    below makes it certain).
 
     Run by trio.run here rather than as a trio test, so that a wrong result fails as a
     plain AssertionError."""
@@ -83,7 +86,8 @@ async def _primary_killed_under_writes(cluster: ChaosCluster) -> tuple[list[str]
         )
         async with writer.running():
             await writer.wait_acked(40)
-            for _ in range(MAX_KILLS):
+            diverged = 0
+            for _ in range(KILLS):
                 await kill_when_ahead(cluster, victim, replicas, pool_id)
                 at_death = pg_position(cluster, victim, pool_id, PG, running=False)
                 await wait_osd(cluster, victim, up=False, timeout=15)
@@ -103,10 +107,8 @@ async def _primary_killed_under_writes(cluster: ChaosCluster) -> tuple[list[str]
                 cluster.start_osd(victim)
                 await wait_osd(cluster, victim, up=True, timeout=15)
                 await writer.wait_acked(30)
-                if renumbered:
-                    break
-            else:
-                raise RuntimeError(f"no kill in {MAX_KILLS} left the primary ahead")
+                diverged += bool(renumbered)
+            print(f"{diverged} of {KILLS} kills left the primary with writes no one else had")
         problems = await healing_problems(cluster, client, ledger, writer)
         return problems, client.locate(POOL, names[0])["primary"], victim
 
