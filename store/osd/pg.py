@@ -22,9 +22,8 @@ has written it durably and the copies number at least ``min_size``. So the prima
 *forwarded* version may be ahead of its last *committed* one for the length of a flush;
 what reads the primary's stored state as the PG's history up to some version (recovery's
 target, scrub's second look) uses the committed one. A batch that fails after its writes
-were forwarded stops the daemon (store.osd.write_queue). A member that
-fails a forward (connection lost, timeout, or a gap in its log) stops being active and is
-recovered.
+were forwarded stops the daemon (store.osd.write_queue). A member that fails a forward
+(connection lost, timeout, or a gap in its log) stops being active and is recovered.
 
 *Recovery of a member* (:mod:`store.osd.pgrecovery`). The primary pushes the whole current
 state of every object the member may lack, then tells the member its history now ends at
