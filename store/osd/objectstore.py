@@ -15,8 +15,8 @@ Two connections: the daemon's single writer thread calls ``apply_batch`` (one
 transaction and one fsync for a whole batch, a savepoint per transaction so a
 failing one rolls back alone); the event loop reads through the other, which in WAL
 mode sees the last commit and never waits for the writer. Scrub reads get a third,
-used from a worker thread (``scrub_page``), so that re-reading a PG's data never holds
-the event loop.
+used from a worker thread (``scrub_page``, :mod:`store.osd.scrubmap`), so that re-reading
+a PG's data never holds the event loop.
 
 Versions are ``(epoch, seq)``. The primary of a PG gives each mutating request the
 next seq of the PG and the current epoch; replicas take the version they are given
@@ -60,7 +60,8 @@ from store.osd.ops import (
 )
 from store.osd.pglog import PG_SCHEMA, LogEntry, PgInfo, PgLogs
 from store.osd.pgsplit import PgSplitTxn, split_pool
-from store.osd.scrub import DEEP_PAGE_BYTES, PAGE_OBJECTS, ScrubEntry, ScrubPage
+from store.osd.scrub import DEEP_PAGE_BYTES, PAGE_OBJECTS, ScrubPage
+from store.osd.scrubmap import ScrubMaps
 from store.osd.txns import (
     ObjectMeta,
     ObjectState,
@@ -135,9 +136,7 @@ class ObjectStore:
         self._counter_lock = threading.Lock()
         self._writer = self._connect()
         self.block_size = self._open_schema(block_size)
-        self._reader = self._connect()
-        self._reader.execute("PRAGMA query_only = ON")
-        self._reader.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
+        self._reader = self._connect_reader()
         self.space = BlockSpace(
             os.path.join(path, "blocks.dat"), self.block_size, used_slots(self._reader)
         )
@@ -146,8 +145,7 @@ class ObjectStore:
         self._write_logs = PgLogs(self._writer)
         self._read_logs = PgLogs(self._reader)
         # Scrub reads run in a worker thread on a connection of their own (see scrub_page).
-        self._scrub_lock = threading.Lock()
-        self._scrub_db: sqlite3.Connection | None = None
+        self._scrub_maps = ScrubMaps(self._connect_reader, self.space, self._count_checksum_error)
         self._pins = 0
         self._release_deferred = False
 
@@ -161,6 +159,12 @@ class ObjectStore:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA cache_size = -65536")
+        return db
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        db = self._connect()
+        db.execute("PRAGMA query_only = ON")
+        db.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
         return db
 
     def _open_schema(self, block_size: int) -> int:
@@ -195,10 +199,7 @@ class ObjectStore:
             self.checksum_errors += 1
 
     def close(self) -> None:
-        with self._scrub_lock:
-            if self._scrub_db is not None:
-                self._scrub_db.close()
-                self._scrub_db = None
+        self._scrub_maps.close()
         self._reader.close()
         self._writer.close()
         self.space.close()
@@ -504,41 +505,16 @@ class ObjectStore:
 
         Runs in a worker thread, under ``pinned_slots`` (see ``store.osd.scrub``).
         """
-        with self._scrub_lock:
-            db = self._scrub_db
-            if db is None:
-                db = self._scrub_db = self._connect()
-                db.execute("PRAGMA query_only = ON")
-                db.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
-            rows = ObjectRows(db, self.space, self._count_checksum_error)
-            db.execute("BEGIN")
-            try:
-                head = PgLogs(db).info(pool, pg).last_version
-                more = False
-                if names is not None:
-                    headers = [
-                        obj
-                        for name in names
-                        if (obj := rows.load(pool, name)).oid is not None and obj.pg == pg
-                    ]
-                else:
-                    headers, more = _scrub_listing(db, pool, pg, after, upto, limit)
-                entries: list[tuple[str, ScrubEntry]] = []
-                spent = 0
-                next_name: str | None = None
-                for obj in headers:
-                    if names is None and deep and entries and spent >= byte_budget:
-                        next_name = entries[-1][0]
-                        break
-                    entry, cost = _scrub_entry(rows, obj, deep)
-                    entries.append((obj.name, entry))
-                    spent += cost
-                else:
-                    if more:
-                        next_name = entries[-1][0]
-            finally:
-                db.execute("COMMIT")
-        return ScrubPage(entries, next_name, head)
+        return self._scrub_maps.page(
+            pool,
+            pg,
+            deep=deep,
+            after=after,
+            upto=upto,
+            limit=limit,
+            names=names,
+            byte_budget=byte_budget,
+        )
 
     def pgs(self) -> list[tuple[int, int]]:
         """Every PG we hold anything of: objects, tombstones or log."""
@@ -559,49 +535,3 @@ class ObjectStore:
             with suppress(FileNotFoundError):
                 db_bytes += os.path.getsize(self.path + suffix)
         return {"objects": objects, "bytes": int(size), "db_bytes": db_bytes, **self.space.stats()}
-
-
-_SCRUB_LISTING = (
-    "SELECT oid, pg, size, epoch, seq, mtime, name FROM objects INDEXED BY {index}"
-    " WHERE pool = ? AND pg = ? AND live = {live} AND name > ? AND (? IS NULL OR name <= ?)"
-    " ORDER BY name LIMIT ?"
-)
-_SCRUB_LIVE = _SCRUB_LISTING.format(index="objects_listing", live=1)
-# A PG's tombstones are few (those its log still covers): found by PG, then sorted.
-_SCRUB_TOMBSTONES = _SCRUB_LISTING.format(index="objects_tombstones", live=0)
-MAX_SCRUB_ERROR = 200
-
-
-def _scrub_listing(
-    db: sqlite3.Connection, pool: int, pg: int, after: str | None, upto: str | None, limit: int
-) -> tuple[list[ObjectHeader], bool]:
-    """Headers of live objects and tombstones in (after, upto], in name order; whether more
-    than ``limit`` are there."""
-    found: list[ObjectHeader] = []
-    for query, live in ((_SCRUB_LIVE, True), (_SCRUB_TOMBSTONES, False)):
-        rows = db.execute(query, (pool, pg, after or "", upto, upto, limit + 1)).fetchall()
-        found.extend(
-            ObjectHeader(pool, name, oid, row_pg, live, size, (epoch, seq), mtime)
-            for oid, row_pg, size, epoch, seq, mtime, name in rows
-        )
-    found.sort(key=lambda obj: obj.name)
-    return found[:limit], len(found) > limit
-
-
-def _scrub_entry(rows: ObjectRows, obj: ObjectHeader, deep: bool) -> tuple[ScrubEntry, int]:
-    """The object's scrub entry, and how many bytes reading it took."""
-    if not obj.live:
-        return ScrubEntry(False, obj.version), 0
-    attrs = rows.xattrs_digest(obj)
-    if not deep:
-        return ScrubEntry(True, obj.version, obj.size, attrs), 0
-    omap, omap_bytes = rows.omap_digest(obj)
-    data: int | None = None
-    error: str | None = None
-    try:
-        data = rows.data_digest(obj)
-    except ChecksumError as exc:
-        error = str(exc)[:MAX_SCRUB_ERROR]
-    except OSError as exc:
-        error = f"cannot read the data file: {exc}"[:MAX_SCRUB_ERROR]
-    return ScrubEntry(True, obj.version, obj.size, attrs, omap, data, error), obj.size + omap_bytes
