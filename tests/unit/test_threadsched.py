@@ -64,7 +64,8 @@ def test_the_policy_changes_nothing_else() -> None:
     code = (
         "import os; from store import threadsched; n = os.getpriority(os.PRIO_PROCESS, 0); "
         "threadsched.run_as_batch(); "
-        "print(os.getpriority(os.PRIO_PROCESS, 0) == n, os.sched_getparam(0).sched_priority)"
+        "print(os.sched_getscheduler(0) == os.SCHED_BATCH, "
+        "os.getpriority(os.PRIO_PROCESS, 0) == n, os.sched_getparam(0).sched_priority)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["True", "0"]
+    assert done.stdout.split() == ["True", "True", "0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,17 +48,30 @@ def _txn(i: int, *, must_exist: bool = False) -> PrimaryTxn:
     return PrimaryTxn(1, 0, f"o{i}", [WriteFull(b"x")], cond, 1, f"c:{i}")
 
 
-async def test_executed_callbacks_run_in_order_before_the_batch_is_done(tmp_path: Path) -> None:
+async def test_executed_callbacks_run_in_order_before_the_batch_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = ObjectStore(str(tmp_path))
     queue = WriteQueue(store, max_batch=4)
     events: list[tuple[str, int, int]] = []
+    committed_when_released: dict[int, int] = {}
+    # The flush waits until the batch's writes were released: they must be, while it runs.
+    released = threading.Event()
+    flushes_saw_release: list[bool] = []
+    flush = store.space.sync_data
+
+    def flush_after_release() -> None:
+        flushes_saw_release.append(released.wait(timeout=10))
+        released.clear()
+        flush()
+
+    monkeypatch.setattr(store.space, "sync_data", flush_after_release)
 
     def executed(i: int) -> Callback:
         def note(result: TxnResult) -> None:
-            # Released, not yet committed: the reader does not see it yet.
-            committed = store.pg_info(1, 0).last_version[1]
+            committed_when_released[i] = store.pg_info(1, 0).last_version[1]
             events.append(("executed", i, result.version[1]))
-            assert committed < result.version[1]
+            released.set()
 
         return note
 
@@ -91,6 +105,9 @@ async def test_executed_callbacks_run_in_order_before_the_batch_is_done(tmp_path
     ]
     versions = {i: v for kind, i, v in events if kind == "executed"}
     assert versions == {0: 1, 1: 2, 3: 3, 4: 4, 5: 5}
+    # Released during the flush, before the commit: the reader did not see them yet.
+    assert flushes_saw_release == [True, True]
+    assert committed_when_released == {0: 0, 1: 0, 3: 0, 4: 3, 5: 3}
 
 
 async def test_a_batch_that_fails_after_releasing_writes_stops_the_queue(
