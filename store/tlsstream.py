@@ -1,28 +1,29 @@
-"""TLS over a trio stream, tuned for bulk replication traffic.
+"""TLS on a TCP socket driven by trio, tuned for bulk replication traffic.
 
 Theory of operation
 -------------------
-``trio.SSLStream`` is general: any number of tasks may read, write and renegotiate at
-once, and each ``receive_some`` hands back what one call of ``SSLObject.read`` gives,
-which is at most one TLS record (16 KiB). A daemon replicating 4 MiB writes then spends
-a large share of its CPU going round that machinery 256 times per write.
+``trio.SSLStream`` is general: it runs TLS over any stream through memory buffers, and any
+number of tasks may read, write and renegotiate at once. Every byte then crosses two
+extra copies (socket to buffer to TLS, TLS to buffer to socket), each ``receive_some``
+hands back at most one TLS record (16 KiB), and each record costs a round of Python. A
+daemon replicating 4 MiB writes spent a large share of its CPU on that.
 
-Our links are simpler. The handshake completes before anything else happens, then one
-task reads and one task writes (``store.rpc.RpcConnection``). So this stream:
+Our links are simpler: a connected TCP socket, a handshake that completes before anything
+else happens, then one task that reads and one that writes (``store.rpc.RpcConnection``).
+So this stream hands the socket itself to OpenSSL (a non-blocking ``ssl.SSLSocket``): TLS
+reads records from the socket and writes them to it with no copy through Python, and trio
+only waits for the socket to be readable or writable when OpenSSL says it must.
 
-- reads from the socket in large gulps and decrypts *every* complete record waiting into
-  one reused buffer, returning up to ``max_bytes`` of plaintext per call (``SSLObject.read``
-  without a buffer allocates as many bytes as it is asked for, per record); or, with
-  ``receive_into``, straight into the caller's buffer (where a large frame goes whole);
-- encrypts a ``send_all`` in slices of ``SEND_SLICE`` bytes, each sent as soon as it is
-  encrypted: the TLS object's output buffer stays small instead of being grown (and copied)
-  record by record to the size of a 4 MiB frame;
-- serialises everything it puts on the socket behind one FIFO lock, so bytes the
-  reader's ``SSLObject`` produces (TLS 1.3 key updates) go out in the order they were
-  produced relative to the writer's records.
+- ``receive_into`` decrypts *every* record waiting straight into the caller's buffer (where
+  ``store.rpc`` receives a large frame whole), and ``receive_some`` into one reused buffer;
+- ``send_all`` encrypts in slices of ``SEND_SLICE`` bytes; OpenSSL sends each record as it
+  is made.
 
-No ``await`` separates touching the ``SSLObject`` from taking the bytes it produced, so
-the two tasks never interleave halfway through a TLS operation.
+OpenSSL may, rarely, need the other direction in the middle of an operation (a TLS 1.3
+key update answered while reading). The reader waits for readability and the writer for
+writability, and trio lets one task wait for each; a task that needs the other direction
+retries after a short sleep instead (``CROSS_WAIT``), while the task that owns that
+direction moves things on.
 
 Server contexts should have ``num_tickets = 0``: peers never resume sessions, and a
 ticket sent right after the handshake is just bytes for the client to skip.
@@ -30,38 +31,45 @@ ticket sent right after the handshake is just bytes for the client to skip.
 
 from __future__ import annotations
 
+import socket
 import ssl
-from typing import Any, cast
+from typing import cast
 
 import trio
 
-RECEIVE_SIZE = 256 * 1024  # bytes read from the socket per call
-SEND_SLICE = 256 * 1024  # plaintext bytes encrypted and sent at a time
+RECEIVE_SIZE = 256 * 1024  # largest plaintext answered by receive_some by default
+SEND_SLICE = 256 * 1024  # plaintext bytes handed to OpenSSL at a time
+CROSS_WAIT = 0.001  # seconds between retries of an operation that needs the other direction
 
 
 class TlsStream(trio.abc.Stream):
-    """A TLS stream for one reader task and one writer task (see the module's notes)."""
+    """TLS over a connected ``trio.SocketStream``, which it takes over (see the module)."""
 
     def __init__(
         self,
-        transport: trio.abc.Stream,
+        transport: trio.SocketStream,
         context: ssl.SSLContext,
         *,
         server_side: bool,
         server_hostname: str | None = None,
     ) -> None:
-        self.transport_stream = transport
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self.ssl_object = context.wrap_bio(
-            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        # The descriptor leaves trio's socket object (closing that is then a no-op) for a
+        # plain socket that OpenSSL reads and writes itself.
+        raw = socket.socket(fileno=transport.socket.detach())
+        raw.setblocking(False)
+        self.ssl_object = context.wrap_socket(
+            raw,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=False,
         )
-        self._send_lock = trio.StrictFIFOLock()
-        self._plain = bytearray(RECEIVE_SIZE)  # where records are decrypted to
+        self._plain = bytearray(RECEIVE_SIZE)  # where receive_some decrypts to
         self._handshake_lock = trio.Lock()
         self._handshook = False
         self._eof = False
         self._broken = False
+        self._closed = False
 
     # --- handshake -------------------------------------------------------------------
 
@@ -72,26 +80,25 @@ class TlsStream(trio.abc.Stream):
                 await self._handshake()
 
     async def _handshake(self) -> None:
+        if self._broken:
+            raise trio.BrokenResourceError("TLS stream is broken or closed")
         while True:
             try:
                 self.ssl_object.do_handshake()
             except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
+                await self._wait_readable()
                 continue
-            except (ssl.SSLError, ssl.CertificateError) as exc:
+            except ssl.SSLWantWriteError:
+                await self._wait_writable()
+                continue
+            except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+                # OpenSSL has sent the peer its alert already, where the socket took it.
                 self._broken = True
-                # Tell the peer why (an alert), as far as the socket still takes it.
-                try:
-                    await self._flush()
-                except trio.BrokenResourceError:
-                    pass
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
             break
-        await self._flush()
         self._handshook = True
 
-    def getpeercert(self, binary_form: bool = False) -> Any:
+    def getpeercert(self, binary_form: bool = False) -> object:
         return self.ssl_object.getpeercert(binary_form)
 
     # --- reading -----------------------------------------------------------------------
@@ -116,51 +123,41 @@ class TlsStream(trio.abc.Stream):
             return 0
         await self._usable()
         while True:
-            got = self._decrypt_into(buffer)
-            if self._outgoing.pending:
-                # What reading produced (an alert, a key update) is owed to the peer; if
-                # the peer is gone, the writer will find out. What was read still counts.
-                try:
-                    await self._flush()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            got, wants_write = self._decrypt_into(buffer)
             if got or self._eof:
                 if not got:
                     await trio.lowlevel.checkpoint()
                 return got
-            await self._fill()
+            if wants_write:
+                await self._wait_crossed()  # the writer task owns writability
+            else:
+                await self._wait_readable()
 
-    def _decrypt_into(self, buffer: memoryview) -> int:
+    def _decrypt_into(self, buffer: memoryview) -> tuple[int, bool]:
+        """Decrypt what is waiting into ``buffer``: (bytes put there, whether OpenSSL
+        stopped because it must write first)."""
         limit = len(buffer)
         got = 0
+        tls = self.ssl_object
         while got < limit:
             try:
                 # With a buffer, read() answers how many bytes it put there.
-                n = cast(int, self.ssl_object.read(limit - got, buffer[got:]))
+                n = cast(int, tls.read(limit - got, buffer[got:]))
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
-                self._eof = True  # the peer's close_notify
+            except ssl.SSLWantWriteError:
+                return got, True
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._eof = True  # close_notify, or the socket ended without one
                 break
-            except ssl.SSLError as exc:
-                if self._incoming.eof:
-                    self._eof = True  # the socket ended without close_notify
-                    break
+            except (ssl.SSLError, OSError) as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
             if not n:
                 self._eof = True
                 break
             got += n
-        return got
-
-    async def _fill(self) -> None:
-        """Wait for bytes from the socket and feed them to the TLS object."""
-        data = await self.transport_stream.receive_some(RECEIVE_SIZE)
-        if data:
-            self._incoming.write(data)
-        else:
-            self._incoming.write_eof()
+        return got, False
 
     # --- writing -----------------------------------------------------------------------
 
@@ -169,48 +166,64 @@ class TlsStream(trio.abc.Stream):
         if not data:
             await trio.lowlevel.checkpoint()
             return
+        tls = self.ssl_object
         with memoryview(data) as whole, whole.cast("B") as octets:
-            for at in range(0, len(octets), SEND_SLICE):
+            at = 0
+            while at < len(octets):
+                piece = octets[at : at + SEND_SLICE]
                 try:
-                    self.ssl_object.write(octets[at : at + SEND_SLICE])
-                except ssl.SSLError as exc:
+                    # Without partial writes, a write that completes took the whole piece;
+                    # one that must wait is repeated with the same piece.
+                    tls.write(piece)
+                except ssl.SSLWantWriteError:
+                    await self._wait_writable()
+                    continue
+                except ssl.SSLWantReadError:
+                    await self._wait_crossed()  # the reader task owns readability
+                    continue
+                except (ssl.SSLError, OSError) as exc:
                     self._broken = True
                     raise trio.BrokenResourceError(f"TLS stream failed: {exc}") from exc
-                await self._flush()
+                at += len(piece)
+        await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
+        await self._wait_writable()
 
-    async def _flush(self) -> None:
-        # Taking the bytes and joining the lock's queue happen without a yield between
-        # them, and the lock is FIFO: bytes reach the socket in the order they were made.
-        to_send = self._outgoing.read()
-        if not to_send:
-            return
-        try:
-            async with self._send_lock:
-                await self.transport_stream.send_all(to_send)
-        except BaseException:
-            self._broken = True  # an unknown part of a record went out, or none of it
-            raise
+    # --- waiting on the socket -----------------------------------------------------------
+
+    async def _wait_readable(self) -> None:
+        self._check_open()
+        await trio.lowlevel.wait_readable(self.ssl_object)
+
+    async def _wait_writable(self) -> None:
+        self._check_open()
+        await trio.lowlevel.wait_writable(self.ssl_object)
+
+    async def _wait_crossed(self) -> None:
+        await trio.sleep(CROSS_WAIT)
+        self._check_open()  # closed meanwhile by another task
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream closed")
 
     # --- closing -----------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Send close_notify if we can, then close the socket."""
-        try:
-            if self._handshook and not self._broken:
-                with trio.move_on_after(1):
-                    try:
-                        self.ssl_object.unwrap()
-                    except (ssl.SSLWantReadError, ssl.SSLError):
-                        pass
-                    await self._flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            self._broken = True
-            await self.transport_stream.aclose()
+        """Send close_notify if the socket takes it now, then close the socket."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._handshook and not self._broken:
+            try:
+                self.ssl_object.unwrap()  # sends close_notify; waits for nothing back
+            except (ssl.SSLError, OSError, ValueError):
+                pass
+        self._broken = self._closed = True
+        trio.lowlevel.notify_closing(self.ssl_object)
+        self.ssl_object.close()
+        await trio.lowlevel.checkpoint()
 
     async def _usable(self) -> None:
         if self._broken:

@@ -6,8 +6,8 @@ names the daemon the map says lives at that address. A link carries requests one
 connecting daemon asks, the other answers); two daemons that both need to ask hold two
 links.
 
-The links use ``store.tlsstream.TlsStream``, which decrypts every TLS record waiting per
-read: a 4 MiB forwarded write is some twenty reads instead of 256.
+The links use ``store.tlsstream.TlsStream``: OpenSSL on the socket itself, every TLS
+record waiting decrypted per read, straight into the reader's buffer.
 
 Forwarded writes (``repop``) are queued for the disk in the reader task, in arrival order
 (see ``store.rpc``), so a replica applies them in the order the primary versioned them.
