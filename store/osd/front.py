@@ -26,6 +26,7 @@ import trio
 
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
+from store.osd.blocksums import with_sums
 from store.osd.ops import (
     MAX_READ_LENGTH,
     Delete,
@@ -422,6 +423,7 @@ class UdpFront:
         tokens: list[int] = []
         if any(isinstance(op, Staged) for op in ops):
             ops, raw_ops, tokens = self._unstage(session, pool_id, name, ops)
+        ops = with_sums(ops, daemon.store.block_size)  # hashed once, here, for every copy
         session.in_progress.add(header.request_id)
         txn = PrimaryTxn(
             pool=pool_id,

@@ -22,7 +22,8 @@ freed when the transaction commits, so a crash leaves every committed block inta
 
 A block's checksum is verified before any of its bytes are used, including the read
 half of a read-modify-write, so a damaged block is never served and never gets a
-fresh checksum that would make it look good.
+fresh checksum that would make it look good. A write that carries the checksums of the
+blocks it covers whole (:mod:`store.osd.blocksums`) has them stored as they are.
 
 Nothing here commits: the caller owns the transaction (and its savepoints).
 """
@@ -39,6 +40,7 @@ import xxhash
 from store.errors import ChecksumError, Code, StoreError
 from store.osd.blockmap import CHUNK_BLOCKS, LAST_CHUNK, BlockMaps
 from store.osd.blockspace import BlockSpace
+from store.osd.blocksums import block_checksum, block_checksums
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
     Create,
@@ -120,22 +122,8 @@ class OpFailed(StoreError):
         self.message = message
 
 
-def block_checksum(data: bytes | bytearray | memoryview) -> int:
-    """xxh3_64 of a block, as the signed 64-bit integer SQLite stores."""
-    digest = xxhash.xxh3_64_intdigest(data)
-    return digest - (1 << 64) if digest >> 63 else digest
-
-
-def block_checksums(data: bytes | memoryview, block_size: int) -> array[int]:
-    """``block_checksum`` of each whole block of ``data``, computed in bulk."""
-    digest = xxhash.xxh3_64_intdigest
-    with memoryview(data) as view:
-        digests = array(
-            "Q", [digest(view[at : at + block_size]) for at in range(0, len(view), block_size)]
-        )
-    sums = array("q")
-    sums.frombytes(digests.tobytes())  # the same bits, as SQLite's signed integers
-    return sums
+# (first block index, the content of one or more whole blocks, their checksums if known)
+_Blocks = tuple[int, bytes | bytearray | memoryview, "array[int] | None"]
 
 
 @dataclass
@@ -169,6 +157,7 @@ class ObjectRows:
         self._space = space
         block_size = self._bs = space.block_size
         self._zeros = bytes(block_size)
+        self._zero_sum = block_checksum(self._zeros)
         self._on_checksum_error = on_checksum_error
 
     # --- headers ---------------------------------------------------------------------
@@ -256,10 +245,10 @@ class ObjectRows:
         match op:
             case Create():
                 pass
-            case Write(offset, data):
-                self.write(obj, offset, data)
-            case WriteFull(data):
-                self.write_full(obj, data)
+            case Write(offset, data, sums):
+                self.write(obj, offset, data, sums)
+            case WriteFull(data, sums):
+                self.write_full(obj, data, sums)
             case Truncate(size):
                 self.truncate(obj, size)
             case Zero(offset, length):
@@ -394,44 +383,46 @@ class ObjectRows:
         self._verified(obj, index, csum, data)
         return data
 
-    def _put_blocks(
-        self, maps: BlockMaps, blocks: Sequence[tuple[int, bytes | bytearray | memoryview]]
-    ) -> None:
+    def _put_blocks(self, maps: BlockMaps, blocks: Sequence[_Blocks]) -> None:
         """Give each block a fresh slot; all-zero content becomes a hole. Each item is
-        (index, content) where content holds one block or several consecutive ones."""
-        bs, zeros = self._bs, self._zeros
+        (index, content, checksums) where content holds one block or several consecutive
+        ones, and checksums are theirs or None (computed here)."""
+        bs, zeros, zero_sum = self._bs, self._zeros, self._zero_sum
         runs: list[memoryview] = []  # spans of consecutive blocks to write
         starts: list[int] = []  # the index of each span's first block
+        run_sums: list[array[int]] = []  # the checksums of each span's blocks
         holes: list[int] = []  # indexes of all-zero blocks
         old: list[int] = []  # slots the blocks had
-        for first, content in blocks:
+        for first, content, known in blocks:
             view = memoryview(content).cast("B")
             count = len(view) // bs
             old.extend(slot for slot in maps.slots_of(first, first + count - 1) if slot >= 0)
-            zero = [view[at : at + bs] == zeros for at in range(0, count * bs, bs)]
-            if not any(zero):
+            sums = known if known is not None else block_checksums(view[: count * bs], bs)
+            if zero_sum not in sums:  # no block is all zeros: one run
                 runs.append(view[: count * bs])
                 starts.append(first)
+                run_sums.append(sums)
                 continue
             run_start = None
-            for j, is_zero in enumerate(zero):
-                if is_zero:
+            for j in range(count):
+                if sums[j] == zero_sum and view[j * bs : (j + 1) * bs].tobytes() == zeros:
                     holes.append(first + j)
                     if run_start is not None:
                         runs.append(view[run_start * bs : j * bs])
+                        run_sums.append(sums[run_start:j])
                         run_start = None
                 elif run_start is None:
                     run_start = j
                     starts.append(first + j)
             if run_start is not None:
                 runs.append(view[run_start * bs : count * bs])
+                run_sums.append(sums[run_start:count])
         self._space.free_later(old)
         slots = self._space.write_blocks(runs)
         for index in holes:
             maps.clear(index)
         at = 0
-        for run, start in zip(runs, starts, strict=True):
-            sums = block_checksums(run, bs)
+        for start, sums in zip(starts, run_sums, strict=True):
             maps.set_run(start, slots[at : at + len(sums)], sums)
             at += len(sums)
         maps.save()
@@ -482,7 +473,15 @@ class ObjectRows:
             i = j
         return bytes(out)
 
-    def write(self, obj: ObjectHeader, offset: int, data: bytes | memoryview) -> None:
+    def write(
+        self,
+        obj: ObjectHeader,
+        offset: int,
+        data: bytes | memoryview,
+        sums: array[int] | None = None,
+    ) -> None:
+        """Write ``data`` at ``offset``; ``sums``, when given, are the checksums of the
+        blocks it covers whole."""
         end = offset + len(data)
         if end > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"write would grow {obj.name!r} past {MAX_OBJECT_SIZE} B")
@@ -493,7 +492,7 @@ class ObjectRows:
         first, last = offset // bs, (end - 1) // bs
         maps = self._maps(oid, first, last)
         view = memoryview(data)
-        blocks: list[tuple[int, bytes | bytearray | memoryview]] = []
+        blocks: list[_Blocks] = []
         # The blocks the write covers whole go as one run, straight from the data.
         whole_first, whole_last = -(-offset // bs), end // bs - 1
         for index in sorted({first, last}):
@@ -505,20 +504,24 @@ class ObjectRows:
             # past the object's end are zeros already (the invariant).
             block = bytearray(self._load_block(obj, maps, index))
             block[lo - start : hi - start] = view[lo - offset : hi - offset]
-            blocks.append((index, block))
+            blocks.append((index, block, None))
         if whole_first <= whole_last:
             middle = view[whole_first * bs - offset : (whole_last + 1) * bs - offset]
-            blocks.append((whole_first, middle))
+            if sums is not None and len(sums) != whole_last - whole_first + 1:
+                raise ValueError(f"{len(sums)} checksums for {whole_last - whole_first + 1} blocks")
+            blocks.append((whole_first, middle, sums))
         self._put_blocks(maps, sorted(blocks, key=lambda item: item[0]))
         obj.size = max(obj.size, end)
 
-    def write_full(self, obj: ObjectHeader, data: bytes | memoryview) -> None:
+    def write_full(
+        self, obj: ObjectHeader, data: bytes | memoryview, sums: array[int] | None = None
+    ) -> None:
         if len(data) > MAX_OBJECT_SIZE:
             raise OpFailed(Code.EFBIG, f"{len(data)} B is more than {MAX_OBJECT_SIZE} B")
         oid = self._materialize(obj)
         self._drop_blocks(oid, 0, LAST_CHUNK)
         obj.size = 0
-        self.write(obj, 0, data)
+        self.write(obj, 0, data, sums)
 
     def truncate(self, obj: ObjectHeader, size: int) -> None:
         if size > MAX_OBJECT_SIZE:
@@ -533,7 +536,7 @@ class ObjectRows:
                 maps = self._maps(oid, index, index)
                 block = bytearray(self._load_block(obj, maps, index))
                 block[keep:] = bytes(bs - keep)
-                self._put_blocks(maps, [(index, block)])
+                self._put_blocks(maps, [(index, block, None)])
         obj.size = size
 
     def zero(self, obj: ObjectHeader, offset: int, length: int) -> None:
@@ -552,13 +555,13 @@ class ObjectRows:
         edges = [i for i in sorted({first, last}) if not whole_first <= i <= whole_last]
         if edges:
             maps = self._maps(oid, edges[0], edges[-1])
-            blocks: list[tuple[int, bytes | bytearray | memoryview]] = []
+            blocks: list[_Blocks] = []
             for index in edges:
                 start = index * bs
                 block = bytearray(self._load_block(obj, maps, index))
                 lo, hi = max(offset, start) - start, min(end, start + bs) - start
                 block[lo:hi] = bytes(hi - lo)
-                blocks.append((index, block))
+                blocks.append((index, block, None))
             self._put_blocks(maps, blocks)
 
 

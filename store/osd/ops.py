@@ -9,8 +9,9 @@ only :class:`InvalidRequest`, whose ``code`` says which reply the sender gets.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from store.errors import Code, ProtocolError
@@ -108,6 +109,8 @@ class Write:
     MUTATING: ClassVar[bool] = True
     offset: int
     data: bytes | memoryview  # a view: a replicated write's data, where it was received
+    # The checksums of the blocks the data covers whole, when known (store.osd.blocksums).
+    sums: array[int] | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> list[object]:
         return [self.WIRE, self.offset, self.data]
@@ -118,6 +121,7 @@ class WriteFull:
     WIRE: ClassVar[str] = "write_full"
     MUTATING: ClassVar[bool] = True
     data: bytes | memoryview
+    sums: array[int] | None = field(default=None, compare=False, repr=False)  # as Write's
 
     def to_wire(self) -> list[object]:
         return [self.WIRE, self.data]

@@ -23,6 +23,7 @@ import trio
 
 from store.errors import AuthError, ChecksumError, Code, RemoteError
 from store.metrics.osd import PEER_TRAFFIC
+from store.osd.blocksums import attach_sums_untrusted
 from store.osd.ops import (
     InvalidRequest,
     attach_data_untrusted,
@@ -164,7 +165,13 @@ def op_repop(daemon: OsdDaemon, args: dict[str, Any]) -> Any:
     tail = args.get(TAIL_ARG)
     if tail is not None:
         raw_ops = attach_data_untrusted(raw_ops, tail)
-    txn = replica_txn_from_wire(args, parse_ops_untrusted(raw_ops))
+    try:
+        ops = attach_sums_untrusted(
+            parse_ops_untrusted(raw_ops), args.get("sums"), daemon.store.block_size
+        )
+    except InvalidRequest as exc:
+        raise RemoteError(Code.EINVAL, f"repop: {exc.message}") from None
+    txn = replica_txn_from_wire(args, ops)
     PEER_TRAFFIC.repop_received(txn.ops)
     later = Later()  # answered from the commit's callback: no task per replicated write
 

@@ -49,6 +49,7 @@ import trio
 
 from store.errors import Code, RemoteError, StoreError
 from store.metrics.osd import PEER_TRAFFIC
+from store.osd.blocksums import sums_to_wire
 from store.osd.objectstore import ObjectStore
 from store.osd.ops import Op, detach_data, parse_version_untrusted
 from store.osd.pglog import entries_from_wire
@@ -424,6 +425,9 @@ class PlacementGroup:
             "epoch": self.interval_epoch,
             "from": self.host.osd_id,
         }
+        sums = sums_to_wire(txn.ops, self.host.store.block_size)
+        if sums:
+            args["sums"] = sums  # the members need not hash the data again
         packed = pack_args(args)  # once for every member
         for member, conn in [*self.active.items(), *self.interim.items()]:
             try:
