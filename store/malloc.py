@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
@@ -72,3 +73,18 @@ def uninitialized(size: int) -> bytearray:
         return bytearray(size)
     buffer: bytearray = _new_bytearray(None, size)
     return buffer
+
+
+PAGE = mmap.PAGESIZE
+
+
+def page_aligned(size: int, at: int = 0) -> memoryview:
+    """An uninitialized buffer of ``size`` bytes whose byte ``at`` lies on a page boundary:
+    from there on the data can go to disk with O_DIRECT as it is (``BlockSpace``), with
+    no copy into an aligned buffer first. A view of a bytearray (one page larger)."""
+    raw = uninitialized(size + PAGE)
+    probe = ctypes.c_char.from_buffer(raw)
+    address = ctypes.addressof(probe)
+    del probe  # its hold on the buffer
+    shift = -(address + at) % PAGE
+    return memoryview(raw)[shift : shift + size]

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from store.errors import Code
+from store.malloc import page_aligned
 from store.osd.ops import MAX_OBJECT_SIZE, InvalidRequest
 
 MAX_STAGE_BYTES = 32 * 1024 * 1024  # one stage: the most one commit applies
@@ -102,9 +103,11 @@ class StagingArea:
         self.held += grow
         stage.touched = now
 
-    def take(self, owner: Owner, token: int, pool: int, name: str, length: int) -> bytes:
-        """The staged bytes [0, length) of the stage, joined; the stage stays until
-        ``release`` (a commit that must be retried needs it again)."""
+    def take(
+        self, owner: Owner, token: int, pool: int, name: str, length: int
+    ) -> bytes | memoryview:
+        """The staged bytes [0, length) of the stage, joined (from the start of a page);
+        the stage stays until ``release`` (a commit that must be retried needs it again)."""
         stage = self._stages.get((owner, token))
         if stage is None:
             raise NotStaged("nothing is staged under this token: stage the data again")
@@ -125,7 +128,15 @@ class StagingArea:
             )
         stage.touched = self._clock()
         stage.committing += 1
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            return parts[0]
+        # Joined on a page boundary: the data file takes it with O_DIRECT as it is.
+        joined = page_aligned(length)
+        at = 0
+        for piece in parts:
+            joined[at : at + len(piece)] = piece
+            at += len(piece)
+        return joined
 
     def release(self, owner: Owner, token: int, *, done: bool) -> None:
         """A commit that took the stage is over; `done` drops the stage (the write is

@@ -22,8 +22,6 @@ read-only view of the bytes received (no copy).
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -32,11 +30,10 @@ from typing import Any, NamedTuple, cast
 import msgpack
 
 from store.errors import FrameError
-from store.malloc import uninitialized
+from store.malloc import page_aligned, uninitialized
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 LARGE_FRAME = 1024 * 1024  # frames this large are received in place (FrameDecoder.reserve)
-PAGE = mmap.PAGESIZE
 
 _LENGTH = struct.Struct("!I")
 TAIL_FLAG = 1 << 31  # in the length word: the payload ends with a raw tail
@@ -99,12 +96,7 @@ def _frame_buffer(total: int, tail_start: int | None) -> memoryview:
     as it is (``BlockSpace``), without copying it to an aligned buffer first."""
     if tail_start is None:
         return memoryview(uninitialized(total))
-    raw = uninitialized(total + PAGE)
-    probe = ctypes.c_char.from_buffer(raw)
-    address = ctypes.addressof(probe)
-    del probe  # its hold on the buffer
-    shift = -(address + tail_start) % PAGE
-    return memoryview(raw)[shift : shift + total]
+    return page_aligned(total, tail_start)
 
 
 class FrameDecoder:

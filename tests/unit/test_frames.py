@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store.errors import FrameError
+from store.malloc import PAGE
 from store.wire.frames import (
     LARGE_FRAME,
-    PAGE,
     TAIL_FLAG,
     FrameDecoder,
     Tailed,

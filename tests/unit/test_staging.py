@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+from pathlib import Path
+
 import pytest
 
 from store.errors import Code
+from store.malloc import PAGE
+from store.osd.blockspace import BlockSpace
 from store.osd.ops import InvalidRequest, Staged, Write, parse_ops_untrusted
 from store.osd.staging import NotStaged, StagingArea, StagingFull
 
@@ -33,6 +39,34 @@ def test_pieces_in_any_order_commit_as_one_and_are_dropped_once_decided() -> Non
     assert area.held == 0 and len(area) == 0
     with pytest.raises(NotStaged):
         area.take(ALICE, 7, 1, "obj", 8)
+
+
+def test_pieces_are_joined_from_the_start_of_a_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # So that the data file writes them with O_DIRECT as they are, without a copy.
+    area = StagingArea(Clock())
+    pieces = [os.urandom(65000) for _ in range(5)]
+    for i, piece in enumerate(pieces):
+        area.put(ALICE, 3, 1, "obj", 65000 * i, piece)
+    joined = area.take(ALICE, 3, 1, "obj", 5 * 65000)
+    assert isinstance(joined, memoryview) and bytes(joined) == b"".join(pieces)
+    probe = ctypes.c_char.from_buffer(joined)
+    assert ctypes.addressof(probe) % PAGE == 0
+    del probe
+    space = BlockSpace(str(tmp_path / "blocks.dat"), 4096, [])
+    assert space.direct  # the test directory takes O_DIRECT (not tmpfs)
+    written: list[object] = []
+    pwrite = os.pwrite
+
+    def spy(fd: int, data: memoryview, offset: int) -> int:
+        written.append(data.obj)
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
+    slots = space.write_blocks([joined[: 79 * 4096]])
+    assert written == [joined.obj]  # one write, straight from the joined buffer
+    assert space.read_run(slots[0], 79) == bytes(joined[: 79 * 4096])
 
 
 def test_a_gap_or_a_short_stage_is_not_committed() -> None:
