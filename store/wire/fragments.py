@@ -40,7 +40,6 @@ Everything here is pure: no sockets, no clock.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from store.errors import MalformedDatagram
@@ -117,14 +116,20 @@ def split(
     return out
 
 
-@dataclass(frozen=True, slots=True)
 class Fragment:
-    """What a fragment datagram's clear prefix says: untrusted until the tag verified."""
+    """What a fragment datagram's clear prefix says: untrusted until the tag verified.
+    (A plain class: one is made per datagram, several times faster than a dataclass.)"""
 
-    index: int
-    count: int
-    version: tuple[int, int]
-    size: int  # bytes of piece the datagram carries
+    __slots__ = ("count", "index", "size", "version")
+
+    def __init__(self, index: int, count: int, version: tuple[int, int], size: int) -> None:
+        self.index = index
+        self.count = count
+        self.version = version
+        self.size = size  # bytes of piece the datagram carries
+
+    def __repr__(self) -> str:
+        return f"Fragment({self.index}/{self.count}, v{self.version}, {self.size} B)"
 
 
 def parse_untrusted(datagram: bytes) -> Fragment:
