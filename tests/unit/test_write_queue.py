@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -152,5 +153,61 @@ async def test_a_failed_batch_without_released_writes_reports_errors(
             monkeypatch.undo()
             assert (await queue.submit(_txn(1)).wait()).code == Code.OK
             nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+async def test_every_batch_is_applied_by_one_thread_that_stops_with_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(str(tmp_path))
+    queue = WriteQueue(store, max_batch=2)
+    threads: set[threading.Thread] = set()
+    apply_batch = store.apply_batch
+
+    def spy(*args: object) -> list[TxnResult]:
+        threads.add(threading.current_thread())
+        return apply_batch(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "apply_batch", spy)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.run)
+            for i in range(6):
+                await queue.submit(_txn(i)).wait()
+            nursery.cancel_scope.cancel()
+        [writer] = threads
+        assert writer is not threading.current_thread()
+        writer.join(timeout=5)
+        assert not writer.is_alive()
+    finally:
+        store.close()
+
+
+async def test_a_cancelled_queue_waits_for_the_batch_under_way(tmp_path: Path) -> None:
+    # A batch handed to the thread runs to its end: the queue's task, cancelled meanwhile,
+    # returns only after it, and the batch's writes are on disk.
+    store = ObjectStore(str(tmp_path))
+    queue = WriteQueue(store)
+    entered = threading.Event()
+    finished: list[bool] = []
+    apply_batch = store.apply_batch
+
+    def slow(*args: object) -> list[TxnResult]:
+        entered.set()
+        time.sleep(0.3)  # still under way when the queue is cancelled
+        results = apply_batch(*args)  # type: ignore[arg-type]
+        finished.append(True)
+        return results
+
+    store.apply_batch = slow  # type: ignore[method-assign]
+    try:
+        queue.submit(_txn(0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.run)
+            await trio.to_thread.run_sync(entered.wait)
+            nursery.cancel_scope.cancel()
+        assert finished == [True]
+        assert store.pg_info(1, 0).last_version == (1, 1)
     finally:
         store.close()
