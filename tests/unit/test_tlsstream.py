@@ -260,3 +260,30 @@ async def test_large_writes_both_ways_while_the_socket_is_full(certs: Path) -> N
             nursery.start_soon(side, "server", server, one, len(other))
             nursery.start_soon(side, "client", client, other, len(one))
     assert got["server"] == other and got["client"] == one
+
+
+async def test_an_operation_that_needs_the_other_direction_is_retried(certs: Path) -> None:
+    # OpenSSL may, rarely, need to write while reading (or read while writing); the task
+    # retries after a pause instead of waiting on the other task's direction.
+    server, client = await connected(certs)
+    read, write = server.ssl_object.read, client.ssl_object.write
+    faults = {"read": 1, "write": 1}
+
+    def read_once_blocked(*args: object) -> object:
+        if faults["read"]:
+            faults["read"] -= 1
+            raise ssl.SSLWantWriteError()
+        return read(*args)  # type: ignore[arg-type]
+
+    def write_once_blocked(data: object) -> int:
+        if faults["write"]:
+            faults["write"] -= 1
+            raise ssl.SSLWantReadError()
+        return write(data)  # type: ignore[arg-type]
+
+    server.ssl_object.read = read_once_blocked  # type: ignore[method-assign,assignment]
+    client.ssl_object.write = write_once_blocked  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        await client.send_all(b"through both")
+        assert await server.receive_some() == b"through both"
+    assert faults == {"read": 0, "write": 0}
