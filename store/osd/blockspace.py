@@ -229,21 +229,38 @@ class BlockSpace:
 
     def read_run(self, start: int, count: int) -> bytes:
         """The bytes of ``count`` slots from ``start``; short if the file is."""
+        data = self._read_run(start, count, borrow=False)
+        assert isinstance(data, bytes)
+        return data
+
+    def borrow_run(self, start: int, count: int) -> bytes | memoryview:
+        """``read_run``, except that a large read may answer a view of the reading
+        thread's own buffer instead of a copy: valid only until that thread's next read,
+        for a caller that uses the bytes at once (the daemon's reply to a read)."""
+        return self._read_run(start, count, borrow=True)
+
+    def _read_run(self, start: int, count: int, *, borrow: bool) -> bytes | memoryview:
         bs = self.block_size
         size = count * bs
         if size >= DIRECT_MIN and self._direct_read_fd is not None:
             try:
-                return self._read_direct(self._direct_read_fd, size, start * bs)
+                return self._read_direct(self._direct_read_fd, size, start * bs, borrow)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._stop_direct_reads()  # the file system refuses direct reads after all
         return os.pread(self._fd, size, start * bs)
 
-    def _read_direct(self, fd: int, size: int, offset: int) -> bytes:
+    def _read_direct(
+        self, fd: int, size: int, offset: int, borrow: bool = False
+    ) -> bytes | memoryview:
         buf = getattr(self._read_bufs, "buf", None)
         if buf is None:
             buf = self._read_bufs.buf = mmap.mmap(-1, DIRECT_CHUNK)
+        if borrow and size <= DIRECT_CHUNK:
+            view = memoryview(buf)
+            got = os.preadv(fd, [view[:size]], offset)
+            return view[:got]
         parts: list[bytes] = []
         with memoryview(buf) as view:
             for at in range(0, size, DIRECT_CHUNK):

@@ -387,7 +387,9 @@ class UdpFront:
         pg = pg_of(pool, name)
         pgobj = self._check_primary(pool_id, pg, header)
         if not write:
-            result = self.daemon.store.execute_read(pool_id, name, ops)
+            # The data may be a view of the loop's read buffer: it is sealed and sent
+            # before this thread reads again.
+            result = self.daemon.store.execute_read(pool_id, name, ops, borrow=True)
             if result.damaged:
                 # Our copy failed its checksum: answer once a good copy has replaced it.
                 assert self._nursery is not None

@@ -195,17 +195,21 @@ class ObjectRows:
 
     # --- operations ------------------------------------------------------------------
 
-    def run(self, obj: ObjectHeader, ops: Sequence[Op], *, replica: bool) -> list[object]:
+    def run(
+        self, obj: ObjectHeader, ops: Sequence[Op], *, replica: bool, borrow: bool = False
+    ) -> list[object]:
         """Apply ``ops`` in order; results align with ``ops`` (None for a mutating op).
 
         A replica replays what its primary already accepted, so it does not judge:
         reads are skipped, ``create`` is never exclusive and ``delete`` of an absent
         object is fine. Raises OpFailed or ChecksumError; the caller rolls back.
+        ``borrow`` lets a read answer a view of the thread's read buffer
+        (``BlockSpace.read_run``): only for a lone read whose result is used at once.
         """
         results: list[object] = []
         for op in ops:
             if not op.MUTATING:
-                results.append(None if replica else self._read_op(obj, op))
+                results.append(None if replica else self._read_op(obj, op, borrow))
                 continue
             if isinstance(op, Delete):
                 if not obj.live and not replica:
@@ -223,12 +227,12 @@ class ObjectRows:
             results.append(None)
         return results
 
-    def _read_op(self, obj: ObjectHeader, op: Op) -> object:
+    def _read_op(self, obj: ObjectHeader, op: Op, borrow: bool = False) -> object:
         if not obj.live:
             raise OpFailed(Code.ENOENT, f"object {obj.name!r} does not exist")
         match op:
             case Read(offset, length):
-                return self.read(obj, offset, length)
+                return self._read(obj, offset, length, borrow=borrow)
             case Stat():
                 return {"size": obj.size, "version": list(obj.version), "mtime": obj.mtime}
             case GetXattrs():
@@ -361,7 +365,9 @@ class ObjectRows:
             self._on_checksum_error()
             raise ChecksumError(f"checksum mismatch in object {obj.name!r} block {index}")
 
-    def _verified_run(self, obj: ObjectHeader, first: int, sums: list[int], data: bytes) -> None:
+    def _verified_run(
+        self, obj: ObjectHeader, first: int, sums: list[int], data: bytes | memoryview
+    ) -> None:
         """Check consecutive blocks from ``first`` against their checksums at once."""
         bs = self._bs
         if len(data) == len(sums) * bs:
@@ -436,6 +442,16 @@ class ObjectRows:
         maps.save()
 
     def read(self, obj: ObjectHeader, offset: int, length: int) -> bytes:
+        """The bytes of the range that lie in the object, verified."""
+        data = self._read(obj, offset, length, borrow=False)
+        assert isinstance(data, bytes)
+        return data
+
+    def _read(
+        self, obj: ObjectHeader, offset: int, length: int, *, borrow: bool
+    ) -> bytes | memoryview:
+        """``read``; with ``borrow``, a range stored in one run may be a view of the
+        thread's read buffer (``BlockSpace.borrow_run``)."""
         end = min(offset + length, obj.size)
         if offset >= end or obj.oid is None:
             return b""
@@ -447,7 +463,8 @@ class ObjectRows:
             # Every block present, in consecutive slots (a large write lands so): one
             # pread, checked in bulk, and what was read is the answer or a slice of it.
             slots, sums = span
-            whole = self._space.read_run(slots[0], len(slots))
+            run = self._space.borrow_run if borrow else self._space.read_run
+            whole = run(slots[0], len(slots))
             self._verified_run(obj, first, sums, whole)
             lo, hi = offset - first * bs, end - first * bs
             return whole if lo == 0 and hi == len(whole) else whole[lo:hi]

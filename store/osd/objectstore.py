@@ -406,14 +406,20 @@ class ObjectStore:
         finally:
             self._reader.execute("COMMIT")
 
-    def execute_read(self, pool: int, name: str, ops: Sequence[Op]) -> TxnResult:
+    def execute_read(
+        self, pool: int, name: str, ops: Sequence[Op], *, borrow: bool = False
+    ) -> TxnResult:
+        """Run read-only ``ops``. With ``borrow``, the data of a lone ``Read`` may be a view
+        of this thread's read buffer, valid until its next read: for a caller that sends
+        it before reading again (the daemon's reply), never one that keeps it."""
         if is_mutating(ops):
             return TxnResult(Code.EINVAL, [], (0, 0), "execute_read takes read-only operations")
+        borrow = borrow and len(ops) == 1
         try:
             with self._snapshot():
                 obj = self._read_rows.load(pool, name)
                 try:
-                    results = self._read_rows.run(obj, ops, replica=False)
+                    results = self._read_rows.run(obj, ops, replica=False, borrow=borrow)
                 except (OpFailed, ChecksumError) as exc:
                     return _failure(exc, obj.visible_version())
         except sqlite3.Error as exc:
