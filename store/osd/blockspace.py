@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The daemon's object data is kept in one file, ``DIR/blocks.dat``, cut into slots of the
-store's block size. SQLite (see :mod:`store.osd.objectdata`) maps each block of each
+store's block size. SQLite (see :mod:`store.osd.objectblocks`) maps each block of each
 object to a slot and the block's checksum; the data itself is written once, into the
 file, and never through SQLite's log.
 

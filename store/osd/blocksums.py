@@ -1,6 +1,6 @@
 """Block checksums: computed once per write, carried with it to the replicas.
 
-Every block a daemon stores has an xxh3 checksum beside its slot (``store.osd.objectdata``),
+Every block a daemon stores has an xxh3 checksum beside its slot (``store.osd.objectblocks``),
 checked on every read. A large write covers most of its blocks whole, and their checksums
 depend on nothing but the data and the block size; the primary computes them once, the
 write operation carries them (``Write.sums``), and its forward to the replicas carries

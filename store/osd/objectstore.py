@@ -50,7 +50,6 @@ from store.osd.objectdata import (
     OBJECT_SCHEMA,
     ObjectHeader,
     ObjectRows,
-    OpFailed,
 )
 from store.osd.ops import (
     Op,
@@ -60,12 +59,12 @@ from store.osd.ops import (
 )
 from store.osd.pglog import PG_SCHEMA, LogEntry, PgInfo, PgLogs
 from store.osd.pgsplit import PgSplitTxn, split_pool
-from store.osd.scrub import DEEP_PAGE_BYTES, PAGE_OBJECTS, ScrubPage
 from store.osd.scrubmap import ScrubMaps
 from store.osd.txns import (
     ObjectMeta,
     ObjectState,
     ObjectStateTxn,
+    OpFailed,
     PgRemoveTxn,
     PgResetLogTxn,
     PgScrubStampTxn,
@@ -146,6 +145,8 @@ class ObjectStore:
         self._read_logs = PgLogs(self._reader)
         # Scrub reads run in a worker thread on a connection of their own (see scrub_page).
         self._scrub_maps = ScrubMaps(self._connect_reader, self.space, self._count_checksum_error)
+        # A page of a PG's scrub map (ScrubMaps.page), in a worker thread.
+        self.scrub_page = self._scrub_maps.page
         self._pins = 0
         self._release_deferred = False
 
@@ -445,7 +446,7 @@ class ObjectStore:
                 obj.mtime,
                 rows.xattrs(obj),
                 rows.omap(obj),
-                rows.read(obj, 0, obj.size),
+                rows.blocks.read(obj, 0, obj.size),
             )
 
     def list_pg(
@@ -488,39 +489,6 @@ class ObjectStore:
         with self._snapshot() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (f"pg_num.{pool}",)).fetchone()
         return int(row[0]) if row else None
-
-    # --- scrub (worker thread) ----------------------------------------------------------
-
-    def scrub_page(
-        self,
-        pool: int,
-        pg: int,
-        *,
-        deep: bool,
-        after: str | None = None,
-        upto: str | None = None,
-        limit: int = PAGE_OBJECTS,
-        names: Sequence[str] | None = None,
-        byte_budget: int = DEEP_PAGE_BYTES,
-    ) -> ScrubPage:
-        """A page of the PG's scrub map: its objects and tombstones named after ``after``
-        and up to ``upto`` (both optional), at most ``limit``, in name order — or exactly
-        ``names`` (those we hold in this PG). A deep page re-reads data and stops once it
-        has read ``byte_budget`` bytes (after one object at least); ``next`` says where the
-        following page starts. One read transaction for the page.
-
-        Runs in a worker thread, under ``pinned_slots`` (see ``store.osd.scrub``).
-        """
-        return self._scrub_maps.page(
-            pool,
-            pg,
-            deep=deep,
-            after=after,
-            upto=upto,
-            limit=limit,
-            names=names,
-            byte_budget=byte_budget,
-        )
 
     def pgs(self) -> list[tuple[int, int]]:
         """Every PG we hold anything of: objects, tombstones or log."""

@@ -63,7 +63,14 @@ class ScrubMaps:
         names: Sequence[str] | None = None,
         byte_budget: int = DEEP_PAGE_BYTES,
     ) -> ScrubPage:
-        """See ``ObjectStore.scrub_page``."""
+        """A page of the PG's scrub map: its objects and tombstones named after ``after``
+        and up to ``upto`` (both optional), at most ``limit``, in name order — or exactly
+        ``names`` (those we hold in this PG). A deep page re-reads data and stops once it
+        has read ``byte_budget`` bytes (after one object at least); ``next`` says where the
+        following page starts. One read transaction for the page.
+
+        Runs in a worker thread, under ``pinned_slots`` (see ``store.osd.scrub``).
+        """
         with self._lock:
             db = self._db
             if db is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from store.errors import Code
+from store.errors import Code, StoreError
 from store.osd.ops import (
     MAX_OBJECT_SIZE,
     Cond,
@@ -24,6 +24,15 @@ from store.osd.ops import (
 )
 from store.osd.pglog import LogEntry
 from store.osd.pgsplit import PgSplitTxn
+
+
+class OpFailed(StoreError):
+    """An operation that cannot apply; the request fails with ``code`` and changes nothing."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)

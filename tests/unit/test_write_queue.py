@@ -44,6 +44,10 @@ async def test_completions_run_in_order_and_a_barrier_waits_for_earlier_writes(
         store.close()
 
 
+def failing_flush() -> None:
+    raise OSError(errno.EIO, "I/O error")
+
+
 def _txn(i: int, *, must_exist: bool = False) -> PrimaryTxn:
     cond = Cond(exists=True) if must_exist else None
     return PrimaryTxn(1, 0, f"o{i}", [WriteFull(b"x")], cond, 1, f"c:{i}")
@@ -119,9 +123,6 @@ async def test_a_batch_that_fails_after_releasing_writes_stops_the_queue(
     released: list[int] = []
     done: list[TxnResult] = []
 
-    def failing_flush() -> None:
-        raise OSError(errno.EIO, "I/O error")
-
     try:
         queue.submit(_txn(0), done.append, lambda r: released.append(r.version[1]))
         monkeypatch.setattr(store.space, "sync_data", failing_flush)
@@ -140,9 +141,6 @@ async def test_a_failed_batch_without_released_writes_reports_errors(
 ) -> None:
     store = ObjectStore(str(tmp_path))
     queue = WriteQueue(store)
-
-    def failing_flush() -> None:
-        raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(store.space, "sync_data", failing_flush)
     try:
