@@ -57,7 +57,7 @@ _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
 _new_bytearray.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
 _new_bytearray.restype = ctypes.py_object
 
-UNINITIALIZED_MIN = 64 * 1024
+UNINITIALIZED_MIN = 32 * 1024  # below this, zeroing costs less than the ctypes call
 
 
 def uninitialized(size: int) -> bytearray:

@@ -37,6 +37,7 @@ from store.client.transport import TargetMoved, Transport, open_udp_socket
 from store.errors import ClientTimeout, Code, RemoteError, code_of
 from store.placement import ClusterMap, PoolSpec, acting_set, pg_of, primary
 from store.rpc import parse_hostport
+from store.wire.stages import StagePiece, piece_size, stage_piece
 
 log = logging.getLogger("store.client")
 
@@ -70,6 +71,7 @@ class Client:
         self.master = master
         self.transport = transport
         self.max_piece = ((config.max_datagram - BODY_OVERHEAD - 1024) // BLOCK) * BLOCK
+        self.stage_piece = piece_size(config.max_datagram)  # data of one staged piece
         self.parallel = trio.CapacityLimiter(64)
         # Fragmented reads in flight at once: three quarters of the receive buffer.
         slots = (receive_buffer * 3 // 4) // (READ_EXTENT + FRAGMENT_SLACK)
@@ -130,14 +132,15 @@ class Client:
         self,
         spec: PoolSpec,
         pg: int,
-        body: dict[str, Any],
+        body: dict[str, Any] | StagePiece,
         timeout: float | None,
         fragments: int = 0,
         slow: bool = False,
     ) -> dict[Any, Any]:
         deadline = trio.current_time() + (timeout or self.config.timeout)
         request_id = self.transport.new_request_id()
-        body = {**body, "p": spec.id}
+        if isinstance(body, dict):
+            body = {**body, "p": spec.id}  # a stage piece names its pool in its prefix
         pause = RETRY_PAUSE
         last_problem = "no daemon of the acting set is up"
         while True:
@@ -238,16 +241,14 @@ class Client:
         (ENOTSTAGED): stage it again, under a new token."""
         spec = self.pool(pool)
         pg = pg_of(spec, name)
-        pieces = [
-            (at, min(self.max_piece, len(chunk) - at))
-            for at in range(0, len(chunk), self.max_piece)
-        ]
+        step = self.stage_piece
+        pieces = [(at, min(step, len(chunk) - at)) for at in range(0, len(chunk), step)]
         for attempt in range(STAGE_ATTEMPTS):
             token = secrets.randbits(63)
 
             async def stage(at: int, n: int, token: int = token) -> None:
-                body = {"o": name, "stage": [token, at, chunk[at : at + n]]}
-                await self._send(spec, pg, body, None)
+                piece = stage_piece(token, at, len(chunk), spec.id, pg, chunk[at : at + n])
+                await self._send(spec, pg, piece, None)
 
             await _each(pieces, stage)
             try:

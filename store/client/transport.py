@@ -64,6 +64,7 @@ from store.wire.datagram import (
 )
 from store.wire.fragments import Reassembly, piece_size
 from store.wire.fragments import parse_untrusted as parse_fragment_untrusted
+from store.wire.stages import StagePiece
 
 log = logging.getLogger("store.client")
 
@@ -485,7 +486,7 @@ class Transport:
         self,
         osd_id: int,
         address: Address,
-        body: dict[str, Any],
+        body: dict[str, Any] | StagePiece,
         *,
         encrypt: bool,
         deadline: float,
@@ -497,7 +498,8 @@ class Transport:
         """Send one request to a daemon; returns (reply body, daemon's epoch).
 
         `slow` requests (work that grows with the data, such as committing a staged
-        extent) have a retransmission timeout of their own.
+        extent) have a retransmission timeout of their own. A `StagePiece` is sent as the
+        raw piece of a staged write it is (``store.wire.stages``), not as a msgpack body.
 
         With `fragments`, the request (a read) takes a reply of up to that many bytes in
         several datagrams (see ``store.wire.fragments``); mind the receive buffer.
@@ -512,10 +514,12 @@ class Transport:
             request_id = self.new_request_id()
         self.stats.requests += 1
         started = trio.current_time()
-        if fragments:
-            body = {**body, "frag": [fragments, self.max_datagram]}
-        # A staged piece carries a datagram's worth of data: packed without a copy out.
-        packed = wire_body.pack_view(body) if "stage" in body else wire_body.pack(body)
+        piece = body if isinstance(body, StagePiece) else None
+        packed = b""
+        if isinstance(body, dict):
+            if fragments:
+                body = {**body, "frag": [fragments, self.max_datagram]}
+            packed = wire_body.pack(body)
         # One reassembly for every session the request goes through: pieces are joined
         # by version, so pieces that came in on a session since lost still count.
         assembly = Reassembly(fragments, piece_size(self.max_datagram)) if fragments else None
@@ -527,6 +531,16 @@ class Transport:
                 self._waiters[key] = waiter
 
                 def make(session: _ClientSession = session) -> bytes | bytearray:
+                    if piece is not None:
+                        return session.cipher.seal_fragment(
+                            session.session_id,
+                            session.next_seq(),
+                            request_id,
+                            self._epoch(),
+                            piece.prefix,
+                            piece.data,
+                            encrypt,
+                        )
                     return session.cipher.seal(
                         DatagramType.REQUEST,
                         session.session_id,

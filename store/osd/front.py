@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
+from store.malloc import uninitialized
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
 from store.osd.blocksums import with_sums
 from store.osd.ops import (
@@ -49,6 +50,7 @@ from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
 from store.wire import body as wire_body
 from store.wire import fragments as wire_fragments
+from store.wire import stages as wire_stages
 from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
@@ -86,6 +88,7 @@ class UdpFront:
         self.dropped: Counter[str] = Counter()
         self.stats = FrontStats()  # plain counters, read at scrape time
         self.staging = StagingArea(time.monotonic)
+        self._aside = memoryview(uninitialized(MAX_DATAGRAM))  # stage pieces only checked
         self._nursery: trio.Nursery | None = None
         self._last_refusal_log = -1e9
         self._refusals_unlogged = 0
@@ -150,20 +153,17 @@ class UdpFront:
         if header.type != DatagramType.REQUEST:
             self.dropped["malformed"] += 1
             return
+        if header.fragment:
+            self._stage_piece(data, header, address)
+            return
         try:
             session, header, body = sessions.open_request_untrusted(data, header)
         except (UnknownSession, ExpiredSession):
             self.dropped["unknown_session"] += 1
             self.send(sessions.reset_for(header, epoch), address)
             return
-        except BadMAC:
-            self.dropped["bad_mac"] += 1
-            return
-        except Replayed:
-            self.dropped["replay"] += 1
-            return
-        except ProtocolError:
-            self.dropped["malformed"] += 1
+        except ProtocolError as exc:
+            self.dropped[_drop_reason(exc)] += 1
             return
         self.on_request(session, header, body, address)
 
@@ -232,10 +232,7 @@ class UdpFront:
         kind = "invalid"
         fragments = None
         try:
-            if "stage" in body:
-                kind = "stage"
-                answer = self._stage(session, header, body)
-            elif "ls" in body:
+            if "ls" in body:
                 kind = "list"
                 answer = self._list(session, header, body)
             else:
@@ -252,16 +249,20 @@ class UdpFront:
         except RemoteError as exc:
             answer = {"r": int(exc.code), "m": exc.message}
         except InvalidRequest as exc:
-            answer = {"r": int(Code.EINVAL), "m": str(exc)}
+            answer = {"r": int(exc.code), "m": exc.message}
         self.reply(session, header, address, answer, kind, started, fragments)
 
     def _route(
         self, session: Session, header: Header, body: dict[Any, Any], write: bool
     ) -> tuple[PoolSpec, int]:
-        daemon = self.daemon
         pool_id = body.get("p")
         if not isinstance(pool_id, int):
             raise InvalidRequest("request names no pool")
+        return self._pool(session, header, pool_id, write), pool_id
+
+    def _pool(self, session: Session, header: Header, pool_id: int, write: bool) -> PoolSpec:
+        """The pool a request names, if the session may read it (or write to it)."""
+        daemon = self.daemon
         pool = daemon.map.pools.get(pool_id)
         if pool is None:
             if header.epoch > daemon.map.epoch:
@@ -274,7 +275,7 @@ class UdpFront:
             )
         if pool.encrypt and not header.encrypted:
             raise RemoteError(Code.EPERM, f"pool {pool.name!r} requires encrypted requests")
-        return pool, pool_id
+        return pool
 
     def _check_primary(self, pool_id: int, pg: int, header: Header) -> Any:
         daemon = self.daemon
@@ -312,31 +313,66 @@ class UdpFront:
             kept.append([name, size, list(version)])
         return {"r": 0, "objs": kept, "next": next_cursor}
 
-    def _stage(self, session: Session, header: Header, body: dict[Any, Any]) -> dict[str, Any]:
-        """Hold one piece of a large write until a ``staged`` operation commits it."""
-        pool, pool_id = self._route(session, header, body, write=True)
-        name = validate_object_name(body.get("o"))
-        spec = body.get("stage")
-        if not (isinstance(spec, list) and len(spec) == 3 and type(spec[2]) is bytes):
-            raise InvalidRequest("a stage is [token, offset, data]")
-        token, offset, data = spec
-        if type(token) is not int or type(offset) is not int:
-            raise InvalidRequest("a stage's token and offset are integers")
-        pgobj = self._check_primary(pool_id, pg_of(pool, name), header)
+    def _stage_piece(self, data: bytes, header: Header, address: Any) -> None:
+        """One piece of a large write (``store.wire.stages``), opened straight into its
+        place in the stage, held until a ``staged`` operation commits it."""
+        started = time.perf_counter()
+        sessions = self.sessions
+        assert sessions is not None
+        try:
+            session = sessions.session_of(header)
+            piece = wire_stages.parse_untrusted(data)
+        except UnknownSession:
+            self.dropped["unknown_session"] += 1
+            self.send(sessions.reset_for(header, self.daemon.map.epoch), address)
+            return
+        except ProtocolError:
+            self.dropped["malformed"] += 1
+            return
+        owner = (session.client, session.instance)
+        target, created = None, False
+        answer: dict[str, Any] = {"r": 0}
+        try:
+            self._check_stage(session, header, piece.pool, piece.pg)
+            target, created = self.staging.target(
+                owner, piece.token, piece.pool, piece.pg, piece.offset, piece.length, piece.size
+            )
+        except RemoteError as exc:
+            answer = {"r": int(exc.code), "m": exc.message}
+        except InvalidRequest as exc:
+            answer = {"r": int(exc.code), "m": exc.message}
+        except StagingFull as exc:
+            answer = {"r": int(Code.EAGAIN), "m": f"staging area full: {exc}"}
+        try:
+            # A piece held already, or one to refuse, is opened aside: only to check it.
+            out = target if target is not None else self._aside[: piece.length]
+            sessions.open_piece_into(session, data, header, out)
+        except ProtocolError as exc:
+            if created:
+                self.staging.forget(owner, piece.token)
+            self.dropped[_drop_reason(exc)] += 1
+            if isinstance(exc, ExpiredSession):
+                self.send(sessions.reset_for(header, self.daemon.map.epoch), address)
+            return
+        if target is not None:
+            self.staging.fill(owner, piece.token, piece.offset, piece.length)
+            self.stats.data_bytes["staged"] += piece.length
+        self.reply(session, header, address, answer, "stage", started)
+
+    def _check_stage(self, session: Session, header: Header, pool_id: int, pg: int) -> None:
+        """Whether this daemon takes a stage piece of this PG from this session."""
+        pool = self._pool(session, header, pool_id, write=True)
+        if pg >= pool.pg_num:
+            raise InvalidRequest(f"pool {pool.name!r} has no pg {pg:x}")
+        pgobj = self._check_primary(pool_id, pg, header)
         daemon = self.daemon
         if daemon.full or daemon.full_osds:
             why = daemon.full_reason(pgobj.acting)
             if why is not None:
                 raise RemoteError(Code.ENOSPC, why)
-        try:
-            self.staging.put((session.client, session.instance), token, pool_id, name, offset, data)
-        except StagingFull as exc:
-            raise RemoteError(Code.EAGAIN, f"staging area full: {exc}") from None
-        self.stats.data_bytes["staged"] += len(data)
-        return {"r": 0}
 
     def _unstage(
-        self, session: Session, pool_id: int, name: str, ops: list[Op]
+        self, session: Session, pool_id: int, pg: int, ops: list[Op]
     ) -> tuple[list[Op], list[Any], list[int]]:
         """Replace ``staged`` operations by writes of the staged bytes: the operations,
         their wire form (forwarded to the replicas) and the stage tokens taken. A stage
@@ -350,7 +386,7 @@ class UdpFront:
             for op in ops:
                 if isinstance(op, Staged):
                     try:
-                        data = self.staging.take(owner, op.token, pool_id, name, op.length)
+                        data = self.staging.take(owner, op.token, pool_id, pg, op.length)
                     except NotStaged:
                         resolved.append(op)
                         continue
@@ -424,7 +460,7 @@ class UdpFront:
                 raise RemoteError(Code.ENOSPC, why)
         tokens: list[int] = []
         if any(isinstance(op, Staged) for op in ops):
-            ops, raw_ops, tokens = self._unstage(session, pool_id, name, ops)
+            ops, raw_ops, tokens = self._unstage(session, pool_id, pg, ops)
         ops = with_sums(ops, daemon.store.block_size)  # hashed once, here, for every copy
         session.in_progress.add(header.request_id)
         txn = PrimaryTxn(
@@ -519,6 +555,17 @@ def parse_fragments_untrusted(raw: object) -> tuple[int, int] | None:
     if not MIN_DATAGRAM <= datagram <= MAX_DATAGRAM:
         raise InvalidRequest(f"frag datagram size must be {MIN_DATAGRAM} to {MAX_DATAGRAM}")
     return limit, datagram
+
+
+def _drop_reason(exc: ProtocolError) -> str:
+    """How a request datagram that failed its checks is counted."""
+    if isinstance(exc, BadMAC):
+        return "bad_mac"
+    if isinstance(exc, Replayed):
+        return "replay"
+    if isinstance(exc, UnknownSession | ExpiredSession):
+        return "unknown_session"
+    return "malformed"
 
 
 def _result_body(result: Any) -> dict[str, Any]:

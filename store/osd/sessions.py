@@ -181,18 +181,36 @@ class SessionTable:
 
         Raises UnknownSession, ExpiredSession, BadMAC, Replayed or MalformedDatagram.
         """
+        session = self.session_of(header)
+        header, raw = session.cipher.open_untrusted(datagram, header)
+        self._accept(session, header)
+        return session, header, wire_body.unpack_untrusted(raw)
+
+    def session_of(self, header: Header) -> Session:
+        """The session of a REQUEST, looked up by its (not yet authenticated) header."""
         if header.type != DatagramType.REQUEST:
             raise MalformedDatagram(f"unexpected datagram type {header.type.name}")
         session = self.sessions.get(header.session_id)
         if session is None:
             raise UnknownSession(f"no session {header.session_id:#x}")
-        header, raw = session.cipher.open_untrusted(datagram, header)
+        return session
+
+    def open_piece_into(
+        self, session: Session, datagram: bytes, header: Header, out: memoryview
+    ) -> None:
+        """Authenticate a stage piece of `session` (``store.wire.stages``), opening its
+        data into `out`. Raises as ``open_request_untrusted``; when it does, `out` holds
+        nothing authentic."""
+        session.cipher.open_fragment_into(datagram, out, header)
+        self._accept(session, header)
+
+    def _accept(self, session: Session, header: Header) -> None:
+        """After the tag verified: refuse a replayed seq and a session whose ticket expired."""
         if not session.window.accept(header.seq):
             raise Replayed(f"sequence {header.seq} replayed in session {header.session_id:#x}")
         if session.expires < self._clock():
             del self.sessions[header.session_id]
             raise ExpiredSession(f"session of {session.client!r} expired")
-        return session, header, wire_body.unpack_untrusted(raw)
 
     @staticmethod
     def reset_for(request: Header, epoch: int) -> bytes:

@@ -31,15 +31,6 @@ def pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def pack_view(obj: object) -> memoryview:
-    """``pack`` into a packer of its own, answered as a view of that packer's buffer: the
-    packed bytes are not copied out (``packb`` copies them once more, into a bytes), which
-    a body carrying tens of KiB of data saves. The view keeps the buffer alive."""
-    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
-    packer.pack(obj)
-    return packer.getbuffer()
-
-
 def unpack_untrusted(data: bytes, limit: int = MAX_DATAGRAM) -> dict[Any, Any]:
     """One msgpack map of at most `limit` bytes (a datagram's worth unless the caller
     reassembled a larger reply it asked for)."""

@@ -39,9 +39,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from store.errors import BadMAC, MalformedDatagram
+from store.malloc import uninitialized
 
 MAGIC = b"SD"
-VERSION = 2  # 2: fragment prefixes in clear (store.wire.fragments)
+VERSION = 3  # 2: fragment prefixes in clear (store.wire.fragments); 3: stage pieces
 HEADER_SIZE = 36
 TAG_SIZE = 16
 KEY_SIZE = 32
@@ -49,8 +50,9 @@ KEY_SIZE = 32
 MAX_DATAGRAM = 65507
 
 FLAG_ENCRYPTED = 0x01
-FLAG_FRAGMENT = 0x02  # a REPLY carrying one piece of a larger reply (store.wire.fragments)
-FRAGMENT_PREFIX_SIZE = 16  # in clear after a fragment's header (store.wire.fragments)
+FLAG_FRAGMENT = 0x02  # one piece of a larger reply, or of a staged write
+FRAGMENT_PREFIX_SIZE = 16  # in clear after a REPLY fragment's header (store.wire.fragments)
+STAGE_PREFIX_SIZE = 24  # in clear after a REQUEST fragment's header (store.wire.stages)
 _KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_FRAGMENT
 _U32 = 1 << 32
 _U64 = 1 << 64
@@ -237,12 +239,14 @@ class DatagramCipher:
         piece: bytes | bytearray | memoryview,
         encrypt: bool,
     ) -> bytes | bytearray:
-        """A REPLY with FRAGMENT: header and `prefix` (``store.wire.fragments``) in clear,
-        both authenticated, then the piece."""
-        if self._send_type != DatagramType.REPLY:
-            raise ValueError("only replies are sent in fragments")
+        """A datagram with FRAGMENT: header and `prefix` in clear, both authenticated, then
+        the piece. A daemon sends pieces of replies, a client pieces of staged writes."""
+        if len(prefix) != _prefix_size(self._send_type):
+            raise ValueError(
+                f"a {self._send_type.name} fragment's prefix is not {len(prefix)} bytes"
+            )
         header = self._header(
-            DatagramType.REPLY, FLAG_FRAGMENT, session_id, seq, request_id, epoch, encrypt
+            self._send_type, FLAG_FRAGMENT, session_id, seq, request_id, epoch, encrypt
         )
         return self._seal(header + prefix, seq, piece, encrypt)
 
@@ -270,7 +274,7 @@ class DatagramCipher:
         nonce = _NONCE.pack(seq)
         if encrypt:
             # Clear part, ciphertext and tag in one buffer: no copy of the body after sealing.
-            sealed = bytearray(len(clear) + len(body) + TAG_SIZE)
+            sealed = uninitialized(len(clear) + len(body) + TAG_SIZE)
             sealed[: len(clear)] = clear
             with memoryview(sealed) as view:
                 self._seal_aead.encrypt_into(nonce, body, clear, view[len(clear) :])
@@ -304,7 +308,7 @@ class DatagramCipher:
         which must be exactly the piece's size. When the tag fails, `out` may have been
         written to all the same: it holds nothing authentic. `header` as for
         ``open_untrusted``."""
-        clear = HEADER_SIZE + FRAGMENT_PREFIX_SIZE
+        clear = HEADER_SIZE + _prefix_size(self._receive_type)
         header = self._check(data, clear, header)
         if not header.fragment:
             raise MalformedDatagram("a whole datagram opened as a fragment")
@@ -336,9 +340,12 @@ class DatagramCipher:
             raise MalformedDatagram(f"datagram of {size} bytes is too long")
         if header.seq == 0:
             raise MalformedDatagram("seq 0 in a sealed datagram")
-        if header.fragment and header.type != DatagramType.REPLY:
-            raise MalformedDatagram("a request cannot be a fragment")
         return header
+
+
+def _prefix_size(type: DatagramType) -> int:
+    """Bytes of clear prefix after the header of a fragment of this type."""
+    return FRAGMENT_PREFIX_SIZE if type == DatagramType.REPLY else STAGE_PREFIX_SIZE
 
 
 def _bad_mac(header: Header) -> BadMAC:

@@ -30,9 +30,11 @@ from store.errors import Code
 from store.placement import ClusterMap, pg_of, primary
 from store.rpc import parse_hostport
 from store.wire import body as wire_body
+from store.wire import stages
 from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
+    STAGE_PREFIX_SIZE,
     TAG_SIZE,
     VERSION,
     DatagramCipher,
@@ -187,7 +189,7 @@ def dropped_of(status: dict[Any, Any], osd_id: int) -> Counter[str]:
 
 
 def hostile_datagrams(
-    rng: random.Random, s: RawSession, stat: dict[str, Any], replayable: bytes
+    rng: random.Random, s: RawSession, stat: dict[str, Any], pg: int, replayable: bytes
 ) -> list[tuple[bytes, str]]:
     """About ten thousand bad datagrams, each with the drop reason it must be counted as."""
     out: list[tuple[bytes, str]] = []
@@ -232,9 +234,9 @@ def hostile_datagrams(
         bend: dict[str, Any] = rng.choice(
             [
                 {"magic": b"DS"},
-                {"version": rng.choice([0, 1, 3, 255])},
+                {"version": rng.choice([0, 1, 2, 4, 255])},
                 {"type": rng.choice([0, 6, 200])},
-                {"flags": rng.choice([2, 0x80, 0xFF])},
+                {"flags": rng.choice([4, 0x80, 0xFF])},
                 {"reserved8": rng.randrange(1, 256)},
                 {"reserved16": rng.randrange(1, 1 << 16)},
                 {"session_id": 0},
@@ -244,6 +246,30 @@ def hostile_datagrams(
         fields.update(bend)
         header = raw_header(fields.pop("type"), fields.pop("session_id"), seq=1, **fields)
         out.append((header + rng.randbytes(64), "malformed"))
+    # Stage pieces of our session: forged ones that name a real stage place, pieces that
+    # carry no data or run past their stage, and real ones cut short.
+    for _ in range(300):
+        length = rng.randrange(1, 2000)
+        size = length + rng.randrange(0, 1 << 20)
+        prefix = stages.PREFIX.pack(rng.getrandbits(63), 0, size, stat["p"], pg)
+        header = raw_header(
+            DatagramType.REQUEST, s.session_id, seq=rng.randrange(1, 1 << 40), flags=3
+        )
+        out.append((header + prefix + rng.randbytes(length + TAG_SIZE), "bad_mac"))
+    for _ in range(100):
+        size = rng.randrange(1, 1000)
+        prefix = stages.PREFIX.pack(rng.getrandbits(63), size, size, stat["p"], pg)
+        header = raw_header(DatagramType.REQUEST, s.session_id, seq=1, flags=3)
+        out.append((header + prefix + rng.randbytes(rng.randrange(0, 100)), "malformed"))
+    assert s.cipher is not None
+    for _ in range(20):
+        piece = stages.stage_piece(rng.getrandbits(63), 0, 5000, stat["p"], pg, b"p" * 5000)
+        s.seq += 1
+        real = bytes(
+            s.cipher.seal_fragment(s.session_id, s.seq, 1, s.epoch, *piece, rng.random() < 0.5)
+        )
+        cut = rng.randrange(HEADER_SIZE + STAGE_PREFIX_SIZE + TAG_SIZE + 1, len(real))
+        out.append((real[:cut], "bad_mac"))
     # Every truncation of real sealed requests (never sent whole).
     for _ in range(20):
         real = s.request(stat)
@@ -319,7 +345,8 @@ async def test_daemon_survives_a_flood_of_hostile_datagrams(cluster: Cluster) ->
                 assert s.replies[replayed_id] == 1, "a replayed datagram was answered"
                 expected = Counter({"replay": 1})
 
-                flood = hostile_datagrams(rng, s, stat, replayable)
+                pg = pg_of(m.pools[pool_id], name)
+                flood = hostile_datagrams(rng, s, stat, pg, replayable)
                 for i, (datagram, reason) in enumerate(flood, 1):
                     await sock.sendto(datagram, s.address)
                     expected[reason] += 1

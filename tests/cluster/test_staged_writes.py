@@ -13,6 +13,7 @@ from store.client.api import STAGE_EXTENT, Client
 from store.errors import Code, RemoteError
 from store.osd.objectstore import ObjectStore
 from store.placement import pg_of, placement, primary
+from store.wire.stages import stage_piece
 from tests.cluster.harness import Cluster
 
 
@@ -54,29 +55,37 @@ async def test_a_commit_needs_its_own_complete_stage(cluster: Cluster) -> None:
     async with Client.connect(cluster.config()) as client:
         spec = client.pool("default")
         pg = pg_of(spec, "obj")
-        await client._send(spec, pg, {"o": "obj", "stage": [11, 0, b"a" * 4096]}, None)
+        await client._send(spec, pg, stage_piece(11, 0, 8192, spec.id, pg, b"a" * 4096), None)
         with pytest.raises(RemoteError) as short:
             await client.execute("default", "obj", [["staged", 11, 0, 8192, False]])
         assert short.value.code == Code.ENOTSTAGED
+        with pytest.raises(RemoteError) as other_size:
+            await client.execute("default", "obj", [["staged", 11, 0, 4096, False]])
+        assert other_size.value.code == Code.EINVAL
+        with pytest.raises(RemoteError) as overlap:
+            piece = stage_piece(11, 2048, 8192, spec.id, pg, b"c" * 4096)
+            await client._send(spec, pg, piece, None)
+        assert overlap.value.code == Code.EINVAL
+        await client._send(spec, pg, stage_piece(11, 4096, 8192, spec.id, pg, b"b" * 4096), None)
         with pytest.raises(RemoteError) as unknown:
             await client.execute("default", "obj", [["staged", 12, 0, 4096, False]])
         assert unknown.value.code == Code.ENOTSTAGED
         async with Client.connect(cluster.config(keyring=str(other))) as intruder:
             with pytest.raises(RemoteError) as foreign:
-                await intruder.execute("default", "obj", [["staged", 11, 0, 4096, False]])
+                await intruder.execute("default", "obj", [["staged", 11, 0, 8192, False]])
             assert foreign.value.code == Code.ENOTSTAGED
         async with Client.connect(cluster.config(keyring=str(reader))) as viewer:
             with pytest.raises(RemoteError) as refused:
-                await viewer._send(spec, pg, {"o": "obj", "stage": [1, 0, b"x"]}, None)
+                await viewer._send(spec, pg, stage_piece(1, 0, 1, spec.id, pg, b"x"), None)
             assert refused.value.code == Code.EPERM
         with pytest.raises(RemoteError) as absent:
             await client.stat("default", "obj")
         assert absent.value.code == Code.ENOENT
         # The stage is still there for its owner, with an extra attribute in the same write.
         await client.execute(
-            "default", "obj", [["staged", 11, 0, 4096, True], ["setxattr", "k", b"v"]]
+            "default", "obj", [["staged", 11, 0, 8192, True], ["setxattr", "k", b"v"]]
         )
-        assert await client.read("default", "obj") == b"a" * 4096
+        assert await client.read("default", "obj") == b"a" * 4096 + b"b" * 4096
         assert await client.getxattrs("default", "obj") == {"k": b"v"}
 
 

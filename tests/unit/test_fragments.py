@@ -138,11 +138,11 @@ def test_replies_without_one_data_result_go_whole_as_head() -> None:
     assert results[-1] == reply
 
 
-def test_only_replies_may_be_fragments() -> None:
+def test_a_client_sends_no_reply_fragments() -> None:
     client, server = ciphers()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # its fragments are stage pieces, with their own prefix
         client.seal_fragment(5, 1, 1, 1, fragments.PREFIX.pack(0, 1, 1, 1), b"\x80", True)
-    # A request with the flag forged in (and a valid tag over it) is still refused.
+    # A whole request with the flag forged in (and a valid tag over it) is still refused.
     forged = bytearray(client.seal(DatagramType.REQUEST, 5, 1, 1, 1, b"\x80", False))
     forged[4] |= 0x02
     assert parse_header_untrusted(bytes(forged)).fragment
