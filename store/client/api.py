@@ -33,7 +33,7 @@ import trio
 
 from store.client.config import ClientConfig
 from store.client.master_link import MasterLink
-from store.client.transport import TargetMoved, Transport, open_udp_socket
+from store.client.transport import Address, GiveUp, TargetMoved, Transport, open_udp_socket
 from store.errors import ClientTimeout, Code, RemoteError, code_of
 from store.placement import ClusterMap, PoolSpec, acting_set, pg_of, primary
 from store.rpc import parse_hostport
@@ -71,7 +71,7 @@ class Client:
         self.master = master
         self.transport = transport
         self.max_piece = ((config.max_datagram - BODY_OVERHEAD - 1024) // BLOCK) * BLOCK
-        self.stage_piece = piece_size(config.max_datagram)  # data of one staged piece
+        self.stage_step = piece_size(config.max_datagram)  # data of one staged piece
         self.parallel = trio.CapacityLimiter(64)
         # Fragmented reads in flight at once: three quarters of the receive buffer.
         slots = (receive_buffer * 3 // 4) // (READ_EXTENT + FRAGMENT_SLACK)
@@ -132,15 +132,59 @@ class Client:
         self,
         spec: PoolSpec,
         pg: int,
-        body: dict[str, Any] | StagePiece,
+        body: dict[str, Any],
         timeout: float | None,
         fragments: int = 0,
         slow: bool = False,
     ) -> dict[Any, Any]:
-        deadline = trio.current_time() + (timeout or self.config.timeout)
         request_id = self.transport.new_request_id()
-        if isinstance(body, dict):
-            body = {**body, "p": spec.id}  # a stage piece names its pool in its prefix
+        body = {**body, "p": spec.id}
+
+        async def attempt(
+            target: int, address: Address, deadline: float, moved: GiveUp
+        ) -> tuple[dict[Any, Any], int]:
+            return await self.transport.request(
+                target,
+                address,
+                body,
+                encrypt=spec.encrypt,
+                deadline=deadline,
+                request_id=request_id,
+                give_up=moved,
+                fragments=fragments,
+                slow=slow,
+            )
+
+        return await self._routed(spec, pg, timeout, attempt)
+
+    async def _stage(self, spec: PoolSpec, pg: int, pieces: list[StagePiece]) -> None:
+        """Send the pieces of a stage to the PG's primary, routed as ``_send`` routes a
+        request; pieces already held are not sent again after a transient answer."""
+        todo = pieces
+
+        async def attempt(
+            target: int, address: Address, deadline: float, moved: GiveUp
+        ) -> tuple[dict[Any, Any], int]:
+            nonlocal todo
+            reply, epoch, left = await self.transport.send_pieces(
+                target, address, todo, encrypt=spec.encrypt, deadline=deadline, give_up=moved
+            )
+            todo = [todo[i] for i in left]
+            return reply, epoch
+
+        await self._routed(spec, pg, None, attempt)
+
+    async def _routed(
+        self,
+        spec: PoolSpec,
+        pg: int,
+        timeout: float | None,
+        attempt: Callable[[int, Address, float, GiveUp], Awaitable[tuple[dict[Any, Any], int]]],
+    ) -> dict[Any, Any]:
+        """``attempt`` (target daemon, its address, deadline, give_up) with the PG's primary
+        until it is answered OK or with an error that is final: transient answers wait for
+        the map to change or a pause, ESTALE fetches the newer map it names."""
+        deadline = trio.current_time() + (timeout or self.config.timeout)
         pause = RETRY_PAUSE
         last_problem = "no daemon of the acting set is up"
         while True:
@@ -161,17 +205,7 @@ class Client:
                     return None
 
                 try:
-                    reply, epoch = await self.transport.request(
-                        target,
-                        address,
-                        body,
-                        encrypt=spec.encrypt,
-                        deadline=deadline,
-                        request_id=request_id,
-                        give_up=moved,
-                        fragments=fragments,
-                        slow=slow,
-                    )
+                    reply, epoch = await attempt(target, address, deadline, moved)
                 except TargetMoved as exc:
                     last_problem = str(exc)
                     continue
@@ -241,16 +275,18 @@ class Client:
         (ENOTSTAGED): stage it again, under a new token."""
         spec = self.pool(pool)
         pg = pg_of(spec, name)
-        step = self.stage_piece
-        pieces = [(at, min(step, len(chunk) - at)) for at in range(0, len(chunk), step)]
+        step = self.stage_step
+        cuts = [(at, min(step, len(chunk) - at)) for at in range(0, len(chunk), step)]
         for attempt in range(STAGE_ATTEMPTS):
             token = secrets.randbits(63)
-
-            async def stage(at: int, n: int, token: int = token) -> None:
-                piece = stage_piece(token, at, len(chunk), spec.id, pg, chunk[at : at + n])
-                await self._send(spec, pg, piece, None)
-
-            await _each(pieces, stage)
+            await self._stage(
+                spec,
+                pg,
+                [
+                    stage_piece(token, at, len(chunk), spec.id, pg, chunk[at : at + n])
+                    for at, n in cuts
+                ],
+            )
             try:
                 await self.execute(
                     pool, name, [["staged", token, offset, len(chunk), full]], slow=True

@@ -6,8 +6,10 @@ One UDP socket serves all daemons. Per daemon the client keeps a ``DaemonLink``:
 session (opened by a HELLO carrying the ticket), a round-trip estimator and a window that
 bounds the requests in flight to that daemon.
 
-A request is one datagram and its reply one datagram, except that a read may ask for a
-reply of up to N bytes in fragments (``store.wire.fragments``): the fragments of one
+A request is one datagram and its reply one datagram, except that the pieces of a staged
+write go out in bursts (``send_pieces``: one task sends them as the window allows and
+collects their answers together) and a read may ask for a reply of up to N bytes in
+fragments (``store.wire.fragments``): the fragments of one
 reply are collected by version, and once some came in the client waits only while more
 keep coming before it asks again. A resend makes the daemon serve the read again;
 fragments already held are kept. The sender waits for the reply for one
@@ -31,8 +33,8 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -192,6 +194,38 @@ class _Waiter:
     progress: int = 0  # fragments received so far
 
 
+class _Pieces:
+    """The stage pieces of one ``send_pieces`` call in flight: each under a request id of
+    its own (the daemon answers each), all answered into this one waiter."""
+
+    __slots__ = ("acked", "answers", "event", "heard", "in_flight", "problem", "reset", "window")
+
+    def __init__(self, window: trio.Semaphore) -> None:
+        self.window = window  # one permit held per piece in flight
+        self.event = trio.Event()  # set by every answer
+        self.in_flight: dict[int, tuple[int, float, bool]] = {}  # id -> (piece, sent, first)
+        self.acked: set[int] = set()  # pieces the daemon holds
+        self.answers: list[float] = []  # round trips of first sends answered, for the RTT
+        self.problem: tuple[dict[Any, Any], int] | None = None  # the first answer not OK
+        self.heard = False  # any answer since the caller last looked
+        self.reset = False
+
+    def answered(self, request_id: int, reply: dict[Any, Any], epoch: int) -> None:
+        sent = self.in_flight.pop(request_id, None)
+        if sent is None:
+            return
+        self.window.release()
+        self.heard = True
+        piece, at, first = sent
+        if reply.get("r") == Code.OK:
+            self.acked.add(piece)
+            if first:
+                self.answers.append(trio.current_time() - at)
+        elif self.problem is None:
+            self.problem = (reply, epoch)
+        self.event.set()
+
+
 @dataclass
 class DaemonLink:
     osd_id: int
@@ -246,7 +280,7 @@ class Transport:
         self.instance = int.from_bytes(os.urandom(8), "big")
         self.links: dict[tuple[int, Address], DaemonLink] = {}
         self._by_session: dict[int, DaemonLink] = {}
-        self._waiters: dict[tuple[int, int], _Waiter] = {}
+        self._waiters: dict[tuple[int, int], _Waiter | _Pieces] = {}
         self._next_request = 0
         self.stats = TransportStats()
 
@@ -305,7 +339,15 @@ class Transport:
             self._on_fragment(link.session, header, data)
             return
         header, raw = link.session.cipher.open_untrusted(data, header)
-        waiter = self._waiters.get((header.session_id, header.request_id))
+        key = (header.session_id, header.request_id)
+        waiter = self._waiters.get(key)
+        if isinstance(waiter, _Pieces):
+            del self._waiters[key]
+            reply = wire_body.unpack_untrusted(raw)
+            code = reply.get("r")
+            self.stats.replies[code if isinstance(code, int) else -1] += 1
+            waiter.answered(header.request_id, reply, header.epoch)
+            return
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
         waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
@@ -317,7 +359,7 @@ class Transport:
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
-        if waiter.assembly is None:
+        if isinstance(waiter, _Pieces) or waiter.assembly is None:
             raise ProtocolError("a fragment answering a request that asked for none")
         fragment = parse_fragment_untrusted(data)
         target = waiter.assembly.target(fragment)
@@ -478,6 +520,129 @@ class Transport:
                     self.stats.rehellos += 1
                     raise _SessionReset()
 
+    async def send_pieces(
+        self,
+        osd_id: int,
+        address: Address,
+        pieces: Sequence[StagePiece],
+        *,
+        encrypt: bool,
+        deadline: float,
+        give_up: GiveUp | None = None,
+    ) -> tuple[dict[Any, Any], int, list[int]]:
+        """Send the pieces of a stage (``store.wire.stages``); returns (the first answer
+        that is not OK, or OK, the daemon's epoch, the indexes of the pieces not held).
+
+        Each piece is a request of its own, answered on its own, but the pieces are sent
+        from this one task as fast as the link's window lets them, and their answers are
+        collected together: a piece unanswered for one RTO is sent again (under a new
+        sequence number and request id: a piece is the same wherever it lands twice). A
+        run of RTOs without any answer, a RESET, or `give_up` end as for ``request``.
+        """
+        link = self._link(osd_id, address)
+        todo = deque(range(len(pieces)))
+        tried: set[int] = set()
+        batch = _Pieces(link.window)
+        session: _ClientSession | None = None
+        self.stats.requests += len(pieces)
+        try:
+            while True:
+                if session is None or link.session is not session or batch.reset:
+                    if session is not None:
+                        # A new session: what was in flight on the old one goes again.
+                        todo.extendleft(self._drop_in_flight(batch, session))
+                    batch.reset = False
+                    session = link.session or await self._hello(link, deadline, give_up)
+                while todo and batch.problem is None:
+                    try:
+                        link.window.acquire_nowait()
+                    except trio.WouldBlock:
+                        break
+                    index = todo.popleft()
+                    request_id = self.new_request_id()
+                    self._waiters[(session.session_id, request_id)] = batch
+                    batch.in_flight[request_id] = (index, trio.current_time(), index not in tried)
+                    tried.add(index)
+                    piece = pieces[index]
+                    datagram = session.cipher.seal_fragment(
+                        session.session_id,
+                        session.next_seq(),
+                        request_id,
+                        self._epoch(),
+                        piece.prefix,
+                        piece.data,
+                        encrypt,
+                    )
+                    self.stats.datagrams_sent += 1
+                    self.stats.bytes_sent += len(datagram)
+                    await self.sock.sendto(datagram, link.address)
+                if batch.problem is not None:
+                    reply, epoch = batch.problem
+                    return reply, epoch, [i for i in range(len(pieces)) if i not in batch.acked]
+                if not todo and not batch.in_flight:
+                    return {"r": int(Code.OK)}, 0, []
+                if not batch.in_flight:
+                    # Others' requests hold the whole window: wait for a permit.
+                    with trio.move_on_at(deadline):
+                        await link.window.acquire()
+                        link.window.release()
+                        continue
+                else:
+                    oldest = min(sent for _, sent, _ in batch.in_flight.values())
+                    with trio.move_on_at(min(deadline, oldest + link.rtt.rto())):
+                        await batch.event.wait()
+                    batch.event = trio.Event()
+                heard, batch.heard = batch.heard, False
+                if heard:
+                    link.unanswered = 0
+                for rtt in batch.answers:
+                    link.rtt.sample(rtt)
+                    self.stats.latency.observe(rtt)
+                batch.answers.clear()
+                now, rto = trio.current_time(), link.rtt.rto()
+                # As the wait's end was reckoned (sent + rto), or it could come out not late.
+                late = [
+                    request_id
+                    for request_id, (_, sent, _) in batch.in_flight.items()
+                    if sent + rto <= now
+                ]
+                if not late and now < deadline:
+                    continue
+                if give_up is not None and (reason := give_up()) is not None:
+                    raise TargetMoved(f"osd.{link.osd_id} did not answer; {reason}")
+                if now >= deadline:
+                    self.stats.timeouts += 1
+                    raise ClientTimeout(
+                        f"osd.{link.osd_id} at {link.address[0]}:{link.address[1]} did not answer in time"
+                    )
+                self.stats.retransmits += len(late)
+                link.rtt.timed_out()
+                for request_id in late:
+                    index, _, _ = batch.in_flight.pop(request_id)
+                    self._waiters.pop((session.session_id, request_id), None)
+                    link.window.release()
+                    todo.append(index)
+                if not heard:
+                    # Not one answer in a whole RTO: perhaps the session is gone unsaid.
+                    link.unanswered += 1
+                    if link.unanswered >= REHELLO_AFTER:
+                        self._forget_session(link)
+                        link.unanswered = 0
+                        self.stats.rehellos += 1
+        finally:
+            if session is not None:
+                self._drop_in_flight(batch, session)
+
+    def _drop_in_flight(self, batch: _Pieces, session: _ClientSession) -> list[int]:
+        """Stop waiting for the answers to the pieces in flight; returns those pieces."""
+        pieces = []
+        for request_id, (index, _, _) in batch.in_flight.items():
+            self._waiters.pop((session.session_id, request_id), None)
+            batch.window.release()
+            pieces.append(index)
+        batch.in_flight.clear()
+        return pieces
+
     def new_request_id(self) -> int:
         self._next_request += 1
         return self._next_request
@@ -486,7 +651,7 @@ class Transport:
         self,
         osd_id: int,
         address: Address,
-        body: dict[str, Any] | StagePiece,
+        body: dict[str, Any],
         *,
         encrypt: bool,
         deadline: float,
@@ -498,8 +663,7 @@ class Transport:
         """Send one request to a daemon; returns (reply body, daemon's epoch).
 
         `slow` requests (work that grows with the data, such as committing a staged
-        extent) have a retransmission timeout of their own. A `StagePiece` is sent as the
-        raw piece of a staged write it is (``store.wire.stages``), not as a msgpack body.
+        extent) have a retransmission timeout of their own.
 
         With `fragments`, the request (a read) takes a reply of up to that many bytes in
         several datagrams (see ``store.wire.fragments``); mind the receive buffer.
@@ -514,12 +678,9 @@ class Transport:
             request_id = self.new_request_id()
         self.stats.requests += 1
         started = trio.current_time()
-        piece = body if isinstance(body, StagePiece) else None
-        packed = b""
-        if isinstance(body, dict):
-            if fragments:
-                body = {**body, "frag": [fragments, self.max_datagram]}
-            packed = wire_body.pack(body)
+        if fragments:
+            body = {**body, "frag": [fragments, self.max_datagram]}
+        packed = wire_body.pack(body)
         # One reassembly for every session the request goes through: pieces are joined
         # by version, so pieces that came in on a session since lost still count.
         assembly = Reassembly(fragments, piece_size(self.max_datagram)) if fragments else None
@@ -531,16 +692,6 @@ class Transport:
                 self._waiters[key] = waiter
 
                 def make(session: _ClientSession = session) -> bytes | bytearray:
-                    if piece is not None:
-                        return session.cipher.seal_fragment(
-                            session.session_id,
-                            session.next_seq(),
-                            request_id,
-                            self._epoch(),
-                            piece.prefix,
-                            piece.data,
-                            encrypt,
-                        )
                     return session.cipher.seal(
                         DatagramType.REQUEST,
                         session.session_id,

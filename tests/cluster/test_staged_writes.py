@@ -55,7 +55,7 @@ async def test_a_commit_needs_its_own_complete_stage(cluster: Cluster) -> None:
     async with Client.connect(cluster.config()) as client:
         spec = client.pool("default")
         pg = pg_of(spec, "obj")
-        await client._send(spec, pg, stage_piece(11, 0, 8192, spec.id, pg, b"a" * 4096), None)
+        await client._stage(spec, pg, [stage_piece(11, 0, 8192, spec.id, pg, b"a" * 4096)])
         with pytest.raises(RemoteError) as short:
             await client.execute("default", "obj", [["staged", 11, 0, 8192, False]])
         assert short.value.code == Code.ENOTSTAGED
@@ -64,9 +64,9 @@ async def test_a_commit_needs_its_own_complete_stage(cluster: Cluster) -> None:
         assert other_size.value.code == Code.EINVAL
         with pytest.raises(RemoteError) as overlap:
             piece = stage_piece(11, 2048, 8192, spec.id, pg, b"c" * 4096)
-            await client._send(spec, pg, piece, None)
+            await client._stage(spec, pg, [piece])
         assert overlap.value.code == Code.EINVAL
-        await client._send(spec, pg, stage_piece(11, 4096, 8192, spec.id, pg, b"b" * 4096), None)
+        await client._stage(spec, pg, [stage_piece(11, 4096, 8192, spec.id, pg, b"b" * 4096)])
         with pytest.raises(RemoteError) as unknown:
             await client.execute("default", "obj", [["staged", 12, 0, 4096, False]])
         assert unknown.value.code == Code.ENOTSTAGED
@@ -76,7 +76,7 @@ async def test_a_commit_needs_its_own_complete_stage(cluster: Cluster) -> None:
             assert foreign.value.code == Code.ENOTSTAGED
         async with Client.connect(cluster.config(keyring=str(reader))) as viewer:
             with pytest.raises(RemoteError) as refused:
-                await viewer._send(spec, pg, stage_piece(1, 0, 1, spec.id, pg, b"x"), None)
+                await viewer._stage(spec, pg, [stage_piece(1, 0, 1, spec.id, pg, b"x")])
             assert refused.value.code == Code.EPERM
         with pytest.raises(RemoteError) as absent:
             await client.stat("default", "obj")

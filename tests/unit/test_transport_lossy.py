@@ -25,7 +25,8 @@ from store import auth
 from store.client.transport import REHELLO_AFTER, Address, RttEstimator, Transport
 from store.errors import ClientTimeout, Code, MalformedDatagram, ProtocolError
 from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
-from store.wire import fragments
+from store.osd.staging import StagingArea
+from store.wire import fragments, stages
 from store.wire.datagram import DatagramType, Header, parse_header_untrusted
 
 OSD_ID = 7
@@ -141,6 +142,8 @@ class CounterDaemon:
         self.results: dict[int, int] = {}  # request id -> value, across sessions
         self.working: set[int] = set()
         self.sessions = self._new_table()
+        self.staging = StagingArea(time.monotonic)
+        self.piece_answer = Code.OK
         self._nursery: trio.Nursery | None = None
 
     def _new_table(self) -> SessionTable:
@@ -168,6 +171,9 @@ class CounterDaemon:
             reply = sessions.handle_hello_untrusted(data, EPOCH)
             self.served["hello"] += 1
             await self.sock.sendto(reply, address)
+            return
+        if header.type == DatagramType.REQUEST and header.fragment:
+            await self._piece(data, header, address)
             return
         try:
             session, header, body = sessions.open_request_untrusted(data, header)
@@ -215,6 +221,37 @@ class CounterDaemon:
         self.working.add(header.request_id)
         assert self._nursery is not None
         self._nursery.start_soon(self._increment, session, header, address, key)
+
+    async def _piece(self, data: bytes, header: Header, address: Address) -> None:
+        """A stage piece, opened into the staging area as ``store.osd.front`` does, and
+        answered ``piece_answer`` (OK unless a test says otherwise)."""
+        try:
+            session = self.sessions.session_of(header)
+        except UnknownSession:
+            self.dropped["unknown_session"] += 1
+            if self.reset_unknown:
+                await self.sock.sendto(self.sessions.reset_for(header, EPOCH), address)
+            return
+        info = stages.parse_untrusted(data)
+        owner = (session.client, session.instance)
+        target, created = self.staging.target(
+            owner, info.token, info.pool, info.pg, info.offset, info.length, info.size
+        )
+        try:
+            out = target if target is not None else memoryview(bytearray(info.length))
+            self.sessions.open_piece_into(session, data, header, out)
+        except ProtocolError as exc:
+            if created:
+                self.staging.forget(owner, info.token)
+            self.dropped["replay" if isinstance(exc, Replayed) else "malformed"] += 1
+            return
+        if not self.answer_requests:
+            self.dropped["ignored"] += 1
+            return
+        if target is not None and self.piece_answer == Code.OK:
+            self.staging.fill(owner, info.token, info.offset, info.length)
+        self.served["piece" if target is not None else "piece_again"] += 1
+        await self._reply(session, header, address, {"r": int(self.piece_answer)})
 
     async def _increment(
         self, session: Session, header: Header, address: Address, key: str

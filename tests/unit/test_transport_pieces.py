@@ -1,0 +1,154 @@
+"""Stage pieces sent in bursts by the client transport, over the lossy in-memory network
+of test_transport_lossy, to its fake daemon (which opens them into a real staging area)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from store.client.transport import REHELLO_AFTER
+from store.errors import ClientTimeout, Code
+from store.wire import stages
+from store.wire.stages import StagePiece
+from tests.unit.test_transport_lossy import DAEMON, OSD_ID, Rig
+
+PIECE = 1000  # bytes per piece: small, so that a stage is many pieces
+
+
+def cut(data: bytes, token: int) -> list[StagePiece]:
+    return [
+        stages.stage_piece(token, at, len(data), 1, 2, data[at : at + PIECE])
+        for at in range(0, len(data), PIECE)
+    ]
+
+
+async def send(rig: Rig, pieces: list[StagePiece], timeout: float = 300.0) -> tuple:  # type: ignore[type-arg]
+    return await rig.transport.send_pieces(
+        OSD_ID, DAEMON, pieces, encrypt=True, deadline=trio.current_time() + timeout
+    )
+
+
+def held(rig: Rig, token: int, size: int) -> bytes:
+    session = next(iter(rig.daemon.sessions.sessions.values()))
+    return bytes(rig.daemon.staging.take((session.client, session.instance), token, 1, 2, size))
+
+
+async def test_every_piece_arrives_through_loss_and_the_window_is_given_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=31, drop=0.3, duplicate=0.1)
+        data = random.Random(1).randbytes(300 * PIECE + 123)
+        stages_sent = [(7, data), (8, data[::-1])]
+        results = []
+
+        async def one(token: int, payload: bytes) -> None:
+            results.append(await send(rig, cut(payload, token)))
+
+        async with trio.open_nursery() as senders:  # two stages at once share the window
+            for token, payload in stages_sent:
+                senders.start_soon(one, token, payload)
+        link = next(iter(rig.transport.links.values()))
+        window = link.window.value
+        for token, payload in stages_sent:
+            assert held(rig, token, len(payload)) == payload
+        nursery.cancel_scope.cancel()
+    assert [(reply["r"], left) for reply, _, left in results] == [(0, []), (0, [])]
+    assert window == 64  # every permit taken for a piece in flight was given back
+    stats = rig.transport.stats
+    assert stats.retransmits > 0 and stats.timeouts == 0
+    assert rig.daemon.served["piece_again"] > 0  # answers were lost, pieces sent again
+    assert not rig.transport._waiters  # no answer is waited for any more
+
+
+async def test_a_burst_never_has_more_pieces_in_flight_than_the_window(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=32, drop=0.0, duplicate=0.0, max_delay=0.05)
+        in_flight = most = 0
+        network = rig.network
+        transmit = network.transmit
+
+        def counting(data: bytes, source: object, destination: object) -> None:
+            nonlocal in_flight, most
+            if destination == DAEMON and len(data) > 500:
+                in_flight += 1
+                most = max(most, in_flight)
+            elif source == DAEMON:
+                in_flight = max(0, in_flight - 1)
+            transmit(data, source, destination)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(network, "transmit", counting)
+        data = random.Random(2).randbytes(500 * PIECE)
+        reply, _, left = await send(rig, cut(data, 9))
+        assert reply["r"] == 0 and not left
+        assert held(rig, 9, len(data)) == data
+        nursery.cancel_scope.cancel()
+    assert 32 < most <= 64
+
+
+async def test_an_error_answer_ends_the_burst_with_the_pieces_not_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=33, drop=0.0, duplicate=0.0, max_delay=0.01)
+        data = random.Random(3).randbytes(100 * PIECE)
+        pieces = cut(data, 10)
+        reply, _, left = await send(rig, pieces[:40])
+        assert reply["r"] == 0 and not left
+        rig.daemon.piece_answer = Code.EAGAIN  # say, the staging area is full
+        reply, epoch, left = await send(rig, pieces)
+        assert reply["r"] == Code.EAGAIN and epoch > 0
+        assert left == list(range(len(pieces)))  # none was held by this call
+        link = next(iter(rig.transport.links.values()))
+        await trio.sleep(1)  # answers to the pieces still in flight come and are dropped
+        assert link.window.value == 64 and not rig.transport._waiters
+        rig.daemon.piece_answer = Code.OK
+        reply, _, left = await send(rig, [pieces[i] for i in left])
+        assert reply["r"] == 0 and not left
+        assert held(rig, 10, len(data)) == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_daemon_gets_the_rest_on_a_new_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=34, drop=0.1, duplicate=0.0)
+        data = random.Random(4).randbytes(400 * PIECE)
+
+        async def restart_soon() -> None:
+            while rig.daemon.served["piece"] < 100:
+                await trio.sleep(0.01)
+            rig.daemon.restart()  # sessions lost (its staging area, in this fake, is not)
+
+        nursery.start_soon(restart_soon)
+        reply, _, left = await send(rig, cut(data, 11))
+        assert reply["r"] == 0 and not left
+        assert rig.transport.stats.resets > 0
+        assert held(rig, 11, len(data)) == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_that_stops_answering_ends_the_burst_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=35, drop=0.0, duplicate=0.0, max_delay=0.0)
+        data = random.Random(5).randbytes(50 * PIECE)
+        rig.daemon.answer_requests = False
+        start = trio.current_time()
+        with pytest.raises(ClientTimeout):
+            await send(rig, cut(data, 12), timeout=20.0)
+        assert 20.0 <= trio.current_time() - start < 21.0
+        link = next(iter(rig.transport.links.values()))
+        assert link.window.value == 64 and not rig.transport._waiters
+        nursery.cancel_scope.cancel()
+    # Silence for so long made the client begin new sessions, as a request would.
+    assert rig.transport.stats.rehellos >= 1
+    assert rig.daemon.served["hello"] >= 2
+    assert REHELLO_AFTER > 1
