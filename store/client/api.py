@@ -33,7 +33,8 @@ import trio
 
 from store.client.config import ClientConfig
 from store.client.master_link import MasterLink
-from store.client.transport import Address, GiveUp, TargetMoved, Transport, open_udp_socket
+from store.client.transport import GiveUp, TargetMoved, Transport
+from store.client.udp import Address, open_udp_socket
 from store.errors import ClientTimeout, Code, RemoteError, code_of
 from store.placement import ClusterMap, PoolSpec, acting_set, pg_of, primary
 from store.rpc import parse_hostport

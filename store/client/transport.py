@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-One UDP socket serves all daemons. Per daemon the client keeps a ``DaemonLink``: the
-session (opened by a HELLO carrying the ticket), a round-trip estimator and a window that
-bounds the requests in flight to that daemon.
+One UDP socket serves all daemons (``store.client.udp``). Per daemon the client keeps a
+``DaemonLink`` (``store.client.links``): the session (opened by a HELLO carrying the
+ticket), a round-trip estimator and a window that bounds the requests in flight to that
+daemon.
 
 A request is one datagram and its reply one datagram, except that the pieces of a staged
 write go out in bursts (``send_pieces``: one task sends them as the window allows and
@@ -31,16 +32,17 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from store import auth
+from store.client.links import ClientSession, DaemonLink, PiecesWaiter, RttEstimator, Waiter
+from store.client.udp import Address, DatagramSocket
 from store.errors import (
     AuthError,
     BadMAC,
@@ -70,175 +72,11 @@ from store.wire.stages import StagePiece
 
 log = logging.getLogger("store.client")
 
-Address = tuple[str, int]
 # Sends in a row to one daemon that meet no answer at all before the session is given up
 # and a new one begun (each waits one retransmission timeout, with backoff).
 REHELLO_AFTER = 6
-
-
-class DatagramSocket(Protocol):
-    async def sendto(self, data: bytes | bytearray, address: Address) -> Any: ...
-    async def recv_many(self, size: int) -> list[bytes]:
-        """The datagrams waiting (at least one), without their addresses."""
-        ...
-
-    def close(self) -> None: ...
-
-
 # The shortest wait for more fragments of a reply once some came in.
 QUIET_MIN = 0.002
-RECEIVE_BURST = 128  # datagrams taken per wakeup before other tasks run
-
-
-class UdpSocket:
-    """A UDP socket for trio that sends without a trip through the scheduler when the
-    kernel takes the datagram at once (it nearly always does), and takes every datagram
-    waiting per wakeup: a 4 MiB transfer is some 70 datagrams each way, and trio's socket
-    methods yield twice for each."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-
-    async def sendto(self, data: bytes | bytearray, address: Address) -> int:
-        while True:
-            try:
-                return self.sock.sendto(data, address)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-
-    async def recv_many(self, size: int) -> list[bytes]:
-        received: list[bytes] = []
-        while True:
-            try:
-                while len(received) < RECEIVE_BURST:
-                    received.append(self.sock.recv(size))
-            except BlockingIOError:
-                pass
-            if received:
-                return received
-            await trio.lowlevel.wait_readable(self.sock)
-
-    def receive_buffer(self) -> int:
-        """Bytes of datagrams the kernel holds for us before it drops (it reports twice
-        that, counting its own overhead)."""
-        return int(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def open_udp_socket(buffer_bytes: int = 16 * 1024 * 1024) -> UdpSocket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tune_buffers(sock, buffer_bytes)
-    return UdpSocket(sock)
-
-
-def tune_buffers(sock: Any, size: int) -> None:
-    # The default buffers drop datagrams under load even on loopback. The FORCE variants
-    # pass the sysctl limit but need privileges; fall back to the plain ones.
-    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_*BUFFORCE
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, size)
-            except OSError:
-                pass
-
-
-class RttEstimator:
-    """Jacobson/Karels smoothed RTT, as TCP does (RFC 6298), with our own bounds."""
-
-    def __init__(self, initial: float = 0.25, min_rto: float = 0.05, max_rto: float = 2.0) -> None:
-        self.srtt: float | None = None
-        self.rttvar = initial / 2
-        self.min_rto, self.max_rto = min_rto, max_rto
-        self._rto = initial
-        self.backoff = 1.0
-
-    def sample(self, rtt: float) -> None:
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self._rto = self.srtt + max(4 * self.rttvar, 0.005)
-        self.backoff = 1.0
-
-    def timed_out(self) -> None:
-        self.backoff = min(self.backoff * 2, 16.0)
-
-    def rto(self) -> float:
-        return min(self.max_rto, max(self.min_rto, self._rto * self.backoff))
-
-
-@dataclass
-class _ClientSession:
-    session_id: int
-    cipher: DatagramCipher
-    send_seq: int = 0
-
-    def next_seq(self) -> int:
-        self.send_seq += 1
-        return self.send_seq
-
-
-@dataclass
-class _Waiter:
-    event: trio.Event = field(default_factory=trio.Event)
-    reply: dict[Any, Any] | None = None
-    epoch: int = 0
-    reset: bool = False
-    assembly: Reassembly | None = None  # for a request that takes a fragmented reply
-    progress: int = 0  # fragments received so far
-
-
-class _Pieces:
-    """The stage pieces of one ``send_pieces`` call in flight: each under a request id of
-    its own (the daemon answers each), all answered into this one waiter."""
-
-    __slots__ = ("acked", "answers", "event", "heard", "in_flight", "problem", "reset", "window")
-
-    def __init__(self, window: trio.Semaphore) -> None:
-        self.window = window  # one permit held per piece in flight
-        self.event = trio.Event()  # set by every answer
-        self.in_flight: dict[int, tuple[int, float, bool]] = {}  # id -> (piece, sent, first)
-        self.acked: set[int] = set()  # pieces the daemon holds
-        self.answers: list[float] = []  # round trips of first sends answered, for the RTT
-        self.problem: tuple[dict[Any, Any], int] | None = None  # the first answer not OK
-        self.heard = False  # any answer since the caller last looked
-        self.reset = False
-
-    def answered(self, request_id: int, reply: dict[Any, Any], epoch: int) -> None:
-        sent = self.in_flight.pop(request_id, None)
-        if sent is None:
-            return
-        self.window.release()
-        self.heard = True
-        piece, at, first = sent
-        if reply.get("r") == Code.OK:
-            self.acked.add(piece)
-            if first:
-                self.answers.append(trio.current_time() - at)
-        elif self.problem is None:
-            self.problem = (reply, epoch)
-        self.event.set()
-
-
-@dataclass
-class DaemonLink:
-    osd_id: int
-    address: Address
-    window: trio.Semaphore
-    rtt: RttEstimator = field(default_factory=RttEstimator)
-    # Requests whose work grows with their data (a staged extent's commit: a write of MiBs
-    # replicated) are timed apart: folded into `rtt`, they were sent again every time.
-    slow_rtt: RttEstimator = field(default_factory=RttEstimator)
-    session: _ClientSession | None = None
-    unanswered: int = 0  # sends in a row that met no answer at all
-    hello_lock: trio.Lock = field(default_factory=trio.Lock)
-    hello_waiter: _Waiter | None = None
 
 
 @dataclass
@@ -280,7 +118,7 @@ class Transport:
         self.instance = int.from_bytes(os.urandom(8), "big")
         self.links: dict[tuple[int, Address], DaemonLink] = {}
         self._by_session: dict[int, DaemonLink] = {}
-        self._waiters: dict[tuple[int, int], _Waiter | _Pieces] = {}
+        self._waiters: dict[tuple[int, int], Waiter | PiecesWaiter] = {}
         self._next_request = 0
         self.stats = TransportStats()
 
@@ -311,8 +149,10 @@ class Transport:
             # again. Handled before the session lookup: requests still retrying on a session
             # that an earlier RESET made us forget must hear about it too.
             waiter = self._waiters.get((header.session_id, header.request_id))
-            if waiter is not None:
+            if isinstance(waiter, Waiter):
                 waiter.reset = True
+            if waiter is not None:
+                # A burst of pieces sees the session change on its link and starts anew.
                 waiter.event.set()
             stale = self._by_session.get(header.session_id)
             if (
@@ -341,7 +181,7 @@ class Transport:
         header, raw = link.session.cipher.open_untrusted(data, header)
         key = (header.session_id, header.request_id)
         waiter = self._waiters.get(key)
-        if isinstance(waiter, _Pieces):
+        if isinstance(waiter, PiecesWaiter):
             del self._waiters[key]
             reply = wire_body.unpack_untrusted(raw)
             code = reply.get("r")
@@ -353,13 +193,13 @@ class Transport:
         waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
         waiter.event.set()
 
-    def _on_fragment(self, session: _ClientSession, header: Header, data: bytes) -> None:
+    def _on_fragment(self, session: ClientSession, header: Header, data: bytes) -> None:
         """One piece of a fragmented reply, opened straight into its place in the reply
         (``store.wire.fragments``). `header` is not authenticated yet."""
         waiter = self._waiters.get((header.session_id, header.request_id))
         if waiter is None or waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
-        if isinstance(waiter, _Pieces) or waiter.assembly is None:
+        if isinstance(waiter, PiecesWaiter) or waiter.assembly is None:
             raise ProtocolError("a fragment answering a request that asked for none")
         fragment = parse_fragment_untrusted(data)
         target = waiter.assembly.target(fragment)
@@ -380,7 +220,7 @@ class Transport:
 
     async def _hello(
         self, link: DaemonLink, deadline: float, give_up: GiveUp | None = None
-    ) -> _ClientSession:
+    ) -> ClientSession:
         async with link.hello_lock:
             if link.session is not None:
                 return link.session
@@ -405,7 +245,7 @@ class Transport:
                     }
                 ),
             )
-            waiter = _Waiter()
+            waiter = Waiter()
             link.hello_waiter = waiter
             self._by_session[session_id] = link
             try:
@@ -435,16 +275,16 @@ class Transport:
                     f"osd.{link.osd_id} at {link.address} could not prove it opened our ticket"
                 )
             keys = derive_datagram_keys(session_key, nonce, server_nonce, link.osd_id)
-            link.session = _ClientSession(session_id, DatagramCipher(keys, "client"))
+            link.session = ClientSession(session_id, DatagramCipher(keys, "client"))
             return link.session
 
     async def _exchange(
         self,
         link: DaemonLink,
-        waiter: _Waiter,
+        waiter: Waiter,
         make: Callable[[], bytes | bytearray],
         deadline: float,
-        session: _ClientSession | None = None,
+        session: ClientSession | None = None,
         give_up: GiveUp | None = None,
         rtt: RttEstimator | None = None,
     ) -> dict[Any, Any]:
@@ -542,16 +382,15 @@ class Transport:
         link = self._link(osd_id, address)
         todo = deque(range(len(pieces)))
         tried: set[int] = set()
-        batch = _Pieces(link.window)
-        session: _ClientSession | None = None
+        batch = PiecesWaiter(link.window)
+        session: ClientSession | None = None
         self.stats.requests += len(pieces)
         try:
             while True:
-                if session is None or link.session is not session or batch.reset:
+                if session is None or link.session is not session:
                     if session is not None:
                         # A new session: what was in flight on the old one goes again.
                         todo.extendleft(self._drop_in_flight(batch, session))
-                    batch.reset = False
                     session = link.session or await self._hello(link, deadline, give_up)
                 while todo and batch.problem is None:
                     try:
@@ -633,7 +472,7 @@ class Transport:
             if session is not None:
                 self._drop_in_flight(batch, session)
 
-    def _drop_in_flight(self, batch: _Pieces, session: _ClientSession) -> list[int]:
+    def _drop_in_flight(self, batch: PiecesWaiter, session: ClientSession) -> list[int]:
         """Stop waiting for the answers to the pieces in flight; returns those pieces."""
         pieces = []
         for request_id, (index, _, _) in batch.in_flight.items():
@@ -687,11 +526,11 @@ class Transport:
         async with link.window:
             while True:
                 session = link.session or await self._hello(link, deadline, give_up)
-                waiter = _Waiter(assembly=assembly)
+                waiter = Waiter(assembly=assembly)
                 key = (session.session_id, request_id)
                 self._waiters[key] = waiter
 
-                def make(session: _ClientSession = session) -> bytes | bytearray:
+                def make(session: ClientSession = session) -> bytes | bytearray:
                     return session.cipher.seal(
                         DatagramType.REQUEST,
                         session.session_id,

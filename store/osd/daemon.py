@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from store import auth, configfile, threadsched
-from store.client.transport import tune_buffers
+from store.client.udp import tune_buffers
 from store.errors import ConfigError, StoreError
 from store.osd import identity as identity_mod
 from store.osd import reports, scrub

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import trio
 
-from store.client.transport import tune_buffers
+from store.client.udp import tune_buffers
 
 Address = tuple[str, int]
 BUFFER_BYTES = 8 * 1024 * 1024  # a window of 64 datagrams of 64 KB fits without loss

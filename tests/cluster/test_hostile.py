@@ -25,7 +25,7 @@ import trio
 from store import auth
 from store.client.api import Client
 from store.client.master_link import MasterLink
-from store.client.transport import Address, tune_buffers
+from store.client.udp import Address, tune_buffers
 from store.errors import Code
 from store.placement import ClusterMap, pg_of, primary
 from store.rpc import parse_hostport

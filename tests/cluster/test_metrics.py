@@ -21,7 +21,7 @@ import trio
 
 from store.client.api import Client
 from store.client.master_link import MasterLink
-from store.client.transport import tune_buffers
+from store.client.udp import tune_buffers
 from store.placement import pg_of, primary
 from store.rpc import parse_hostport
 from store.wire.datagram import DatagramType
