@@ -277,15 +277,14 @@ class Client:
         spec = self.pool(pool)
         pg = pg_of(spec, name)
         step = self.stage_step
-        cuts = [(at, min(step, len(chunk) - at)) for at in range(0, len(chunk), step)]
         for attempt in range(STAGE_ATTEMPTS):
             token = secrets.randbits(63)
             await self._stage(
                 spec,
                 pg,
                 [
-                    stage_piece(token, at, len(chunk), spec.id, pg, chunk[at : at + n])
-                    for at, n in cuts
+                    stage_piece(token, at, len(chunk), spec.id, pg, chunk[at : at + step])
+                    for at in range(0, len(chunk), step)
                 ],
             )
             try:

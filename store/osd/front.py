@@ -222,7 +222,13 @@ class UdpFront:
             body = {"r": int(Code.EFBIG), "m": "reply too large to send: ask for less"}
             datagram = sessions.seal_reply(session, header, epoch, body)
             self.send(datagram, address)
-        self.stats.answered(kind, body["r"], time.perf_counter() - started)
+        code = body["r"]
+        if code == Code.ESTALE:
+            # Counted here, once the request proved authentic: a stage piece is checked
+            # before its tag (which decides where it is opened), and a forged one is a
+            # bad_mac drop only.
+            self.dropped["stale_epoch"] += 1
+        self.stats.answered(kind, code, time.perf_counter() - started)
         return datagram
 
     def on_request(
@@ -246,9 +252,7 @@ class UdpFront:
                 if found is None:
                     return  # a write under way, or answered from the reply cache
                 answer = found
-        except RemoteError as exc:
-            answer = {"r": int(exc.code), "m": exc.message}
-        except InvalidRequest as exc:
+        except (RemoteError, InvalidRequest) as exc:
             answer = {"r": int(exc.code), "m": exc.message}
         self.reply(session, header, address, answer, kind, started, fragments)
 
@@ -282,8 +286,8 @@ class UdpFront:
         if primary(daemon.map, pool_id, pg) != daemon.osd_id:
             if header.epoch > daemon.map.epoch:
                 raise RemoteError(Code.EAGAIN, "this daemon has not seen your map yet")
-            # Not served: the client routed by an old map (it is told so, and refreshes).
-            self.dropped["stale_epoch"] += 1
+            # Not served: the client routed by an old map (it is told so, and refreshes;
+            # counted as a stale_epoch drop once the answer goes out, see `reply`).
             raise RemoteError(
                 Code.ESTALE, f"osd.{daemon.osd_id} is not the primary of pg {pool_id}.{pg:x}"
             )
@@ -337,9 +341,7 @@ class UdpFront:
             target, created = self.staging.target(
                 owner, piece.token, piece.pool, piece.pg, piece.offset, piece.length, piece.size
             )
-        except RemoteError as exc:
-            answer = {"r": int(exc.code), "m": exc.message}
-        except InvalidRequest as exc:
+        except (RemoteError, InvalidRequest) as exc:
             answer = {"r": int(exc.code), "m": exc.message}
         except StagingFull as exc:
             answer = {"r": int(Code.EAGAIN), "m": f"staging area full: {exc}"}

@@ -241,9 +241,10 @@ class DatagramCipher:
     ) -> bytes | bytearray:
         """A datagram with FRAGMENT: header and `prefix` in clear, both authenticated, then
         the piece. A daemon sends pieces of replies, a client pieces of staged writes."""
-        if len(prefix) != _prefix_size(self._send_type):
+        want = _prefix_size(self._send_type)
+        if len(prefix) != want:
             raise ValueError(
-                f"a {self._send_type.name} fragment's prefix is not {len(prefix)} bytes"
+                f"a {self._send_type.name} fragment's prefix is {want} bytes, not {len(prefix)}"
             )
         header = self._header(
             self._send_type, FLAG_FRAGMENT, session_id, seq, request_id, epoch, encrypt

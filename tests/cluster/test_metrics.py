@@ -24,6 +24,7 @@ from store.client.master_link import MasterLink
 from store.client.udp import tune_buffers
 from store.placement import pg_of, primary
 from store.rpc import parse_hostport
+from store.wire import stages
 from store.wire.datagram import DatagramType
 from tests.cluster.harness import Cluster
 from tests.cluster.test_hostile import RawSession, object_led_by, raw_header
@@ -171,6 +172,17 @@ async def test_garbage_datagrams_counted_by_reason(cluster: Cluster) -> None:
                 for _ in range(sent["bad_mac"]):
                     header = raw_header(DatagramType.REQUEST, s.session_id, seq=10**9)
                     await sock.sendto(header + os.urandom(64), s.address)
+                # Forged stage pieces (FRAGMENT set), each naming a new stage of 8 MiB: of
+                # a PG the target leads, and of one it does not (checked before the tag,
+                # which fails: a bad_mac drop, not a stale_epoch one). No stage stays.
+                pool = m.pools[pool_id]
+                for name in (own["o"], other) * 10:
+                    prefix = stages.PREFIX.pack(
+                        rng.getrandbits(63), 0, 8 << 20, pool_id, pg_of(pool, name)
+                    )
+                    header = raw_header(DatagramType.REQUEST, s.session_id, seq=10**9, flags=3)
+                    await sock.sendto(header + prefix + os.urandom(1000), s.address)
+                sent["bad_mac"] += 20
                 for _ in range(sent["replay"]):
                     await sock.sendto(replayable, s.address)
                 stale = {"p": pool_id, "o": other, "ops": [["stat"]]}
@@ -186,6 +198,7 @@ async def test_garbage_datagrams_counted_by_reason(cluster: Cluster) -> None:
     assert delta(before, after, "store_osd_datagrams_dropped_total", reason="stale_epoch") == 1
     assert delta(before, after, "store_osd_ops_total", op="read", result="estale") == 1
     assert delta(before, after, "store_osd_datagrams_dropped_total", reason="internal_error") == 0
+    assert value(after, "store_osd_staged_bytes") == 0
 
 
 def test_health_endpoints_and_config(cluster: Cluster) -> None:
