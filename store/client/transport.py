@@ -179,19 +179,29 @@ class Transport:
             self._on_fragment(link.session, header, data)
             return
         header, raw = link.session.cipher.open_untrusted(data, header)
-        key = (header.session_id, header.request_id)
-        waiter = self._waiters.get(key)
-        if isinstance(waiter, PiecesWaiter):
-            del self._waiters[key]
-            reply = wire_body.unpack_untrusted(raw)
-            code = reply.get("r")
-            self.stats.replies[code if isinstance(code, int) else -1] += 1
-            waiter.answered(header.request_id, reply, header.epoch)
+        waiter = self._waiters.get((header.session_id, header.request_id))
+        if waiter is None or isinstance(waiter, PiecesWaiter):
+            # Perhaps stage pieces acknowledged together, this one answered already.
+            self._on_pieces_answer(header, wire_body.unpack_untrusted(raw))
             return
-        if waiter is None or waiter.event.is_set():
+        if waiter.event.is_set():
             return  # a duplicate, or the answer to a request we gave up on
         waiter.reply, waiter.epoch = wire_body.unpack_untrusted(raw), header.epoch
         waiter.event.set()
+
+    def _on_pieces_answer(self, header: Header, reply: dict[Any, Any]) -> None:
+        """The answer to a stage piece, or to several held together: ``{"r": 0, "ack":
+        [request ids]}`` (``store.osd.front``). Ids no longer awaited are ignored."""
+        acked = reply.get("ack")
+        request_ids = acked if isinstance(acked, list) else [header.request_id]
+        code = reply.get("r")
+        for request_id in request_ids:
+            key = (header.session_id, request_id)
+            waiter = self._waiters.get(key) if isinstance(request_id, int) else None
+            if isinstance(waiter, PiecesWaiter):
+                del self._waiters[key]
+                self.stats.replies[code if isinstance(code, int) else -1] += 1
+                waiter.answered(request_id, reply, header.epoch)
 
     def _on_fragment(self, session: ClientSession, header: Header, data: bytes) -> None:
         """One piece of a fragmented reply, opened straight into its place in the reply

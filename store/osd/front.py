@@ -11,6 +11,11 @@ read-repaired: a task replaces our copy from a member holding the same version (
 The socket is a plain non-blocking socket driven by ``trio.lowlevel.wait_readable``: reading
 until the queue is empty and sending without awaiting keeps per-datagram overhead low.
 A reply that does not fit the send buffer is dropped; the client retransmits.
+
+Stage pieces held are acknowledged together: the request ids of the pieces one session had
+held in a burst of datagrams go out in one REPLY (``{"r": 0, "ack": [ids]}``) when the burst
+is done, which halves the datagrams of a large write. A piece refused is answered at once,
+on its own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -79,6 +85,16 @@ def frees_space_only(ops: Sequence[Op]) -> bool:
     return all(isinstance(op, FREEING_OPS) for op in ops if op.MUTATING)
 
 
+@dataclass(slots=True)
+class _Acks:
+    """Stage pieces of one session held in the current burst, to acknowledge together."""
+
+    session: Session
+    header: Header  # the latest piece's: its request id and flags seal the answer
+    address: Any
+    request_ids: list[int]
+
+
 class UdpFront:
     def __init__(self, daemon: OsdDaemon, sock: socket.socket) -> None:
         self.daemon = daemon
@@ -89,6 +105,7 @@ class UdpFront:
         self.stats = FrontStats()  # plain counters, read at scrape time
         self.staging = StagingArea(time.monotonic)
         self._aside = memoryview(uninitialized(MAX_DATAGRAM))  # stage pieces only checked
+        self._acks: dict[int, _Acks] = {}  # session id -> pieces held, not yet acknowledged
         self._nursery: trio.Nursery | None = None
         self._last_refusal_log = -1e9
         self._refusals_unlogged = 0
@@ -115,6 +132,7 @@ class UdpFront:
                     except Exception:
                         self.dropped["internal_error"] += 1
                         log.exception("handling a datagram from %s failed", address)
+                self.send_acks()
                 await trio.lowlevel.checkpoint()
 
     def send(self, data: bytes | bytearray | None, address: Any) -> None:
@@ -127,6 +145,19 @@ class UdpFront:
             return
         self.stats.sent += 1
         self.stats.sent_bytes += len(data)
+
+    def send_acks(self) -> None:
+        """Acknowledge the stage pieces held since the last call, one REPLY per session."""
+        if not self._acks:
+            return
+        sessions = self.sessions
+        assert sessions is not None
+        acks, self._acks = self._acks, {}
+        epoch = self.daemon.map.epoch
+        for held in acks.values():
+            ids = held.request_ids
+            body: dict[str, Any] = {"r": 0, "ack": ids} if len(ids) > 1 else {"r": 0}
+            self.send(sessions.seal_reply(held.session, held.header, epoch, body), held.address)
 
     # --- datagrams ---------------------------------------------------------------------
 
@@ -359,7 +390,17 @@ class UdpFront:
         if target is not None:
             self.staging.fill(owner, piece.token, piece.offset, piece.length)
             self.stats.data_bytes["staged"] += piece.length
-        self.reply(session, header, address, answer, "stage", started)
+        if answer["r"] != Code.OK:
+            self.reply(session, header, address, answer, "stage", started)
+            return
+        # Held (now or before): acknowledged with the burst's others (send_acks).
+        self.stats.answered("stage", Code.OK, time.perf_counter() - started)
+        held = self._acks.get(session.session_id)
+        if held is None:
+            self._acks[session.session_id] = _Acks(session, header, address, [header.request_id])
+        else:
+            held.header, held.address = header, address
+            held.request_ids.append(header.request_id)
 
     def _check_stage(self, session: Session, header: Header, pool_id: int, pg: int) -> None:
         """Whether this daemon takes a stage piece of this PG from this session."""

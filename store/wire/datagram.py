@@ -42,7 +42,7 @@ from store.errors import BadMAC, MalformedDatagram
 from store.malloc import uninitialized
 
 MAGIC = b"SD"
-VERSION = 3  # 2: fragment prefixes in clear (store.wire.fragments); 3: stage pieces
+VERSION = 4  # 2: fragment prefixes in clear; 3: stage pieces; 4: pieces acknowledged together
 HEADER_SIZE = 36
 TAG_SIZE = 16
 KEY_SIZE = 32

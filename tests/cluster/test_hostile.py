@@ -234,7 +234,7 @@ def hostile_datagrams(
         bend: dict[str, Any] = rng.choice(
             [
                 {"magic": b"DS"},
-                {"version": rng.choice([0, 1, 2, 4, 255])},
+                {"version": rng.choice([0, 1, 2, 3, 5, 255])},
                 {"type": rng.choice([0, 6, 200])},
                 {"flags": rng.choice([4, 0x80, 0xFF])},
                 {"reserved8": rng.randrange(1, 256)},

@@ -101,7 +101,8 @@ def test_header_parses_every_valid_field_combination(
         {"version": 0},
         {"version": 1},  # before fragment prefixes went in clear
         {"version": 2},  # before stage pieces went raw
-        {"version": 4},
+        {"version": 3},  # before stage pieces were acknowledged together
+        {"version": 5},
         {"type": 0},
         {"type": 6},
         {"type": 255},

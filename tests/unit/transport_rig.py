@@ -145,6 +145,9 @@ class CounterDaemon:
         self.sessions = self._new_table()
         self.staging = StagingArea(time.monotonic)
         self.piece_answer = Code.OK
+        self.busy = 0.005  # seconds between taking a datagram and reading those waiting
+        # session id -> (session, latest piece's header, address, ids of the pieces held)
+        self._acks: dict[int, tuple[Session, Header, Address, list[int]]] = {}
         self._nursery: trio.Nursery | None = None
 
     def _new_table(self) -> SessionTable:
@@ -155,11 +158,29 @@ class CounterDaemon:
         self.sessions = self._new_table()
 
     async def run(self) -> None:
+        """As ``store.osd.front`` does: every datagram waiting, then the pieces held among
+        them acknowledged together. A datagram finds the daemon busy for `busy` seconds,
+        while more may come (delivered one by one, they would never wait together)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             while True:
                 data, address = await self.sock.recvfrom(65535)
+                await trio.sleep(self.busy)
                 await self._on_datagram(data, address)
+                while True:
+                    try:
+                        data, address = self.sock.inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    await self._on_datagram(data, address)
+                await self._send_acks()
+
+    async def _send_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for session, header, address, ids in acks.values():
+            body: dict[str, object] = {"r": 0, "ack": ids} if len(ids) > 1 else {"r": 0}
+            self.served["acks_together" if len(ids) > 1 else "ack_alone"] += 1
+            await self._reply(session, header, address, body)
 
     async def _on_datagram(self, data: bytes, address: Address) -> None:
         sessions = self.sessions
@@ -252,7 +273,11 @@ class CounterDaemon:
         if target is not None and self.piece_answer == Code.OK:
             self.staging.fill(owner, info.token, info.offset, info.length)
         self.served["piece" if target is not None else "piece_again"] += 1
-        await self._reply(session, header, address, {"r": int(self.piece_answer)})
+        if self.piece_answer != Code.OK:
+            await self._reply(session, header, address, {"r": int(self.piece_answer)})
+            return
+        held = self._acks.setdefault(session.session_id, (session, header, address, []))
+        self._acks[session.session_id] = (session, header, address, [*held[3], header.request_id])
 
     async def _increment(
         self, session: Session, header: Header, address: Address, key: str
