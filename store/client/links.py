@@ -70,7 +70,8 @@ class Waiter:
 
 class PiecesWaiter:
     """The stage pieces of one ``send_pieces`` call in flight: each under a request id of
-    its own (the daemon answers each), all answered into this one waiter."""
+    its own (the daemon answers each, or several in one reply), all answered into this one
+    waiter."""
 
     __slots__ = ("acked", "answers", "event", "heard", "in_flight", "problem", "window")
 

@@ -9,7 +9,7 @@ daemon.
 
 A request is one datagram and its reply one datagram, except that the pieces of a staged
 write go out in bursts (``send_pieces``: one task sends them as the window allows and
-collects their answers together) and a read may ask for a reply of up to N bytes in
+collects their answers together, several of which may come in one reply) and a read may ask for a reply of up to N bytes in
 fragments (``store.wire.fragments``): the fragments of one
 reply are collected by version, and once some came in the client waits only while more
 keep coming before it asks again. A resend makes the daemon serve the read again;
@@ -383,9 +383,10 @@ class Transport:
         """Send the pieces of a stage (``store.wire.stages``); returns (the first answer
         that is not OK, or OK, the daemon's epoch, the indexes of the pieces not held).
 
-        Each piece is a request of its own, answered on its own, but the pieces are sent
-        from this one task as fast as the link's window lets them, and their answers are
-        collected together: a piece unanswered for one RTO is sent again (under a new
+        Each piece is a request of its own (the daemon acknowledges the pieces it held
+        together, one reply naming several ids), but the pieces are sent from this one
+        task as fast as the link's window lets them, and their answers are collected
+        together: a piece unanswered for one RTO is sent again (under a new
         sequence number and request id: a piece is the same wherever it lands twice). A
         run of RTOs without any answer, a RESET, or `give_up` end as for ``request``.
         """
