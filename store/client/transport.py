@@ -9,9 +9,9 @@ daemon.
 
 A request is one datagram and its reply one datagram, except that the pieces of a staged
 write go out in bursts (``send_pieces``: one task sends them as the window allows and
-collects their answers together, several of which may come in one reply) and a read may ask for a reply of up to N bytes in
-fragments (``store.wire.fragments``): the fragments of one
-reply are collected by version, and once some came in the client waits only while more
+collects their answers together, several of which may come in one reply) and a read may
+ask for a reply of up to N bytes in fragments (``store.wire.fragments``): the fragments of
+one reply are collected by version, and once some came in the client waits only while more
 keep coming before it asks again. A resend makes the daemon serve the read again;
 fragments already held are kept. The sender waits for the reply for one
 retransmission timeout (RTO), then sends the request again under a new sequence number (the
