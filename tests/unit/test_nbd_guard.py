@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import random
 import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.gateways.nbd.guard import MAX_OPTION_DATA, MAX_WRITE, OPTION_MAGIC, RequestGuard
+from store.gateways.nbd.guard import (
+    KEEP,
+    MAX_OPTION_DATA,
+    MAX_WRITE,
+    OPTION_MAGIC,
+    RECEIVE_CHUNK,
+    RequestGuard,
+)
 
 FLAGS = struct.pack(">I", 3)
 
@@ -129,3 +137,64 @@ def test_an_option_after_a_refused_go_is_still_an_option() -> None:
     guard = RequestGuard()
     assert feed_all(guard, [stream[:30], stream[30:]]) == stream
     assert guard.requests == 1 and guard.broken is None
+
+
+def receive_all(guard: RequestGuard, stream: bytes, sizes: list[int]) -> tuple[bytes, int]:
+    """``stream`` received into the guard's own buffer, each receive taking at most the
+    next of ``sizes`` bytes (then what is offered); returns what was handed on and how many
+    receives it took."""
+    handed, at, receives = b"", 0, 0
+    sizes = iter(sizes)
+    while at < len(stream):
+        room = guard.receive_buffer()
+        count = min(len(room), len(stream) - at, next(sizes, len(room)) or 1)
+        room[:count] = stream[at : at + count]
+        at += count
+        receives += 1
+        handed += bytes(guard.received(count))  # a view, valid until the next receive
+        assert len(handed) + guard.held == at
+    return handed, receives
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 9000), max_size=40))
+def test_received_in_place_a_session_is_handed_on_whole(sizes: list[int]) -> None:
+    guard = RequestGuard()
+    handed, _ = receive_all(guard, STREAM, sizes)
+    assert handed == STREAM
+    assert guard.broken is None and guard.held == 0 and guard.requests == 6
+
+
+def test_a_large_write_is_received_whole_into_room_its_header_made() -> None:
+    guard = RequestGuard()
+    start = FLAGS + GO
+    write = request(WRITE, 4 << 20, random.Random(7).randbytes(4 << 20), cookie=1)
+    after = request(FLUSH, 0, cookie=2)
+    assert receive_all(guard, start, []) == (start, 1)
+    # The header and a little of the payload; then room for the rest of the write at once.
+    room = guard.receive_buffer()
+    room[:100] = write[:100]
+    assert guard.received(100) == b""
+    room = guard.receive_buffer()
+    assert len(room) == len(write) - 100  # up to the write's end: nothing to move after
+    room[:] = write[100:]
+    assert bytes(guard.received(len(room))) == write
+    assert receive_all(guard, after, []) == (after, 1)
+    assert guard.requests == 2 and guard.held == 0
+    # The grown buffer is kept for the next large write; one grown past KEEP is let go.
+    assert guard.capacity >= 4 << 20
+    big = request(WRITE, 12 << 20, bytes(12 << 20), cookie=3)
+    handed, receives = receive_all(guard, big, [64])
+    assert handed == big and receives == 2
+    assert guard.capacity > KEEP
+    assert len(guard.receive_buffer()) == RECEIVE_CHUNK and guard.capacity == RECEIVE_CHUNK
+
+
+def test_bytes_after_a_broken_message_are_dropped_from_the_buffer() -> None:
+    guard = RequestGuard()
+    good = FLAGS + GO + request(READ, 4096)
+    room = guard.receive_buffer()
+    stream = good + b"\xde\xad\xbe\xef" + bytes(40)
+    room[: len(stream)] = stream
+    assert bytes(guard.received(len(stream))) == good
+    assert guard.broken == "a request with a wrong magic number" and guard.held == 0

@@ -48,20 +48,18 @@ PARENT_GONE = signal.SIGUSR2
 def copy_requests(client: socket.socket, backend: socket.socket, peer: str) -> None:
     """Client to nbdkit, whole messages only; then end nbdkit's input."""
     guard = RequestGuard()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     try:
         while True:
             try:
-                n = client.recv_into(buffer)
+                n = client.recv_into(guard.receive_buffer())
             except OSError as exc:
                 log.info("client %s: %s", peer, exc)
                 break
             if n == 0:
                 break
-            out = guard.feed(view[:n])
+            out = guard.received(n)
             if out:
-                backend.sendall(out)
+                backend.sendall(out)  # before the guard's buffer is received into again
             if guard.broken is not None:
                 log.warning("client %s sent %s; ending its connection", peer, guard.broken)
                 break
