@@ -56,6 +56,7 @@ from store.errors import (
 )
 from store.metrics.stats import LatencyHistogram
 from store.wire import body as wire_body
+from store.wire import stages as wire_stages
 from store.wire.datagram import (
     MAX_DATAGRAM,
     DatagramCipher,
@@ -191,11 +192,9 @@ class Transport:
 
     def _on_pieces_answer(self, header: Header, reply: dict[Any, Any]) -> None:
         """The answer to a stage piece, or to several held together: ``{"r": 0, "ack":
-        [request ids]}`` (``store.osd.front``). Ids no longer awaited are ignored."""
-        acked = reply.get("ack")
-        request_ids = acked if isinstance(acked, list) else [header.request_id]
+        [request ids]}`` (``store.wire.stages``). Ids no longer awaited are ignored."""
         code = reply.get("r")
-        for request_id in request_ids:
+        for request_id in wire_stages.acknowledged(reply, header.request_id):
             key = (header.session_id, request_id)
             waiter = self._waiters.get(key) if isinstance(request_id, int) else None
             if isinstance(waiter, PiecesWaiter):

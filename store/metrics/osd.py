@@ -277,7 +277,7 @@ def _front_families(front: Any) -> Iterator[Metric]:
     yield gauge(
         "store_osd_staged_bytes",
         "Bytes of large writes staged, not yet committed.",
-        front.staging.held,
+        front.stages.area.held,
     )
 
 

@@ -339,7 +339,7 @@ class OsdDaemon:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
             self._check_disk()
-            self.front.staging.sweep(time.monotonic())  # stages abandoned by their clients
+            self.front.stages.area.sweep(time.monotonic())  # stages abandoned by their clients
             if self.master is None or self.master.closed.is_set():
                 continue
             try:

@@ -12,10 +12,8 @@ The socket is a plain non-blocking socket driven by ``trio.lowlevel.wait_readabl
 until the queue is empty and sending without awaiting keeps per-datagram overhead low.
 A reply that does not fit the send buffer is dropped; the client retransmits.
 
-Stage pieces held are acknowledged together: the request ids of the pieces one session had
-held in a burst of datagrams go out in one REPLY (``{"r": 0, "ack": [ids]}``) when the burst
-is done, which halves the datagrams of a large write. A piece refused is answered at once,
-on its own.
+Stage pieces, the data of large writes, are received, acknowledged (together, once per
+receive burst) and taken at the commit by ``store.osd.stage_pieces``.
 """
 
 from __future__ import annotations
@@ -25,13 +23,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError, RemoteError
-from store.malloc import uninitialized
+from store.errors import AuthError, Code, MalformedDatagram, ProtocolError, RemoteError
 from store.metrics.osd import FrontStats, data_bytes_of, data_bytes_of_results
 from store.osd.blocksums import with_sums
 from store.osd.ops import (
@@ -43,20 +39,17 @@ from store.osd.ops import (
     Op,
     RmXattr,
     Staged,
-    Write,
-    WriteFull,
     is_mutating,
     parse_cond_untrusted,
     parse_ops_untrusted,
     validate_object_name,
 )
-from store.osd.sessions import ExpiredSession, Replayed, Session, SessionTable, UnknownSession
-from store.osd.staging import NotStaged, StagingArea, StagingFull
+from store.osd.sessions import ExpiredSession, Session, SessionTable, UnknownSession, drop_reason
+from store.osd.stage_pieces import StagePieces
 from store.osd.txns import PrimaryTxn, TxnResult
 from store.placement import PoolSpec, pg_of, primary
 from store.wire import body as wire_body
 from store.wire import fragments as wire_fragments
-from store.wire import stages as wire_stages
 from store.wire.datagram import (
     HEADER_SIZE,
     MAX_DATAGRAM,
@@ -85,16 +78,6 @@ def frees_space_only(ops: Sequence[Op]) -> bool:
     return all(isinstance(op, FREEING_OPS) for op in ops if op.MUTATING)
 
 
-@dataclass(slots=True)
-class _Acks:
-    """Stage pieces of one session held in the current burst, to acknowledge together."""
-
-    session: Session
-    header: Header  # the latest piece's: its request id and flags seal the answer
-    address: Any
-    request_ids: list[int]
-
-
 class UdpFront:
     def __init__(self, daemon: OsdDaemon, sock: socket.socket) -> None:
         self.daemon = daemon
@@ -103,9 +86,7 @@ class UdpFront:
         self.sessions: SessionTable | None = None
         self.dropped: Counter[str] = Counter()
         self.stats = FrontStats()  # plain counters, read at scrape time
-        self.staging = StagingArea(time.monotonic)
-        self._aside = memoryview(uninitialized(MAX_DATAGRAM))  # stage pieces only checked
-        self._acks: dict[int, _Acks] = {}  # session id -> pieces held, not yet acknowledged
+        self.stages = StagePieces(self)
         self._nursery: trio.Nursery | None = None
         self._last_refusal_log = -1e9
         self._refusals_unlogged = 0
@@ -132,7 +113,7 @@ class UdpFront:
                     except Exception:
                         self.dropped["internal_error"] += 1
                         log.exception("handling a datagram from %s failed", address)
-                self.send_acks()
+                self.stages.send_acks()
                 await trio.lowlevel.checkpoint()
 
     def send(self, data: bytes | bytearray | None, address: Any) -> None:
@@ -145,19 +126,6 @@ class UdpFront:
             return
         self.stats.sent += 1
         self.stats.sent_bytes += len(data)
-
-    def send_acks(self) -> None:
-        """Acknowledge the stage pieces held since the last call, one REPLY per session."""
-        if not self._acks:
-            return
-        sessions = self.sessions
-        assert sessions is not None
-        acks, self._acks = self._acks, {}
-        epoch = self.daemon.map.epoch
-        for held in acks.values():
-            ids = held.request_ids
-            body: dict[str, Any] = {"r": 0, "ack": ids} if len(ids) > 1 else {"r": 0}
-            self.send(sessions.seal_reply(held.session, held.header, epoch, body), held.address)
 
     # --- datagrams ---------------------------------------------------------------------
 
@@ -185,7 +153,7 @@ class UdpFront:
             self.dropped["malformed"] += 1
             return
         if header.fragment:
-            self._stage_piece(data, header, address)
+            self.stages.receive(data, header, address)
             return
         try:
             session, header, body = sessions.open_request_untrusted(data, header)
@@ -194,7 +162,7 @@ class UdpFront:
             self.send(sessions.reset_for(header, epoch), address)
             return
         except ProtocolError as exc:
-            self.dropped[_drop_reason(exc)] += 1
+            self.dropped[drop_reason(exc)] += 1
             return
         self.on_request(session, header, body, address)
 
@@ -293,9 +261,9 @@ class UdpFront:
         pool_id = body.get("p")
         if not isinstance(pool_id, int):
             raise InvalidRequest("request names no pool")
-        return self._pool(session, header, pool_id, write), pool_id
+        return self.pool_of(session, header, pool_id, write), pool_id
 
-    def _pool(self, session: Session, header: Header, pool_id: int, write: bool) -> PoolSpec:
+    def pool_of(self, session: Session, header: Header, pool_id: int, write: bool) -> PoolSpec:
         """The pool a request names, if the session may read it (or write to it)."""
         daemon = self.daemon
         pool = daemon.map.pools.get(pool_id)
@@ -312,7 +280,7 @@ class UdpFront:
             raise RemoteError(Code.EPERM, f"pool {pool.name!r} requires encrypted requests")
         return pool
 
-    def _check_primary(self, pool_id: int, pg: int, header: Header) -> Any:
+    def primary_pg(self, pool_id: int, pg: int, header: Header) -> Any:
         daemon = self.daemon
         if primary(daemon.map, pool_id, pg) != daemon.osd_id:
             if header.epoch > daemon.map.epoch:
@@ -335,7 +303,7 @@ class UdpFront:
         cursor, limit = spec.get("c"), spec.get("n", 200)
         if (cursor is not None and not isinstance(cursor, str)) or not isinstance(limit, int):
             raise InvalidRequest("bad listing cursor or limit")
-        self._check_primary(pool_id, pg, header)
+        self.primary_pg(pool_id, pg, header)
         entries, next_cursor = self.daemon.store.list_pg(
             pool_id, pg, cursor, max(1, min(limit, 1000))
         )
@@ -347,104 +315,6 @@ class UdpFront:
                 break
             kept.append([name, size, list(version)])
         return {"r": 0, "objs": kept, "next": next_cursor}
-
-    def _stage_piece(self, data: bytes, header: Header, address: Any) -> None:
-        """One piece of a large write (``store.wire.stages``), opened straight into its
-        place in the stage, held until a ``staged`` operation commits it."""
-        started = time.perf_counter()
-        sessions = self.sessions
-        assert sessions is not None
-        try:
-            session = sessions.session_of(header)
-            piece = wire_stages.parse_untrusted(data)
-        except UnknownSession:
-            self.dropped["unknown_session"] += 1
-            self.send(sessions.reset_for(header, self.daemon.map.epoch), address)
-            return
-        except ProtocolError:
-            self.dropped["malformed"] += 1
-            return
-        owner = (session.client, session.instance)
-        target, created = None, False
-        answer: dict[str, Any] = {"r": 0}
-        try:
-            self._check_stage(session, header, piece.pool, piece.pg)
-            target, created = self.staging.target(
-                owner, piece.token, piece.pool, piece.pg, piece.offset, piece.length, piece.size
-            )
-        except (RemoteError, InvalidRequest) as exc:
-            answer = {"r": int(exc.code), "m": exc.message}
-        except StagingFull as exc:
-            answer = {"r": int(Code.EAGAIN), "m": f"staging area full: {exc}"}
-        try:
-            # A piece held already, or one to refuse, is opened aside: only to check it.
-            out = target if target is not None else self._aside[: piece.length]
-            sessions.open_piece_into(session, data, header, out)
-        except ProtocolError as exc:
-            if created:
-                self.staging.forget(owner, piece.token)
-            self.dropped[_drop_reason(exc)] += 1
-            if isinstance(exc, ExpiredSession):
-                self.send(sessions.reset_for(header, self.daemon.map.epoch), address)
-            return
-        if target is not None:
-            self.staging.fill(owner, piece.token, piece.offset, piece.length)
-            self.stats.data_bytes["staged"] += piece.length
-        if answer["r"] != Code.OK:
-            self.reply(session, header, address, answer, "stage", started)
-            return
-        # Held (now or before): acknowledged with the burst's others (send_acks).
-        self.stats.answered("stage", Code.OK, time.perf_counter() - started)
-        held = self._acks.get(session.session_id)
-        if held is None:
-            self._acks[session.session_id] = _Acks(session, header, address, [header.request_id])
-        else:
-            held.header, held.address = header, address
-            held.request_ids.append(header.request_id)
-
-    def _check_stage(self, session: Session, header: Header, pool_id: int, pg: int) -> None:
-        """Whether this daemon takes a stage piece of this PG from this session."""
-        pool = self._pool(session, header, pool_id, write=True)
-        if pg >= pool.pg_num:
-            raise InvalidRequest(f"pool {pool.name!r} has no pg {pg:x}")
-        pgobj = self._check_primary(pool_id, pg, header)
-        daemon = self.daemon
-        if daemon.full or daemon.full_osds:
-            why = daemon.full_reason(pgobj.acting)
-            if why is not None:
-                raise RemoteError(Code.ENOSPC, why)
-
-    def _unstage(
-        self, session: Session, pool_id: int, pg: int, ops: list[Op]
-    ) -> tuple[list[Op], list[Any], list[int]]:
-        """Replace ``staged`` operations by writes of the staged bytes: the operations,
-        their wire form (forwarded to the replicas) and the stage tokens taken. A stage
-        not found stays a ``staged`` operation: the object store answers ENOTSTAGED, unless
-        the PG log shows that this very request was applied already (a retransmission
-        whose stage was dropped when it succeeded)."""
-        owner = (session.client, session.instance)
-        resolved: list[Op] = []
-        tokens: list[int] = []
-        try:
-            for op in ops:
-                if isinstance(op, Staged):
-                    try:
-                        data = self.staging.take(owner, op.token, pool_id, pg, op.length)
-                    except NotStaged:
-                        resolved.append(op)
-                        continue
-                    tokens.append(op.token)
-                    resolved.append(WriteFull(data) if op.full else Write(op.offset, data))
-                else:
-                    resolved.append(op)
-        except InvalidRequest:
-            self._release(session, tokens, done=False)
-            raise
-        return resolved, [op.to_wire() for op in resolved], tokens
-
-    def _release(self, session: Session, tokens: list[int], *, done: bool) -> None:
-        for token in tokens:
-            self.staging.release((session.client, session.instance), token, done=done)
 
     def _object_request(
         self,
@@ -464,7 +334,7 @@ class UdpFront:
         name = validate_object_name(body.get("o"))
         cond = parse_cond_untrusted(body.get("if"))
         pg = pg_of(pool, name)
-        pgobj = self._check_primary(pool_id, pg, header)
+        pgobj = self.primary_pg(pool_id, pg, header)
         if not write:
             # The data may be a view of the loop's read buffer: it is sealed and sent
             # before this thread reads again.
@@ -503,7 +373,7 @@ class UdpFront:
                 raise RemoteError(Code.ENOSPC, why)
         tokens: list[int] = []
         if any(isinstance(op, Staged) for op in ops):
-            ops, raw_ops, tokens = self._unstage(session, pool_id, pg, ops)
+            ops, raw_ops, tokens = self.stages.unstage(session, pool_id, pg, ops)
         ops = with_sums(ops, daemon.store.block_size)  # hashed once, here, for every copy
         session.in_progress.add(header.request_id)
         txn = PrimaryTxn(
@@ -576,7 +446,7 @@ class UdpFront:
         finally:
             session.in_progress.discard(header.request_id)
             # A decided write drops its stages; one to be retried keeps them.
-            self._release(session, tokens, done=body["r"] not in TRANSIENT)
+            self.stages.release(session, tokens, done=body["r"] not in TRANSIENT)
         datagram = self.reply(session, header, address, body, "write", started)
         if datagram is not None and body["r"] not in TRANSIENT:
             session.remember_reply(header.request_id, datagram)
@@ -598,17 +468,6 @@ def parse_fragments_untrusted(raw: object) -> tuple[int, int] | None:
     if not MIN_DATAGRAM <= datagram <= MAX_DATAGRAM:
         raise InvalidRequest(f"frag datagram size must be {MIN_DATAGRAM} to {MAX_DATAGRAM}")
     return limit, datagram
-
-
-def _drop_reason(exc: ProtocolError) -> str:
-    """How a request datagram that failed its checks is counted."""
-    if isinstance(exc, BadMAC):
-        return "bad_mac"
-    if isinstance(exc, Replayed):
-        return "replay"
-    if isinstance(exc, UnknownSession | ExpiredSession):
-        return "unknown_session"
-    return "malformed"
 
 
 def _result_body(result: Any) -> dict[str, Any]:

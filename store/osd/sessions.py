@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from store import auth
-from store.errors import AuthError, Code, MalformedDatagram, ProtocolError
+from store.errors import AuthError, BadMAC, Code, MalformedDatagram, ProtocolError
 from store.wire import body as wire_body
 from store.wire.datagram import (
     DatagramCipher,
@@ -256,3 +256,14 @@ class SessionTable:
             piece,
             request.encrypted,
         )
+
+
+def drop_reason(exc: ProtocolError) -> str:
+    """How a request datagram that failed its checks is counted."""
+    if isinstance(exc, BadMAC):
+        return "bad_mac"
+    if isinstance(exc, Replayed):
+        return "replay"
+    if isinstance(exc, UnknownSession | ExpiredSession):
+        return "unknown_session"
+    return "malformed"

@@ -2,11 +2,11 @@
 
 A write larger than one datagram used to be as many replicated writes as it has pieces,
 each ordered, applied and forwarded on its own. Instead the client *stages* the pieces
-with the PG's primary (each a datagram answered at once, with nothing written), then sends
-one request whose ``staged`` operation names them; the primary makes them a single
-``write`` (or ``write_full``) and applies and replicates it like any other: one log entry,
-one transaction per member, one forward per replica, and the whole extent lands
-atomically.
+with the PG's primary (each a datagram acknowledged once held, with nothing written; see
+``store.osd.stage_pieces``), then sends one request whose ``staged`` operation names them;
+the primary makes them a single ``write`` (or ``write_full``) and applies and replicates it
+like any other: one log entry, one transaction per member, one forward per replica, and
+the whole extent lands atomically.
 
 Each piece is one datagram of raw data (``store.wire.stages``) that says where it belongs:
 the stage's token, its offset and the size of the whole stage. The first piece of a stage

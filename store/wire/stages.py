@@ -22,13 +22,17 @@ scribble over a place of a stage no authentic piece has filled yet, and a place 
 is never opened into again (a piece sent again is opened aside, to check it, and answered
 as the first was).
 
+The primary acknowledges the pieces it held together: one REPLY, under the request id of
+the latest of them, names them all (``acknowledgement``); a client reads the ids an
+answer covers with ``acknowledged``.
+
 Everything here is pure: no sockets, no clock.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from store.errors import MalformedDatagram
 from store.wire.datagram import HEADER_SIZE, MAX_DATAGRAM, STAGE_PREFIX_SIZE, TAG_SIZE
@@ -88,3 +92,16 @@ def parse_untrusted(datagram: bytes) -> PieceInfo:
             f"a piece of {length} bytes at {offset} is past its stage of {size}"
         )
     return PieceInfo(token, offset, size, pool, pg, length)
+
+
+def acknowledgement(request_ids: list[int]) -> dict[str, Any]:
+    """The body of the REPLY that acknowledges these held pieces, sealed under the request
+    id of the last of them: ``{"r": 0, "ack": [ids]}``, or ``{"r": 0}`` for one alone."""
+    return {"r": 0, "ack": request_ids} if len(request_ids) > 1 else {"r": 0}
+
+
+def acknowledged(reply: dict[Any, Any], request_id: int) -> list[Any]:
+    """The request ids a piece's answer (authentic, sealed under ``request_id``) covers;
+    not checked to be integers."""
+    ids = reply.get("ack")
+    return ids if isinstance(ids, list) else [request_id]

@@ -142,7 +142,7 @@ def fake_daemon() -> Any:
         stats=FrontStats(),
         dropped={"malformed": 3, "stale_epoch": 1},
         sessions=SimpleNamespace(sessions={1: object(), 2: object()}),
-        staging=SimpleNamespace(held=8192),
+        stages=SimpleNamespace(area=SimpleNamespace(held=8192)),
     )
     front.stats.answered("write", 0, 0.01)
     front.stats.data_bytes["staged"] += 8192

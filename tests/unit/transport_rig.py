@@ -178,9 +178,8 @@ class CounterDaemon:
     async def _send_acks(self) -> None:
         acks, self._acks = self._acks, {}
         for session, header, address, ids in acks.values():
-            body: dict[str, object] = {"r": 0, "ack": ids} if len(ids) > 1 else {"r": 0}
             self.served["acks_together" if len(ids) > 1 else "ack_alone"] += 1
-            await self._reply(session, header, address, body)
+            await self._reply(session, header, address, stages.acknowledgement(ids))
 
     async def _on_datagram(self, data: bytes, address: Address) -> None:
         sessions = self.sessions
