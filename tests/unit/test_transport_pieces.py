@@ -77,7 +77,7 @@ async def test_a_burst_never_has_more_pieces_in_flight_than_the_window(
         rig = Rig(nursery, seed=32, drop=0.0, duplicate=0.0, max_delay=0.05)
         in_flight = most = 0
         network, daemon = rig.network, rig.daemon
-        transmit, reply = network.transmit, daemon._reply
+        transmit, real_reply = network.transmit, daemon._reply
 
         def counting(data: bytes, source: object, destination: object) -> None:
             nonlocal in_flight, most
@@ -88,8 +88,8 @@ async def test_a_burst_never_has_more_pieces_in_flight_than_the_window(
 
         async def acknowledging(*args: Any) -> bytes:
             nonlocal in_flight
-            in_flight -= len(args[-1].get("ack", [None]))  # one answer, maybe of many pieces
-            return await reply(*args)
+            in_flight -= len(stages.acknowledged(args[-1], 0))  # one answer, maybe of many
+            return await real_reply(*args)
 
         monkeypatch.setattr(network, "transmit", counting)
         monkeypatch.setattr(daemon, "_reply", acknowledging)
@@ -99,6 +99,21 @@ async def test_a_burst_never_has_more_pieces_in_flight_than_the_window(
         assert held(rig, 9, len(data)) == data
         nursery.cancel_scope.cancel()
     assert 32 < most <= 64
+
+
+async def test_each_piece_an_answer_names_is_taken_as_acknowledged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = Rig(nursery, seed=36, drop=0.0, duplicate=0.0, max_delay=0.0)
+        data = random.Random(6).randbytes(200 * PIECE)
+        reply, _, left = await send(rig, cut(data, 13))
+        assert reply["r"] == 0 and not left
+        assert held(rig, 13, len(data)) == data
+        nursery.cancel_scope.cancel()
+    # Answers named many pieces each, and none of those pieces was sent again.
+    assert rig.daemon.served["ack_alone"] < rig.daemon.served["acks_together"]
+    assert rig.transport.stats.retransmits == 0 and rig.daemon.served["piece_again"] == 0
 
 
 async def test_an_error_answer_ends_the_burst_with_the_pieces_not_held(
