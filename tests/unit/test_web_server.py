@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 import ssl
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 import trio
 
 from store import tls
-from store.gateways.web.server import Request, Response
+from store.gateways.web.server import Request, Response, send_in_bulk
 from tests.unit.web_support import RawClient, echo, get, running
 
 # --- requests and keep-alive --------------------------------------------------------------
@@ -301,3 +302,23 @@ async def test_https(tmp_path: Path) -> None:
         async with RawClient.open(port) as plain:  # plain HTTP on a TLS port: just closed
             await plain.send(get())
             assert await plain.closed()
+
+
+async def test_connections_send_in_bulk() -> None:
+    # trio holds unsent bytes to 16 KiB per socket; a response body need not be held so.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0], await trio.open_tcp_stream("127.0.0.1", port) as client:
+        server = await listeners[0].accept()
+        async with server:
+            option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+            assert server.getsockopt(*option) == 16 * 1024  # trio's setting
+            send_in_bulk(server)
+            assert server.getsockopt(*option) == 0  # the system's (unlimited here)
+            body = random.randbytes(8 * 1024 * 1024)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.send_all, body)
+                received = bytearray()
+                while len(received) < len(body):
+                    received += await client.receive_some(1 << 20)
+            assert received == body
