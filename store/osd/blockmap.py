@@ -21,6 +21,7 @@ LAST_CHUNK = (1 << BLOCK_INDEX_BITS) - 1  # the chunk number no object reaches
 CHUNK_BLOCKS = 64  # blocks per blockmap row
 _BIG_ENDIAN = sys.byteorder == "big"
 
+_HOLES = array("q", [-1, 0]) * CHUNK_BLOCKS  # a whole chunk of holes, to extend rows from
 _MAP_RANGE = "SELECT id, map FROM blockmap WHERE id BETWEEN ? AND ? ORDER BY id"
 _MAP_PUT = "INSERT OR REPLACE INTO blockmap (id, map) VALUES (?, ?)"
 _MAP_DROP = "DELETE FROM blockmap WHERE id = ?"
@@ -38,6 +39,10 @@ def used_slots(db: sqlite3.Connection) -> Iterator[int]:
     """Every slot the block maps reference (to rebuild the free space at start)."""
     for (raw,) in db.execute("SELECT map FROM blockmap"):
         yield from (slot for slot in _decode(raw)[::2] if slot >= 0)
+
+
+def _as_array(values: Sequence[int]) -> array[int]:
+    return values if isinstance(values, array) and values.typecode == "q" else array("q", values)
 
 
 class BlockMaps:
@@ -71,7 +76,7 @@ class BlockMaps:
         entries = self._chunks.setdefault(chunk, array("q"))
         at = 2 * (index % CHUNK_BLOCKS)
         if at >= len(entries):
-            entries.extend([-1, 0] * ((at - len(entries)) // 2 + 1))
+            entries.extend(_HOLES[: at + 2 - len(entries)])
         entries[at], entries[at + 1] = slot, csum
         self._dirty.add(chunk)
 
@@ -101,9 +106,9 @@ class BlockMaps:
             entries = self._chunks.setdefault(chunk, array("q"))
             need = 2 * (within + take)
             if len(entries) < need:
-                entries.extend([-1, 0] * ((need - len(entries)) // 2))
-            entries[2 * within : need : 2] = array("q", slots[at : at + take])
-            entries[2 * within + 1 : need : 2] = array("q", sums[at : at + take])
+                entries.extend(_HOLES[: need - len(entries)])  # copied as it is, not converted
+            entries[2 * within : need : 2] = _as_array(slots[at : at + take])
+            entries[2 * within + 1 : need : 2] = _as_array(sums[at : at + take])
             self._dirty.add(chunk)
             at += take
 
