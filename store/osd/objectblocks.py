@@ -52,6 +52,9 @@ def _oid(obj: ObjectHeader) -> int:
     return obj.oid
 
 
+_IS_SLOT = (0).__le__  # slot numbers are >= 0; -1 is a hole
+
+
 class ObjectBlocks:
     """Reads and writes objects' data through one SQLite connection and the data file."""
 
@@ -113,7 +116,7 @@ class ObjectBlocks:
         for first, content, known in blocks:
             view = memoryview(content).cast("B")
             count = len(view) // bs
-            old.extend(slot for slot in maps.slots_of(first, first + count - 1) if slot >= 0)
+            old.extend(filter(_IS_SLOT, maps.slots_of(first, first + count - 1)))  # not holes
             sums = known if known is not None else block_checksums(view[: count * bs], bs)
             if zero_sum not in sums:  # no block is all zeros: one run
                 runs.append(view[: count * bs])

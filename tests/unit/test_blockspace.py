@@ -314,3 +314,15 @@ def test_a_frame_buffer_on_a_page_boundary_is_written_without_a_copy(
             assert written_from == [bytearray, mmap.mmap]
     finally:
         space.close()
+
+
+@given(st.lists(st.integers(0, 300), max_size=200))
+def test_runs_of_matches_slot_by_slot(slots: list[int]) -> None:
+    expected: list[tuple[int, int]] = []
+    for slot in sorted(slots):  # a slot given twice stays a run of its own
+        if expected and expected[-1][0] + expected[-1][1] == slot:
+            expected[-1] = (expected[-1][0], expected[-1][1] + 1)
+        else:
+            expected.append((slot, 1))
+    assert runs_of(slots) == expected
+    assert runs_of(list(range(7, 7 + len(slots)))) == ([(7, len(slots))] if slots else [])
