@@ -159,8 +159,8 @@ def runs_of(slots: Sequence[int]) -> list[Run]:
     An overwrite of 4 MiB frees 1,024 slots at once, mostly in one run; a loop of Python
     per slot took 140 µs of the event loop. One run is recognised whole (distinct slots
     whose ends lie as far apart as they are many), and any other mix is cut into runs by
-    the C library's iterators, not a loop of ours. A slot given twice is a run of its own,
-    for ``SlotAllocator.free`` to refuse."""
+    ``map`` and ``itertools``, whose loops run in C. A slot given twice is a run of its
+    own, for ``SlotAllocator.free`` to refuse."""
     ordered = sorted(slots)
     count = len(ordered)
     if not count:
