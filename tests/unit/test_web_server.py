@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from store import tls
+from store.gateways.web import server as web_server
 from store.gateways.web.server import Request, Response, send_in_bulk
 from tests.unit.web_support import RawClient, echo, get, running
 
@@ -304,21 +305,27 @@ async def test_https(tmp_path: Path) -> None:
             assert await plain.closed()
 
 
-async def test_connections_send_in_bulk() -> None:
+async def test_connections_send_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
     # trio holds unsent bytes to 16 KiB per socket; a response body need not be held so.
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with listeners[0], await trio.open_tcp_stream("127.0.0.1", port) as client:
-        server = await listeners[0].accept()
-        async with server:
-            option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
-            assert server.getsockopt(*option) == 16 * 1024  # trio's setting
-            send_in_bulk(server)
-            assert server.getsockopt(*option) == 0  # the system's (unlimited here)
-            body = random.randbytes(8 * 1024 * 1024)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server.send_all, body)
-                received = bytearray()
-                while len(received) < len(body):
-                    received += await client.receive_some(1 << 20)
-            assert received == body
+    option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+    accepted: list[tuple[int, trio.SocketStream]] = []
+
+    def spy(stream: trio.SocketStream) -> None:
+        before = stream.getsockopt(*option)
+        send_in_bulk(stream)
+        accepted.append((before, stream))
+
+    monkeypatch.setattr(web_server, "send_in_bulk", spy)
+    body = random.randbytes(8 * 1024 * 1024)
+
+    async def big(request: Request) -> Response:
+        # What the connection serving this request is set to, while it serves it.
+        lowat = accepted[-1][1].getsockopt(*option)
+        return Response(200, [("X-Lowat", str(lowat))], body)
+
+    async with running(big) as port, RawClient.open(port) as client:
+        await client.send(get("/big"))
+        status, headers, received = await client.response()
+    assert [before for before, _ in accepted] == [16 * 1024]  # trio's, undone once
+    assert status == 200 and headers["x-lowat"] == "0"  # the system's (unlimited here)
+    assert received == body
